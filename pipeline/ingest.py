@@ -1,0 +1,173 @@
+"""Read price files (CSV or Parquet) into a price store.
+
+SRC is either a directory of files, one per symbol (the symbol is the file name without its
+extension) or long-format files with a symbol column, or a single such file. Column spellings,
+timestamps and validation are handled by :func:`pipeline.store.normalise_table`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.store import (
+    CanonicalFrames,
+    StoreError,
+    StoreSummary,
+    append_prices,
+    check_target,
+    has_symbol_column,
+    normalise_table,
+    write_prices,
+)
+
+__all__ = ["DATA_SUFFIXES", "ingest", "list_sources", "read_sources"]
+
+#: Recognised file suffixes (lower case) and their reader.
+DATA_SUFFIXES: dict[str, str] = {
+    ".csv": "csv",
+    ".csv.gz": "csv",
+    ".csv.bz2": "csv",
+    ".csv.zst": "csv",
+    ".txt": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+#: Show a progress bar from this many files on (and only on a terminal).
+PROGRESS_MIN_FILES = 20
+
+
+def _suffix(path: Path) -> str | None:
+    name = path.name.lower()
+    for suf in sorted(DATA_SUFFIXES, key=len, reverse=True):
+        if name.endswith(suf) and len(name) > len(suf):
+            return suf
+    return None
+
+
+def symbol_from_filename(path: Path) -> str:
+    suf = _suffix(path)
+    return path.name[: len(path.name) - len(suf)] if suf else path.stem
+
+
+def list_sources(src: str | os.PathLike) -> list[Path]:
+    """The data files of SRC (a file or a directory, not recursive), sorted by name."""
+    src = Path(src)
+    if not src.exists():
+        raise StoreError(f"{src}: no such file or directory")
+    if src.is_file():
+        if _suffix(src) is None:
+            raise StoreError(f"{src}: not a CSV or Parquet file (expected one of {', '.join(DATA_SUFFIXES)})")
+        return [src]
+    if not src.is_dir():
+        raise StoreError(f"{src}: not a file or directory")
+    files = sorted((p for p in src.iterdir() if p.is_file() and _suffix(p) is not None), key=lambda p: p.name)
+    if not files:
+        raise StoreError(f"{src}: no CSV or Parquet files in this directory")
+    return files
+
+
+def _read_file(path: Path) -> pd.DataFrame:
+    kind = DATA_SUFFIXES[_suffix(path)]  # type: ignore[index]
+    try:
+        if path.stat().st_size == 0:
+            raise StoreError(f"{path}: empty file")
+        if kind == "parquet":
+            return pd.read_parquet(path)
+        df = pd.read_csv(path)
+        if df.shape[1] == 1:
+            header = str(df.columns[0])
+            for sep in (";", "\t", "|"):
+                if sep in header:
+                    return pd.read_csv(path, sep=sep)
+        return df
+    except StoreError:
+        raise
+    except pd.errors.EmptyDataError:
+        raise StoreError(f"{path}: empty file") from None
+    except (OSError, ValueError, pd.errors.ParserError, ImportError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StoreError(f"{path}: cannot read ({msg})") from None
+    except Exception as exc:  # pyarrow raises its own error types for corrupt Parquet files
+        if type(exc).__module__.startswith("pyarrow"):
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StoreError(f"{path}: cannot read ({msg})") from None
+        raise
+
+
+def _load(path: Path) -> dict[str, pd.DataFrame]:
+    """One file -> {symbol: frame}: long format if it has a symbol column, else one symbol
+    named after the file."""
+    df = _read_file(path)
+    line_base = 2 if DATA_SUFFIXES[_suffix(path)] == "csv" else None  # type: ignore[index]
+    symbol = None if has_symbol_column(df) else symbol_from_filename(path)
+    return normalise_table(df, str(path), symbol=symbol, line_base=line_base)
+
+
+def read_sources(
+    files: Iterable[Path], *, progress: bool | None = None, threads: int | None = None
+) -> CanonicalFrames:
+    """Read and validate every file; ``{symbol: canonical frame}`` sorted by symbol.
+
+    A symbol found in two files is an error naming both. ``progress=None`` shows a bar on a
+    terminal when there are many files.
+    """
+    files = list(files)
+    if threads is None:
+        threads = 1  # measured: threads only slow the pandas CSV reader down here
+    show = len(files) >= PROGRESS_MIN_FILES if progress is None else progress
+    bar = None
+    if show:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(files), desc="reading", unit="file", file=sys.stderr,
+                   disable=None if progress is None else False)
+    frames: dict[str, pd.DataFrame] = {}
+    origin: dict[str, Path] = {}
+    try:
+        if threads > 1:
+            with ThreadPoolExecutor(threads) as pool:
+                # map keeps the file order, so the first error reported is deterministic
+                results = pool.map(lambda p: _load(p), files)
+                _collect(files, results, frames, origin, bar)
+        else:
+            _collect(files, (_load(p) for p in files), frames, origin, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    return CanonicalFrames((s, frames[s]) for s in sorted(frames))
+
+
+def _collect(files, results, frames, origin, bar) -> None:
+    for path, got in zip(files, results):
+        for sym, frame in got.items():
+            if sym in frames:
+                raise StoreError(f"symbol {sym!r} appears in two files: {origin[sym]} and {path}")
+            frames[sym] = frame
+            origin[sym] = path
+        if bar is not None:
+            bar.update(1)
+
+
+def ingest(
+    src: str | os.PathLike,
+    store: str | os.PathLike,
+    *,
+    append: bool = False,
+    overwrite: bool = False,
+    chunk_symbols: int | None = None,
+    progress: bool | None = None,
+) -> StoreSummary:
+    """Ingest SRC (file or directory) into the price store STORE (create, overwrite or append)."""
+    store = check_target(store, overwrite=overwrite, append=append)
+    files = list_sources(src)
+    frames = read_sources(files, progress=progress)
+    source = f"ingest {Path(src).resolve()}"
+    if append:
+        return append_prices(frames, store, chunk_symbols=chunk_symbols, source=source)
+    return write_prices(frames, store, chunk_symbols=chunk_symbols, overwrite=overwrite, source=source)
