@@ -1,0 +1,143 @@
+"""Public entry points: `compute_atc` on arrays and the pandas drop-in `compute_atc_signals`.
+
+This layer validates inputs, decides per symbol whether it can be computed (spec section 7), and
+hands the valid symbols to a backend. It never does per-bar math itself.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from kernels import status as st
+from kernels.errors import ATCInputError, ATCUserError
+from kernels.params import FAMILIES, OUTPUT_NAMES, ATCParams
+
+BACKENDS = ("auto", "cpu", "cuda")
+
+
+class ATCBackendError(ATCUserError):
+    """The requested backend cannot run here (e.g. `cuda` without a GPU)."""
+
+
+def _as_panel(a, name: str) -> np.ndarray:
+    arr = np.asarray(a)
+    if arr.dtype.kind not in "fiu":
+        raise ATCInputError(f"{name} must be numeric, got dtype {arr.dtype}")
+    if arr.ndim not in (1, 2):
+        raise ATCInputError(f"{name} must be 1-D (one symbol) or 2-D (symbols x bars), got shape {arr.shape}")
+    if arr.dtype.kind != "f":
+        arr = arr.astype(np.float64)
+    return np.ascontiguousarray(arr.reshape(1, -1) if arr.ndim == 1 else arr)
+
+
+def _symbol_label(i: int, symbols) -> str:
+    if symbols is None:
+        return f"symbol index {i}"
+    return f"symbol {symbols[i]!r} (index {i})"
+
+
+def _bad_reason(v: float) -> str:
+    if np.isnan(v):
+        return "a missing close (NaN) inside its history; forward-fill gaps at ingest"
+    if np.isinf(v):
+        return "an infinite close"
+    return f"a close <= 0 ({v!r})"
+
+
+def _resolve_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ATCBackendError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "cuda":
+        raise ATCBackendError("backend 'cuda' is not available in this build yet; use backend='cpu'")
+    return "cpu"
+
+
+def compute_atc(close, params: ATCParams | None = None, *, backend: str = "cpu", dtype=np.float64,
+                src=None, parallel: bool = True, on_bad: str = "raise", symbols=None) -> st.ATCResult:
+    """The 13 ATC outputs of ATC_SPEC.md for one series `(n_bars,)` or a panel `(n_symbols, n_bars)`.
+
+    Each symbol is computed as if alone from its first valid close (leading/trailing NaN allowed).
+    Symbols that are too short get NaN outputs and status INSUFFICIENT_HISTORY; symbols with an
+    interior NaN, an infinite close or a close <= 0 raise `ATCInputError` naming symbol and bar, or,
+    with `on_bad="status"`, get NaN outputs and status BAD_DATA so the rest of a batch completes.
+
+    `src` (same shape as `close`) feeds the moving averages and crossovers while returns come from
+    `close`, as in the pandas API; by default both are `close`. `parallel=False` keeps the kernel on
+    the calling thread (for Dask workers that run several tasks at once).
+    """
+    params = ATCParams() if params is None else params
+    if not isinstance(params, ATCParams):
+        raise ATCUserError(f"params must be an ATCParams, got {type(params).__name__}")
+    if on_bad not in ("raise", "status"):
+        raise ATCUserError(f"on_bad must be 'raise' or 'status', got {on_bad!r}")
+    ft = np.dtype(dtype)
+    if ft not in (np.dtype(np.float64), np.dtype(np.float32)):
+        raise ATCUserError(f"dtype must be float64 or float32, got {ft}")
+    _resolve_backend(backend)
+
+    one_d = np.ndim(close) == 1
+    panel = _as_panel(close, "close")
+    n_sym, n_bars = panel.shape
+    if symbols is not None and len(symbols) != n_sym:
+        raise ATCInputError(f"{len(symbols)} symbol names for {n_sym} symbols")
+    if src is None:
+        src_panel = panel
+    else:
+        src_panel = _as_panel(src, "src")
+        if src_panel.shape != panel.shape:
+            raise ATCInputError(f"src has shape {np.shape(src)}, close has shape {np.shape(close)}")
+        mismatch = np.isnan(src_panel) != np.isnan(panel)
+        if mismatch.any():
+            i, t = np.argwhere(mismatch)[0]
+            raise ATCInputError(f"{_symbol_label(int(i), symbols)}: src and close differ in missing bars at bar {t}")
+
+    from kernels.cpu import build_cpu_kernel, scan_spans
+
+    starts, lens, bad = scan_spans(panel)
+    if src is not None:
+        _, _, bad_src = scan_spans(src_panel)
+        bad = np.where(bad >= 0, bad, bad_src)
+    need = max(params.min_bars, params.cutout + 1)
+    status = np.full(n_sym, st.OK, np.int8)
+    messages: dict[int, str] = {}
+    for i in np.flatnonzero(bad >= 0):
+        t = int(bad[i])
+        v = panel[i, t] if not (panel[i, t] > 0 and np.isfinite(panel[i, t])) else src_panel[i, t]
+        msg = f"{_symbol_label(int(i), symbols)} has {_bad_reason(float(v))} at bar {t}"
+        if on_bad == "raise":
+            raise ATCInputError(msg)
+        status[i] = st.BAD_DATA
+        messages[int(i)] = msg
+    for i in np.flatnonzero((bad < 0) & (lens < need)):
+        if lens[i] == 0:
+            status[i] = st.NO_DATA
+            messages[int(i)] = f"{_symbol_label(int(i), symbols)} has no valid close"
+        else:
+            status[i] = st.INSUFFICIENT_HISTORY
+            messages[int(i)] = (f"{_symbol_label(int(i), symbols)}: insufficient history, {int(lens[i])} "
+                                f"valid bars < {need} needed")
+
+    ok = np.flatnonzero(status == st.OK)
+    # longest first: blocks then hold symbols of similar length and waste little padding
+    order = ok[np.argsort(-lens[ok], kind="stable")].astype(np.int64)
+    out = np.empty((len(OUTPUT_NAMES), n_sym, n_bars), ft)
+    out[:, status != st.OK, :] = np.nan
+    if len(order):
+        t_max = int(lens[order].max())
+        tt = np.maximum(np.arange(t_max, dtype=np.float64), 1.0) - params.cutout
+        growth = np.exp(params.lam * tt).astype(ft)
+        lengths = np.array([params.lengths(f) for f in FAMILIES], np.int64)
+        weights = np.array([params.weight(f) for f in FAMILIES], ft)
+        keep = ft.type(1.0 - params.dec)
+        kern = build_cpu_kernel(ft.name)
+        args = (panel, src_panel, order, starts, lens, growth, lengths, weights, params.cutout, keep,
+                ft.type(params.short_threshold), ft.type(params.long_threshold), params.strategy_mode, out)
+        n_blocks = -(-len(order) // kern.lanes)
+        if parallel and n_blocks > 1:
+            kern.run_parallel(*args, min(n_blocks, 4 * numba.get_num_threads()))
+        else:
+            kern.run_serial(*args)
+
+    outputs = {name: (out[c, 0] if one_d else out[c]) for c, name in enumerate(OUTPUT_NAMES)}
+    return st.ATCResult(outputs, status[0] if one_d else status, messages)
