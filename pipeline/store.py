@@ -283,7 +283,7 @@ def normalise_table(
             i = int(bad[0])
             who = symbol if syms is None else syms[i]
             rel = "<= 0" if v in POSITIVE_VARS else "< 0"
-            raise StoreError(f"{where}: {v} {rel} ({a[i]!r}) for symbol {who!r} at {_ts(times[i])} "
+            raise StoreError(f"{where}: {v} {rel} ({float(a[i])!r}) for symbol {who!r} at {_ts(times[i])} "
                              f"({_row_label(rows, i, line_base)})")
 
     if syms is None:
@@ -293,7 +293,7 @@ def normalise_table(
         order = np.lexsort((times, codes))
         sc = codes[order]
         bounds = np.flatnonzero(np.diff(sc)) + 1
-        groups = {str(uniques[sc[part[0]]]): part for part in np.split(order, bounds) if part.size}
+        groups = {str(uniques[codes[part[0]]]): part for part in np.split(order, bounds) if part.size}
 
     out: dict[str, pd.DataFrame] = {}
     for sym, idx in groups.items():
@@ -390,15 +390,14 @@ def fill_gaps(arrays: dict[str, np.ndarray]) -> np.ndarray:
         g = gaps[rows]
         sub[g] = filled_close[g]
         close[rows] = sub
-        for v in ("open", "high", "low"):
-            if v in arrays:
-                a = arrays[v][rows]
-                a[g] = filled_close[g]
-                arrays[v][rows] = a
-        if "volume" in arrays:
-            a = arrays["volume"][rows]
-            a[g] = 0.0
-            arrays["volume"][rows] = a
+        for v in ("open", "high", "low", "volume"):
+            if v not in arrays:
+                continue
+            a = arrays[v][rows]
+            # only symbols that have this variable at all get it on their filled bars
+            g_v = g & ~np.isnan(a).all(axis=1)[:, None]
+            a[g_v] = 0.0 if v == "volume" else filled_close[g_v]
+            arrays[v][rows] = a
     outside = ~span
     if outside.any():
         for a in arrays.values():
@@ -461,7 +460,7 @@ def _check_values(p: _Panel, where: str, *, allow_gaps: bool = False) -> None:
         bad = (a <= 0) if v in POSITIVE_VARS else (a < 0)
         if bad.any():
             i, j = np.argwhere(bad)[0]
-            raise StoreError(f"{where}: {v} {'<= 0' if v in POSITIVE_VARS else '< 0'} ({a[i, j]!r}) for symbol "
+            raise StoreError(f"{where}: {v} {'<= 0' if v in POSITIVE_VARS else '< 0'} ({float(a[i, j])!r}) for symbol "
                              f"{p.symbols[i]!r} at {_ts(p.times[j])}")
     close = p.arrays["close"]
     valid = ~np.isnan(close)
@@ -796,9 +795,12 @@ def open_prices(path: str | os.PathLike, *, chunks: Any = None, verify: bool = F
     return ds
 
 
-def to_frames(ds: xr.Dataset, symbols: list[str] | None = None) -> dict[str, pd.DataFrame]:
+def to_frames(
+    ds: xr.Dataset, symbols: list[str] | None = None, *, time_unit: str = "ns"
+) -> dict[str, pd.DataFrame]:
     """Per-symbol DataFrames of a price dataset: each symbol's span (first..last close), index
-    ``time``, the price variables it has data for (all-NaN optional columns dropped)."""
+    ``time`` (naive UTC, ``datetime64[time_unit]``; pandas 3 itself defaults to ``"us"``), the
+    price variables it has data for (all-NaN optional columns dropped)."""
     names = [str(s) for s in ds["symbol"].values]
     wanted = names if symbols is None else list(symbols)
     pos = {s: i for i, s in enumerate(names)}
@@ -819,7 +821,7 @@ def to_frames(ds: xr.Dataset, symbols: list[str] | None = None) -> dict[str, pd.
             a = arrays[v][k, sl]
             if v == "close" or not np.isnan(a).all():
                 cols[v] = a
-        out[sym] = pd.DataFrame(cols, index=pd.DatetimeIndex(times[sl], name="time"))
+        out[sym] = pd.DataFrame(cols, index=pd.DatetimeIndex(times[sl], name="time").as_unit(time_unit))
     return out
 
 
@@ -886,7 +888,7 @@ def append_prices(
                 if diff.any():
                     k = int(np.flatnonzero(diff)[0])
                     raise StoreError(f"{where}: overlapping bar disagrees for symbol {sym!r} at {_ts(tov[k])}: "
-                                     f"{v} stored {a_old[k]!r}, new {a_new[k]!r}")
+                                     f"{v} stored {float(a_old[k])!r}, new {float(a_new[k])!r}")
         newer = f.iloc[np.flatnonzero(t > t_last)]
         if len(newer):
             new_only[sym] = newer
