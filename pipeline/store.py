@@ -634,7 +634,6 @@ def check_target(path: str | os.PathLike, *, overwrite: bool = False, append: bo
 
 def _write_atomic(ds: xr.Dataset, path: Path, chunk_symbols: int, *, replace: bool) -> None:
     """Write ``ds`` into a temporary sibling of ``path`` and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex[:12]
     tmp = path.parent / f".{path.name}.tmp-{token}"
     n_time = ds.sizes["time"]
@@ -643,6 +642,7 @@ def _write_atomic(ds: xr.Dataset, path: Path, chunk_symbols: int, *, replace: bo
         chunks = (chunk_symbols, max(1, n_time)) if ds[v].ndim == 2 else (chunk_symbols,)
         encoding[v] = {"compressors": [blosc_codec()], "chunks": chunks}
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=UserWarning)
             ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=False, encoding=encoding)

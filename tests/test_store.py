@@ -435,6 +435,24 @@ def test_append_refused_and_store_unchanged(tmp_path, tail, match):
     assert _tree(p) == before and _listing(tmp_path) == ["p.zarr"]
 
 
+def test_append_adds_a_variable(tmp_path):
+    idx = pd.date_range("2020-01-01", periods=4, name="time", unit="ns")
+    p = tmp_path / "p.zarr"
+    write_prices({"A": pd.Series([1.0, 2.0, 3.0, 4.0], index=idx)}, p)
+    tail = pd.DataFrame({"close": [4.0, 5.0], "volume": [7.0, 8.0]}, index=pd.date_range("2020-01-04", periods=2))
+    append_prices({"A": tail}, p)
+    ds = open_prices(p, verify=True)
+    assert ds["close"].values.tolist() == [[1.0, 2.0, 3.0, 4.0, 5.0]]
+    assert np.isnan(ds["volume"].values[0, :3]).all() and ds["volume"].values[0, 4] == 8.0
+    assert ds["volume"].values[0, 3] != ds["volume"].values[0, 3]  # the stored bar keeps no volume
+
+
+def test_unwritable_parent_is_a_user_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StoreError, match="cannot write store"):
+        write_prices(_frames(), tmp_path / "file" / "p.zarr")
+
+
 def test_append_needs_a_store(tmp_path):
     with pytest.raises(StoreError, match="no price store to append to"):
         append_prices(_frames(), tmp_path / "nope.zarr")

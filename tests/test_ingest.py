@@ -1,0 +1,280 @@
+"""`atc ingest`: files -> price store, column spellings, timestamps, bad input, real data."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.ingest import ingest, symbol_from_filename
+from pipeline.store import open_prices, to_frames
+
+
+def _cli():
+    """flows.cli.main; stubs flows.bench_cmd (another issue's module) if it is not there yet."""
+    if "flows.bench_cmd" not in sys.modules and importlib.util.find_spec("flows.bench_cmd") is None:
+        stub = types.ModuleType("flows.bench_cmd")
+        stub.bench_kernel = lambda: None
+        sys.modules["flows.bench_cmd"] = stub
+    from flows.cli import main
+
+    return main
+
+
+def run(*args) -> int:
+    return _cli()([str(a) for a in args])
+
+
+def _listing(p: Path) -> list[str]:
+    return sorted(os.listdir(p))
+
+
+def _tree(p: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(p)): f.read_bytes() for f in sorted(p.rglob("*")) if f.is_file()}
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+DAILY = "Date,Open,High,Low,Close,Volume\n2024-01-02,10,11,9,10.5,100\n2024-01-03,10.5,12,10,11.5,200\n"
+
+
+# ---------------------------------------------------------------------------------- happy paths
+
+def test_ingest_directory_cli(tmp_path, capsys):
+    src = tmp_path / "csv"
+    _write(src / "AAA.csv", DAILY)
+    _write(src / "BBB.csv", "date,close\n2024-01-03,20\n2024-01-04,21\n2024-01-02,19.5\n")  # unsorted
+    _write(src / "notes.md", "not data")
+    assert run("ingest", src, tmp_path / "p.zarr") == 0
+    out = capsys.readouterr().out
+    assert "2 symbols x 3 bars" in out and "0 gaps forward-filled" in out and "on disk" in out
+    ds = open_prices(tmp_path / "p.zarr", verify=True)
+    assert [str(s) for s in ds["symbol"].values] == ["AAA", "BBB"]
+    assert ds["close"].sel(symbol="BBB").values.tolist() == [19.5, 20.0, 21.0]
+    assert ds["volume"].sel(symbol="AAA").values[:2].tolist() == [100.0, 200.0]
+    assert ds.attrs["source"] == f"ingest {src.resolve()}"
+
+
+def test_ingest_spellings_epochs_and_time_zones(tmp_path):
+    src = tmp_path / "mixed"
+    # epoch milliseconds, odd case and spacing
+    ms = pd.Timestamp("2024-01-02T00:00Z").value // 10**6
+    _write(src / "MS.csv", f"TimeStamp,CLOSE, vol \n{ms},1.5,10\n{ms + 86_400_000},1.6,11\n")
+    # epoch seconds
+    s = pd.Timestamp("2024-01-02T00:00Z").value // 10**9
+    _write(src / "SEC.csv", f"timestamp,Close\n{s},2.5\n{s + 86_400},2.6\n")
+    # ISO with an offset -> UTC, and naive ISO taken as UTC, in one file, unsorted
+    _write(src / "ISO.csv", "Datetime,Adj Close\n2024-01-03T01:00:00+01:00,3.6\n2024-01-02 00:00,3.5\n")
+    # YYYYMMDD integers and semicolons
+    _write(src / "YMD.csv", "date;close\n20240102;4.5\n20240103;4.6\n")
+    summary = ingest(src, tmp_path / "p.zarr")
+    ds = open_prices(tmp_path / "p.zarr")
+    assert summary.n_bars == 2
+    np.testing.assert_array_equal(ds["time"].values, np.array(["2024-01-02", "2024-01-03"], dtype="datetime64[ns]"))
+    assert ds["close"].sel(symbol="ISO").values.tolist() == [3.5, 3.6]
+    assert ds["close"].sel(symbol="MS").values.tolist() == [1.5, 1.6]
+    assert ds["close"].sel(symbol="SEC").values.tolist() == [2.5, 2.6]
+    assert ds["close"].sel(symbol="YMD").values.tolist() == [4.5, 4.6]
+    assert ds["volume"].sel(symbol="MS").values.tolist() == [10.0, 11.0]
+
+
+def test_ingest_long_format_parquet_and_gzip(tmp_path):
+    long = pd.DataFrame({
+        "Ticker": ["BRK/B", "ünï 株", "BRK/B", "..", "ünï 株", ".."],
+        "Date": pd.to_datetime(["2024-01-03", "2024-01-02", "2024-01-02", "2024-01-02", "2024-01-04", "2024-01-04"]),
+        "Close": [2.0, 5.0, 1.0, 7.0, 6.0, 8.0],
+    })
+    pq = tmp_path / "long.parquet"
+    long.to_parquet(pq)
+    ingest(pq, tmp_path / "a.zarr")
+    ds = open_prices(tmp_path / "a.zarr", verify=True)
+    assert [str(s) for s in ds["symbol"].values] == sorted(["BRK/B", "ünï 株", ".."])
+    assert ds["filled_gaps"].sel(symbol="..").item() == 1  # 2024-01-03 only BRK/B trades
+    assert _listing(tmp_path) == ["a.zarr", "long.parquet"]
+    # the same data as gzipped CSV in a directory, plus a per-symbol Parquet file with a DatetimeIndex
+    d = tmp_path / "dir"
+    d.mkdir()
+    with gzip.open(d / "part1.csv.gz", "wt") as f:
+        long.to_csv(f, index=False)
+    pd.DataFrame({"close": [3.0, 4.0]}, index=pd.date_range("2024-01-02", periods=2, name="Date")).to_parquet(d / "Z Z.pq")
+    ingest(d, tmp_path / "b.zarr")
+    b = open_prices(tmp_path / "b.zarr")
+    assert "Z Z" in [str(s) for s in b["symbol"].values]
+    assert to_frames(b, ["BRK/B"])["BRK/B"]["close"].tolist() == [1.0, 2.0]
+
+
+def test_symbol_from_filename():
+    assert symbol_from_filename(Path("BRK B.csv")) == "BRK B"
+    assert symbol_from_filename(Path("a..b.CSV.gz")) == "a..b"
+    assert symbol_from_filename(Path("x.y.parquet")) == "x.y"
+
+
+def test_ingest_overwrite_and_append_cli(tmp_path):
+    src = tmp_path / "v1"
+    _write(src / "AAA.csv", DAILY)
+    store = tmp_path / "p.zarr"
+    assert run("ingest", src, store) == 0
+    v2 = tmp_path / "v2"
+    _write(v2 / "AAA.csv", "Date,Close\n2024-01-03,11.5\n2024-01-04,12\n")  # overlaps one bar, agrees
+    _write(v2 / "NEW.csv", "Date,Close\n2024-01-04,1\n2024-01-05,2\n")
+    assert run("ingest", v2, store, "--append") == 0
+    ds = open_prices(store, verify=True)
+    assert ds["close"].sel(symbol="AAA").values.tolist()[:3] == [10.5, 11.5, 12.0]
+    assert ds["open"].sel(symbol="AAA").values[:2].tolist() == [10.0, 10.5]  # existing bars untouched
+    assert np.isnan(ds["close"].sel(symbol="AAA").values[3])  # 2024-01-05 is after AAA's last bar
+    assert ds["filled_gaps"].values.tolist() == [0, 0]
+    assert run("ingest", v2, store, "--overwrite") == 0
+    assert [str(s) for s in open_prices(store)["symbol"].values] == ["AAA", "NEW"]
+    assert _listing(tmp_path) == ["p.zarr", "v1", "v2"]
+
+
+# ---------------------------------------------------------------------------------- bad input
+
+BAD = {
+    "empty file": ({"A.csv": ""}, r"A\.csv: empty file"),
+    "header only": ({"A.csv": "Date,Close\n"}, r"A\.csv: empty \(no data rows\)"),
+    "no close": ({"A.csv": "Date,Open\n2024-01-02,1\n"}, r"A\.csv: no close column .*columns: \['Date', 'Open'\]"),
+    "no date": ({"A.csv": "Day,Close\nmonday,1\n"}, r"A\.csv: no date/time column"),
+    "non-numeric": ({"A.csv": "Date,Close\n2024-01-02,1\n2024-01-03,abc\n"},
+                    r"A\.csv: non-numeric value 'abc' in column 'Close' \(line 3\)"),
+    "close zero": ({"A.csv": "Date,Close\n2024-01-02,1\n2024-01-03,0\n"},
+                   r"A\.csv: close <= 0 \(0\.0\) for symbol 'A' at 2024-01-03 \(line 3\)"),
+    "negative close": ({"A.csv": "Date,Close\n2024-01-02,-1\n"}, r"close <= 0 \(-1\.0\)"),
+    "duplicate timestamps": ({"A.csv": "Date,Close\n2024-01-02,1\n2024-01-03,2\n2024-01-02,3\n"},
+                             r"A\.csv: duplicate timestamp 2024-01-02 for symbol 'A' \(line 2 and line 4\)"),
+    "unparseable timestamp": ({"A.csv": "Date,Close\n2024-01-02,1\nnot-a-date,2\n"},
+                              r"A\.csv: unparseable timestamp 'not-a-date' in column 'Date' \(line 3\)"),
+    "missing timestamp": ({"A.csv": "Date,Close\n2024-01-02,1\n,2\n"}, r"missing timestamp .*line 3"),
+    "symbol in two files": ({"A.csv": DAILY, "long.csv": "symbol,date,close\nA,2024-01-05,3\n"},
+                            r"symbol 'A' appears in two files: .*A\.csv and .*long\.csv"),
+    "no data files": ({"readme.txt.bak": "x"}, r"no CSV or Parquet files"),
+    "corrupt parquet": ({"A.parquet": "this is not parquet"}, r"A\.parquet: cannot read"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_one_line_error_no_store(tmp_path, capsys, case):
+    files, pattern = BAD[case]
+    src = tmp_path / "src"
+    src.mkdir()
+    for name, text in files.items():
+        _write(src / name, text)
+    store = tmp_path / "out" / "p.zarr"
+    assert run("ingest", src, store) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    import re
+
+    assert re.search(pattern, err), err
+    assert not store.exists()
+    assert not (tmp_path / "out").exists() or _listing(tmp_path / "out") == []
+
+
+def test_missing_source(tmp_path, capsys):
+    assert run("ingest", tmp_path / "nowhere", tmp_path / "p.zarr") == 2
+    assert "nowhere: no such file or directory" in capsys.readouterr().err
+    assert _listing(tmp_path) == []
+
+
+def test_existing_store_without_flags_is_unchanged(tmp_path, capsys):
+    src = tmp_path / "src"
+    _write(src / "A.csv", DAILY)
+    store = tmp_path / "p.zarr"
+    assert run("ingest", src, store) == 0
+    before = _tree(store)
+    _write(src / "B.csv", DAILY)
+    capsys.readouterr()
+    assert run("ingest", src, store) == 2
+    assert "already exists (use --overwrite" in capsys.readouterr().err
+    assert run("ingest", src, store, "--append", "--overwrite") == 2
+    assert "exclude each other" in capsys.readouterr().err
+    assert _tree(store) == before
+
+
+@pytest.mark.parametrize(
+    "text, pattern",
+    [
+        ("Date,Close\n2024-01-03,99\n", r"overlapping bar disagrees for symbol 'A' at 2024-01-03: close stored 11\.5, new 99\.0"),
+        ("Date,Close\n2024-01-01,1\n", r"before its first stored bar"),
+        ("Date,Close\n2024-01-05,1\n2024-01-05,2\n", r"duplicate timestamp"),
+    ],
+)
+def test_bad_append_leaves_store_unchanged(tmp_path, capsys, text, pattern):
+    store = tmp_path / "p.zarr"
+    _write(tmp_path / "v1" / "A.csv", DAILY)
+    assert run("ingest", tmp_path / "v1", store) == 0
+    before = _tree(store)
+    _write(tmp_path / "v2" / "A.csv", text)
+    capsys.readouterr()
+    assert run("ingest", tmp_path / "v2", store, "--append") == 2
+    import re
+
+    assert re.search(pattern, capsys.readouterr().err)
+    assert _tree(store) == before
+    assert _listing(tmp_path) == ["p.zarr", "v1", "v2"]
+
+
+def test_append_to_missing_store(tmp_path, capsys):
+    _write(tmp_path / "v1" / "A.csv", DAILY)
+    assert run("ingest", tmp_path / "v1", tmp_path / "p.zarr", "--append") == 2
+    assert "no price store to append to" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------- real data
+
+def test_real_data_from_arch_through_csv(tmp_path):
+    from arch.data import nasdaq, sp500, wti
+
+    src = tmp_path / "real"
+    src.mkdir()
+    spx, ndx = sp500.load(), nasdaq.load()
+    spx.to_csv(src / "^GSPC.csv")  # Date, Open, High, Low, Close, Adj Close, Volume
+    ndx.reset_index().rename(columns={"Date": "timestamp"}).to_csv(src / "^IXIC.csv", index=False)
+    oil = wti.load().rename(columns={"DCOILWTICO": "Price"})  # FRED calendar, NaN on holidays
+    oil.to_csv(src / "WTI.csv")
+    s = ingest(src, tmp_path / "p.zarr")
+    ds = open_prices(tmp_path / "p.zarr", verify=True)
+    assert [str(x) for x in ds["symbol"].values] == ["WTI", "^GSPC", "^IXIC"]
+    fr = to_frames(ds, time_unit="us")
+    # equity indices: every bar back exactly, and "Close" (not "Adj Close") was taken
+    for sym, raw in (("^GSPC", spx), ("^IXIC", ndx)):
+        got = fr[sym].dropna(how="all")
+        on_own_days = got.loc[raw.index]
+        np.testing.assert_array_equal(on_own_days["close"].to_numpy(), raw["Close"].to_numpy())
+        np.testing.assert_array_equal(on_own_days["volume"].to_numpy(), raw["Volume"].to_numpy(float))
+        # bars only WTI has are filled from the previous close with zero volume
+        extra = got.index.difference(raw.index)
+        extra = extra[(extra > raw.index[0]) & (extra < raw.index[-1])]
+        assert int(ds["filled_gaps"].sel(symbol=sym)) == len(extra) > 0
+        assert (got.loc[extra, "volume"] == 0).all()
+    # WTI: the NaN holidays inside its span are filled (and days only the indices have)
+    wti_span = oil.loc[oil["Price"].first_valid_index(): oil["Price"].last_valid_index()]
+    assert int(ds["filled_gaps"].sel(symbol="WTI")) >= int(wti_span["Price"].isna().sum()) > 0
+    assert not np.isnan(fr["WTI"]["close"].to_numpy()).any()
+    assert s.filled_gaps == int(ds["filled_gaps"].sum())
+    assert ds.sizes["time"] == len(spx.index.union(oil.index))
+
+
+@pytest.mark.skipif(shutil.which("atc") is None or not (Path(__file__).parents[1] / "flows" / "bench_cmd.py").exists(),
+                    reason="console script not installed or flows.bench_cmd (another issue) missing")
+def test_console_script(tmp_path):
+    _write(tmp_path / "src" / "A.csv", DAILY)
+    ok = subprocess.run(["atc", "ingest", str(tmp_path / "src"), str(tmp_path / "p.zarr")],
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and "1 symbols x 2 bars" in ok.stdout
+    bad = subprocess.run(["atc", "ingest", str(tmp_path / "src"), str(tmp_path / "p.zarr")],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
