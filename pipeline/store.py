@@ -26,7 +26,7 @@ import shutil
 import uuid
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -549,7 +549,6 @@ class StoreSummary:
     chunk_symbols: int
     added_symbols: int = 0
     added_bars: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ratio(self) -> float:
