@@ -54,7 +54,8 @@ def _resolve_backend(backend: str) -> str:
 
 
 def compute_atc(close, params: ATCParams | None = None, *, backend: str = "cpu", dtype=np.float64,
-                src=None, parallel: bool = True, on_bad: str = "raise", symbols=None) -> st.ATCResult:
+                src=None, parallel: bool = True, on_bad: str = "raise", symbols=None,
+                lanes: int | None = None) -> st.ATCResult:
     """The 13 ATC outputs of ATC_SPEC.md for one series `(n_bars,)` or a panel `(n_symbols, n_bars)`.
 
     Each symbol is computed as if alone from its first valid close (leading/trailing NaN allowed).
@@ -64,7 +65,8 @@ def compute_atc(close, params: ATCParams | None = None, *, backend: str = "cpu",
 
     `src` (same shape as `close`) feeds the moving averages and crossovers while returns come from
     `close`, as in the pandas API; by default both are `close`. `parallel=False` keeps the kernel on
-    the calling thread (for Dask workers that run several tasks at once).
+    the calling thread (for Dask workers that run several tasks at once). `lanes` overrides the
+    number of symbols per SIMD block (a tuning knob for benchmarks; results do not depend on it).
     """
     params = ATCParams() if params is None else params
     if not isinstance(params, ATCParams):
@@ -92,7 +94,7 @@ def compute_atc(close, params: ATCParams | None = None, *, backend: str = "cpu",
             i, t = np.argwhere(mismatch)[0]
             raise ATCInputError(f"{_symbol_label(int(i), symbols)}: src and close differ in missing bars at bar {t}")
 
-    from kernels.cpu import build_cpu_kernel, scan_spans
+    from kernels.cpu import build_cpu_kernel, line_tables, scan_spans
 
     starts, lens, bad = scan_spans(panel)
     if src is not None:
@@ -127,15 +129,16 @@ def compute_atc(close, params: ATCParams | None = None, *, backend: str = "cpu",
         t_max = int(lens[order].max())
         tt = np.maximum(np.arange(t_max, dtype=np.float64), 1.0) - params.cutout
         growth = np.exp(params.lam * tt).astype(ft)
-        lengths = np.array([params.lengths(f) for f in FAMILIES], np.int64)
+        line_lens, coef = line_tables(params, ft)
         weights = np.array([params.weight(f) for f in FAMILIES], ft)
-        keep = ft.type(1.0 - params.dec)
         kern = build_cpu_kernel(ft.name)
-        args = (panel, src_panel, order, starts, lens, growth, lengths, weights, params.cutout, keep,
-                ft.type(params.short_threshold), ft.type(params.long_threshold), params.strategy_mode, out)
-        n_blocks = -(-len(order) // kern.lanes)
+        nb = kern.lanes if lanes is None else int(lanes)
+        args = (nb, panel, src_panel, src is None, order, starts, lens, growth, line_lens, coef, weights,
+                params.cutout, ft.type(1.0 - params.dec), ft.type(params.short_threshold),
+                ft.type(params.long_threshold), params.strategy_mode, out)
+        n_blocks = -(-len(order) // nb)
         if parallel and n_blocks > 1:
-            kern.run_parallel(*args, min(n_blocks, 4 * numba.get_num_threads()))
+            kern.run_parallel(min(n_blocks, 4 * numba.get_num_threads()), *args)
         else:
             kern.run_serial(*args)
 

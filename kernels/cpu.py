@@ -1,19 +1,23 @@
-"""Batch ATC on the CPU: Numba, vectorised across symbols, parallel across threads.
+"""Batch ATC on the CPU: Numba, fused bar by bar, vectorised across symbols, parallel across threads.
 
-Layout (why it is fast): symbols are processed in blocks of `LANES` (8 float64 / 16 float32 =
-one AVX-512 register). Each symbol of a block is copied so that its own first valid bar is row 0
-of a `(time, lane)` buffer; every lane then shares the same local bar index `t`, so the warm-up
-ranges, the cutout and the growth factor `exp(lam*(t-cutout))` are the same for all lanes and the
-innermost loop over lanes has no data-dependent control flow: LLVM turns it into SIMD code.
-A lane whose history ends early is padded with its last close and its padded bars are never
-written out. Blocks are filled with symbols sorted by length, so ragged panels waste little.
+Why it is laid out this way (measured, see docs/PERFORMANCE.md):
 
-Per block and family the 9 lines are processed one after another (MA -> crossover -> equity ->
-Layer-1 accumulation), reusing one `(time, lane)` MA buffer: nothing of size (symbol, 54, time) is
-ever allocated. The math itself is the shared step functions of `kernels.steps`.
+* Symbols are processed in blocks of `lanes`. Each symbol of a block is copied so that its own first
+  valid bar is row 0 of a `(time, lane)` buffer; every lane then shares the local bar index `t`, so
+  warm-up ranges, the cutout and the growth factor `exp(lam*(t-cutout))` are the same for all lanes
+  and the innermost loop over lanes has no data-dependent control flow (LLVM vectorises it). A lane
+  whose history ends early is padded with its last close; its padded bars are never written out.
+  Blocks are filled with symbols sorted by length, so ragged panels waste little.
+* Time is the outer loop and all 54 lines advance one bar at a time (MA step -> crossover ->
+  equity -> Layer-1 sums), then Layer 2 and the average for that bar. Per-line state lives in small
+  `(line, lane)` arrays that stay in L1; nothing of size (symbol, 54, time) exists, and no MA series
+  is ever stored. An earlier pass-per-line layout was memory bound at 5 M symbol-bars/s.
+* The lane count is a run-time value on purpose: with a compile-time constant LLVM fully unrolls the
+  lane loop, and Numba does not run the SLP vectoriser, so the code stays scalar.
+* Running window sums are re-anchored (recomputed from the window) every `ANCHOR` bars, so rounding
+  drift cannot accumulate over long histories.
 
-Running window sums are re-anchored (recomputed from the window) every `ANCHOR` bars so that
-rounding drift cannot accumulate over long histories.
+All arithmetic is the shared step functions of `kernels.steps`.
 """
 
 from __future__ import annotations
@@ -22,16 +26,16 @@ import math
 from functools import lru_cache
 from types import SimpleNamespace
 
-import numba
 import numpy as np
 from numba import njit, prange
 
 from kernels.steps import build_steps
 
 ANCHOR = 256
-"""Bars between exact recomputations of the running window sums."""
+"""Bars between exact recomputations of running window sums (a power of two)."""
 
-FAMILY_CODES = {"EMA": 0, "HMA": 1, "WMA": 2, "DEMA": 3, "LSMA": 4, "KAMA": 5}
+LANES = {"float64": 16, "float32": 32}
+"""Symbols per block: a few SIMD registers wide."""
 
 
 @njit(cache=True, parallel=True)
@@ -64,13 +68,16 @@ def scan_spans(close):
     return starts, lengths, bad
 
 
+def isqrt(n: int) -> int:
+    return math.isqrt(n)
+
+
 @lru_cache(maxsize=None)
 def build_cpu_kernel(dtype_name: str):
-    """Compile the block kernel for one float type (its inner functions are exposed for tests)."""
+    """Compile the fused block kernel for one float type; inner pieces are exposed for tests."""
     ft = np.dtype(dtype_name).type
     st = build_steps(njit, ft)
-    B = 8 if ft == np.float64 else 16
-    A = ANCHOR
+    AM = ANCHOR - 1
     NAN = ft(np.nan)
     ZERO = ft(0.0)
     ONE = ft(1.0)
@@ -88,302 +95,355 @@ def build_cpu_kernel(dtype_name: str):
     cut = st.cut
     ratio_or_zero = st.ratio_or_zero
 
-    @njit
-    def fill_nan(out, t_end, T):
-        for t in range(min(t_end, T)):
-            for k in range(B):
-                out[t, k] = NAN
+    # ---- one family of 9 lines over all bars of a block ------------------------------------------
 
     @njit
-    def ema_block(x, L, out, T):
-        fill_nan(out, L - 1, T)
-        if L - 1 >= T:
-            return
-        a = ft(2.0) / ft(L + 1)
-        b = ONE - a
-        for k in range(B):
-            s = ZERO
-            for j in range(L):
-                s += x[j, k]
-            out[L - 1, k] = s / ft(L)
-        for t in range(L, T):
-            for k in range(B):
-                out[t, k] = ema_step(out[t - 1, k], x[t, k], a, b)
+    def window_sums(src, t, L, q, S, W, nb):
+        """Exact window sums ending at bar t (oldest first): S = sum x, W = sum (pos+1)*x."""
+        for k in range(nb):
+            S[q + k] = ZERO
+            W[q + k] = ZERO
+        for j in range(L):
+            wj = ft(j + 1)
+            row = t - L + 1 + j
+            for k in range(nb):
+                v = src[row, k]
+                S[q + k] += v
+                W[q + k] += wj * v
 
     @njit
-    def dema_block(x, L, e1, out, T):
-        ema_block(x, L, e1, T)
-        fill_nan(out, L - 1, T)
-        if L - 1 >= T:
-            return
-        a = ft(2.0) / ft(L + 1)
-        b = ONE - a
-        e2 = np.empty(B, ft)
-        for k in range(B):
-            e2[k] = e1[L - 1, k]
-            out[L - 1, k] = dema_value(e1[L - 1, k], e2[k])
-        for t in range(L, T):
-            for k in range(B):
-                e2[k] = ema_step(e2[k], e1[t, k], a, b)
-                out[t, k] = dema_value(e1[t, k], e2[k])
+    def family_pass(fam, x, r, T, nb, lens, coef, cutout, keep, fsig):
+        """MA -> crossover -> equity -> Layer-1 signal for the 9 lines of family `fam`.
 
-    @njit
-    def window_sums(src, t, L, s, w):
-        """Exact (re-anchored) window sums ending at bar t, oldest first."""
-        for k in range(B):
-            ss = ZERO
-            ww = ZERO
-            for j in range(L):
-                v = src[t - L + 1 + j, k]
-                ss += v
-                ww += ft(j + 1) * v
-            s[k] = ss
-            w[k] = ww
-
-    @njit
-    def wma_block(src, t0, L, out, T):
-        """WMA(L) of src[t0:], written from bar t0+L-1 on, NaN before."""
-        first = t0 + L - 1
-        fill_nan(out, first, T)
-        denom = ft(L * (L + 1) // 2)
-        Lf = ft(L)
-        s = np.empty(B, ft)
-        w = np.empty(B, ft)
-        for t in range(first, T):
-            if (t - first) % A == 0:
-                window_sums(src, t, L, s, w)
+        One function on purpose: the per-bar work for a line is only a few vector instructions,
+        and a call with array arguments per (bar, line) would cost more than the work (Numba
+        reference-counts every array argument). Only scalar step functions are called inside.
+        Sliding window sums are recomputed exactly at their first bar, then every ANCHOR bars,
+        and every bar for one-bar windows (an MA equal to the close must stay exactly equal).
+        """
+        sz = 9 * nb
+        mprev = np.full(sz, NAN, ft)
+        s = np.zeros(sz, ft)
+        e = np.zeros(sz, ft)
+        S1 = np.zeros(sz, ft)
+        W1 = np.zeros(sz, ft)
+        S2 = np.zeros(sz, ft)
+        W2 = np.zeros(sz, ft)
+        S3 = np.zeros(sz, ft)
+        W3 = np.zeros(sz, ft)
+        sqmax = 1
+        for j in range(9):
+            sqmax = max(sqmax, lens[fam * 9 + j, 2])
+        ring = np.zeros((9, sqmax, nb), ft)
+        mrow = np.empty(nb, ft)
+        num = np.empty(nb, ft)
+        den = np.empty(nb, ft)
+        for t in range(T):
+            for k in range(nb):
+                num[k] = ZERO
+                den[k] = ZERO
+            for j in range(9):
+                ln = fam * 9 + j
+                q = j * nb
+                L = lens[ln, 0]
+                # ---- the MA of this line at bar t, into mrow ----
+                if fam == 5:  # KAMA: defined from bar 0
+                    if t <= L - 1:
+                        for k in range(nb):
+                            mrow[k] = x[0, k]
+                    else:
+                        if ((t - L) & AM) == 0:
+                            for k in range(nb):
+                                S1[q + k] = ZERO
+                            for i in range(t - L + 1, t + 1):
+                                for k in range(nb):
+                                    S1[q + k] += abs(x[i, k] - x[i - 1, k])
+                        else:
+                            for k in range(nb):
+                                S1[q + k] = (S1[q + k] + abs(x[t, k] - x[t - 1, k])
+                                             - abs(x[t - L, k] - x[t - L - 1, k]))
+                        for k in range(nb):
+                            mrow[k] = kama_step(mprev[q + k], x[t, k], x[t - L, k], S1[q + k])
+                elif fam == 1:  # HMA: WMA(2*WMA(x, half) - WMA(x, L), sq), inner series in a ring
+                    half = lens[ln, 1]
+                    sq = lens[ln, 2]
+                    if t >= half - 1:
+                        if half == 1 or ((t - half + 1) & AM) == 0:
+                            window_sums(x, t, half, q, S1, W1, nb)
+                        else:
+                            hf = coef[ln, 1]
+                            for k in range(nb):
+                                S1[q + k], W1[q + k] = weighted_slide(S1[q + k], W1[q + k], x[t, k],
+                                                                      x[t - half, k], hf)
+                    if t < L - 1:
+                        for k in range(nb):
+                            mrow[k] = NAN
+                    else:
+                        if L == 1 or ((t - L + 1) & AM) == 0:
+                            window_sums(x, t, L, q, S2, W2, nb)
+                        else:
+                            Lf = coef[ln, 0]
+                            for k in range(nb):
+                                S2[q + k], W2[q + k] = weighted_slide(S2[q + k], W2[q + k], x[t, k],
+                                                                      x[t - L, k], Lf)
+                        slot = t % sq
+                        den_l = coef[ln, 3]
+                        den_h = coef[ln, 4]
+                        # d_{t-sq} sits in this slot until it is overwritten with d_t
+                        for k in range(nb):
+                            mrow[k] = ring[j, slot, k]
+                            ring[j, slot, k] = hma_diff(wma_value(W1[q + k], den_h),
+                                                        wma_value(W2[q + k], den_l))
+                        first = L - 1 + sq - 1
+                        if t < first:
+                            for k in range(nb):
+                                mrow[k] = NAN
+                        else:
+                            if sq == 1 or ((t - first) & AM) == 0:
+                                for k in range(nb):
+                                    S3[q + k] = ZERO
+                                    W3[q + k] = ZERO
+                                for i in range(sq):
+                                    wi = ft(i + 1)
+                                    sl = (t - sq + 1 + i) % sq
+                                    for k in range(nb):
+                                        v = ring[j, sl, k]
+                                        S3[q + k] += v
+                                        W3[q + k] += wi * v
+                            else:
+                                sqf = coef[ln, 2]
+                                for k in range(nb):
+                                    S3[q + k], W3[q + k] = weighted_slide(
+                                        S3[q + k], W3[q + k], ring[j, slot, k], mrow[k], sqf)
+                            den_s = coef[ln, 5]
+                            for k in range(nb):
+                                mrow[k] = wma_value(W3[q + k], den_s)
+                elif t < L - 1:
+                    for k in range(nb):
+                        mrow[k] = NAN
+                elif fam == 0 or fam == 3:  # EMA / DEMA (S1 = e1, W1 = e2)
+                    a = coef[ln, 0]
+                    b = coef[ln, 1]
+                    if t == L - 1:
+                        for k in range(nb):
+                            S1[q + k] = ZERO
+                        for i in range(L):
+                            for k in range(nb):
+                                S1[q + k] += x[i, k]
+                        for k in range(nb):
+                            S1[q + k] = S1[q + k] / ft(L)
+                            W1[q + k] = S1[q + k]
+                    elif fam == 0:
+                        for k in range(nb):
+                            S1[q + k] = ema_step(S1[q + k], x[t, k], a, b)
+                    else:
+                        for k in range(nb):
+                            e1 = ema_step(S1[q + k], x[t, k], a, b)
+                            S1[q + k] = e1
+                            W1[q + k] = ema_step(W1[q + k], e1, a, b)
+                    if fam == 0:
+                        for k in range(nb):
+                            mrow[k] = S1[q + k]
+                    else:
+                        for k in range(nb):
+                            mrow[k] = dema_value(S1[q + k], W1[q + k])
+                elif fam == 4 and L <= 2:  # a line through 1 or 2 points passes through x_t
+                    for k in range(nb):
+                        mrow[k] = x[t, k]
+                else:  # WMA (2) / LSMA (4) from the same window sums
+                    Lf = coef[ln, 0]
+                    if L == 1 or ((t - L + 1) & AM) == 0:
+                        window_sums(x, t, L, q, S1, W1, nb)
+                    else:
+                        for k in range(nb):
+                            S1[q + k], W1[q + k] = weighted_slide(S1[q + k], W1[q + k], x[t, k],
+                                                                  x[t - L, k], Lf)
+                    if fam == 2:
+                        den_w = coef[ln, 1]
+                        for k in range(nb):
+                            mrow[k] = wma_value(W1[q + k], den_w)
+                    else:
+                        sum_i = coef[ln, 1]
+                        den_ls = coef[ln, 2]
+                        for k in range(nb):
+                            mrow[k] = lsma_value(S1[q + k], W1[q + k], Lf, sum_i, den_ls)
+                # ---- crossover state, equity, Layer-1 sums ----
+                if t == 0:
+                    pass  # no previous bar: the state stays 0
+                elif t <= cutout:
+                    for k in range(nb):
+                        s[q + k] = cross_step(s[q + k], x[t, k], mrow[k], x[t - 1, k], mprev[q + k])
+                else:
+                    for k in range(nb):
+                        sp = s[q + k]
+                        sn = cross_step(sp, x[t, k], mrow[k], x[t - 1, k], mprev[q + k])
+                        en = equity_step(e[q + k], sp, r[t, k], keep)
+                        s[q + k] = sn
+                        e[q + k] = en
+                        num[k] += sn * en
+                        den[k] += en
+                if t == cutout:
+                    for k in range(nb):
+                        e[q + k] = start_equity(ONE)
+                        num[k] += s[q + k] * e[q + k]
+                        den[k] += e[q + k]
+                for k in range(nb):
+                    mprev[q + k] = mrow[k]
+            if t < cutout:
+                for k in range(nb):
+                    fsig[t, k] = NAN
             else:
-                for k in range(B):
-                    s[k], w[k] = weighted_slide(s[k], w[k], src[t, k], src[t - L, k], Lf)
-            for k in range(B):
-                out[t, k] = wma_value(w[k], denom)
+                for k in range(nb):
+                    fsig[t, k] = round2(num[k] / den[k])
 
     @njit
-    def hma_block(x, L, w1, w2, d, out, T):
-        half = max(L // 2, 1)
-        sq = int(math.sqrt(L))  # integer square root, corrected below for rounding
-        while (sq + 1) * (sq + 1) <= L:
-            sq += 1
-        while sq * sq > L:
-            sq -= 1
-        wma_block(x, 0, half, w1, T)
-        wma_block(x, 0, L, w2, T)
-        for t in range(L - 1, T):
-            for k in range(B):
-                d[t, k] = hma_diff(w1[t, k], w2[t, k])
-        wma_block(d, L - 1, sq, out, T)
+    def layer2_and_average(obuf, r, T, nb, weights, cutout, keep, short_thr, long_thr, strategy):
+        """Family equities (Layer 2) from the sign of each Layer-1 signal, then Average_Signal."""
+        for f in range(6):
+            for t in range(min(cutout, T)):
+                for k in range(nb):
+                    obuf[6 + f, t, k] = NAN
+            if cutout < T:
+                for k in range(nb):
+                    obuf[6 + f, cutout, k] = start_equity(weights[f])
+            for t in range(cutout + 1, T):
+                for k in range(nb):
+                    obuf[6 + f, t, k] = equity_step(obuf[6 + f, t - 1, k], obuf[f, t - 1, k], r[t, k], keep)
+        num = np.empty(nb, ft)
+        den = np.empty(nb, ft)
+        for t in range(T):
+            for k in range(nb):
+                num[k] = ZERO
+                den[k] = ZERO
+            for f in range(6):
+                for k in range(nb):
+                    num[k] += cut(obuf[f, t, k], short_thr, long_thr) * obuf[6 + f, t, k]
+                    den[k] += obuf[6 + f, t, k]
+            for k in range(nb):
+                obuf[12, t, k] = ratio_or_zero(num[k], den[k])
+        if strategy:
+            for t in range(T - 1, 0, -1):
+                for k in range(nb):
+                    obuf[12, t, k] = obuf[12, t - 1, k]
+            for k in range(nb):
+                obuf[12, 0, k] = ZERO
 
     @njit
-    def lsma_block(x, L, out, T):
-        first = L - 1
-        fill_nan(out, first, T)
-        Lf = ft(L)
-        sum_i = ft(L * (L - 1) // 2)
-        sum_i2 = ft((L - 1) * L * (2 * L - 1) // 6)
-        denom = Lf * sum_i2 - sum_i * sum_i
-        s = np.empty(B, ft)
-        w = np.empty(B, ft)
-        for t in range(first, T):
-            if (t - first) % A == 0:
-                window_sums(x, t, L, s, w)
-            else:
-                for k in range(B):
-                    s[k], w[k] = weighted_slide(s[k], w[k], x[t, k], x[t - L, k], Lf)
-            for k in range(B):
-                out[t, k] = lsma_value(s[k], w[k], Lf, sum_i, denom)
+    def process_block(x, p, r, T, nb, growth, lens, coef, weights, cutout, keep, short_thr, long_thr,
+                      strategy, obuf):
+        """x: MA source (T, nb); p: closes for returns; writes the 13 outputs into obuf (13, T, nb)."""
+        for k in range(nb):
+            r[0, k] = NAN
+        for t in range(1, T):
+            g = growth[t]
+            for k in range(nb):
+                r[t, k] = ((p[t, k] - p[t - 1, k]) / p[t - 1, k]) * g
+        for f in range(6):
+            family_pass(f, x, r, T, nb, lens, coef, cutout, keep, obuf[f])
+        layer2_and_average(obuf, r, T, nb, weights, cutout, keep, short_thr, long_thr, strategy)
+
+    # ---- panel <-> block buffers -----------------------------------------------------------------
 
     @njit
-    def kama_block(x, ad, L, out, T):
-        for t in range(min(L, T)):
-            for k in range(B):
-                out[t, k] = x[0, k]
-        noise = np.empty(B, ft)
-        for t in range(L, T):
-            if (t - L) % A == 0:
-                for k in range(B):
-                    nn = ZERO
-                    for j in range(t - L + 1, t + 1):
-                        nn += ad[j, k]
-                    noise[k] = nn
-            else:
-                for k in range(B):
-                    noise[k] = noise[k] + ad[t, k] - ad[t - L, k]
-            for k in range(B):
-                out[t, k] = kama_step(out[t - 1, k], x[t, k], x[t - L, k], noise[k])
-
-    @njit
-    def accumulate_line(x, m, r, num, den, T, cutout, keep):
-        """Crossover state and Layer-1 equity of one line, added into the family's sums."""
-        s = np.zeros(B, ft)
-        e = np.empty(B, ft)
-        for t in range(1, min(cutout, T)):
-            for k in range(B):
-                s[k] = cross_step(s[k], x[t, k], m[t, k], x[t - 1, k], m[t - 1, k])
-        if cutout >= T:
-            return
-        t = cutout
-        for k in range(B):
-            if t > 0:
-                s[k] = cross_step(s[k], x[t, k], m[t, k], x[t - 1, k], m[t - 1, k])
-            e[k] = start_equity(ONE)
-            num[t, k] += s[k] * e[k]
-            den[t, k] += e[k]
-        for t in range(cutout + 1, T):
-            for k in range(B):
-                s_prev = s[k]
-                s[k] = cross_step(s_prev, x[t, k], m[t, k], x[t - 1, k], m[t - 1, k])
-                e[k] = equity_step(e[k], s_prev, r[t, k], keep)
-                num[t, k] += s[k] * e[k]
-                den[t, k] += e[k]
-
-    @njit
-    def gather(close, syms, starts, lens, nk, T, x):
-        for k in range(B):
+    def gather(panel, syms, starts, lens_sym, nk, T, buf):
+        nb = buf.shape[1]
+        for k in range(nb):
             if k < nk:
                 i = syms[k]
                 s0 = starts[i]
-                n = lens[i]
+                n = lens_sym[i]
                 for t in range(n):
-                    x[t, k] = close[i, s0 + t]
+                    buf[t, k] = panel[i, s0 + t]
                 for t in range(n, T):
-                    x[t, k] = x[n - 1, k]
+                    buf[t, k] = buf[n - 1, k]
             else:
                 for t in range(T):
-                    x[t, k] = ONE
+                    buf[t, k] = ONE
 
     @njit
-    def scatter(buf, out, c, syms, starts, lens, nk, n_bars):
-        for k in range(nk):
-            i = syms[k]
-            s0 = starts[i]
-            n = lens[i]
-            for t in range(s0):
-                out[c, i, t] = NAN
-            for t in range(n):
-                out[c, i, s0 + t] = buf[t, k]
-            for t in range(s0 + n, n_bars):
-                out[c, i, t] = NAN
+    def scatter(obuf, out, syms, starts, lens_sym, nk):
+        n_bars = out.shape[2]
+        for c in range(13):
+            for k in range(nk):
+                i = syms[k]
+                s0 = starts[i]
+                n = lens_sym[i]
+                for t in range(s0):
+                    out[c, i, t] = NAN
+                for t in range(n):
+                    out[c, i, s0 + t] = obuf[c, t, k]
+                for t in range(s0 + n, n_bars):
+                    out[c, i, t] = NAN
 
     @njit
-    def process_block(close, src, syms, nk, starts, lens, growth, lengths, weights, cutout, keep,
-                      short_thr, long_thr, strategy, out, x, r, ad, m, w1, w2, d, num, den, fs, fe, avg):
-        T = 0
-        for k in range(nk):
-            T = max(T, lens[syms[k]])
-        gather(src, syms, starts, lens, nk, T, x)
-        gather(close, syms, starts, lens, nk, T, r)
-        # r_t = R_t * exp(lam*(t - cutout)), R from the closes; in place, newest bar first
-        for t in range(T - 1, 0, -1):
-            g = growth[t]
-            for k in range(B):
-                r[t, k] = ((r[t, k] - r[t - 1, k]) / r[t - 1, k]) * g
-        for k in range(B):
-            r[0, k] = NAN
-            ad[0, k] = ZERO
-        for t in range(1, T):
-            for k in range(B):
-                ad[t, k] = abs(x[t, k] - x[t - 1, k])
-        # Layer 1, family by family, line by line
-        for f in range(6):
-            for t in range(T):
-                for k in range(B):
-                    num[t, k] = ZERO
-                    den[t, k] = ZERO
-            for j in range(9):
-                L = lengths[f, j]
-                if f == 0:
-                    ema_block(x, L, m, T)
-                elif f == 1:
-                    hma_block(x, L, w1, w2, d, m, T)
-                elif f == 2:
-                    wma_block(x, 0, L, m, T)
-                elif f == 3:
-                    dema_block(x, L, w1, m, T)
-                elif f == 4:
-                    lsma_block(x, L, m, T)
-                else:
-                    kama_block(x, ad, L, m, T)
-                accumulate_line(x, m, r, num, den, T, cutout, keep)
-            for t in range(min(cutout, T)):
-                for k in range(B):
-                    fs[f, t, k] = NAN
-            for t in range(cutout, T):
-                for k in range(B):
-                    fs[f, t, k] = round2(num[t, k] / den[t, k])
-        # Layer 2: one equity per family driven by the sign of its Layer-1 signal
-        for f in range(6):
-            for t in range(min(cutout + 1, T)):
-                for k in range(B):
-                    fe[f, t, k] = NAN
-            if cutout < T:
-                for k in range(B):
-                    fe[f, cutout, k] = start_equity(weights[f])
-            for t in range(cutout + 1, T):
-                for k in range(B):
-                    fe[f, t, k] = equity_step(fe[f, t - 1, k], fs[f, t - 1, k], r[t, k], keep)
-        for t in range(T):
-            for k in range(B):
-                nsum = ZERO
-                dsum = ZERO
-                for f in range(6):
-                    nsum += cut(fs[f, t, k], short_thr, long_thr) * fe[f, t, k]
-                    dsum += fe[f, t, k]
-                avg[t, k] = ratio_or_zero(nsum, dsum)
-        if strategy:
-            for t in range(T - 1, 0, -1):
-                for k in range(B):
-                    avg[t, k] = avg[t - 1, k]
-            for k in range(B):
-                avg[0, k] = ZERO
-        n_bars = close.shape[1]
-        for f in range(6):
-            scatter(fs[f], out, f, syms, starts, lens, nk, n_bars)
-            scatter(fe[f], out, 6 + f, syms, starts, lens, nk, n_bars)
-        scatter(avg, out, 12, syms, starts, lens, nk, n_bars)
-
-    @njit
-    def process_chunk(c, n_chunks, close, src, order, starts, lens, growth, lengths, weights, cutout,
-                      keep, short_thr, long_thr, strategy, out):
+    def process_chunk(c, n_chunks, nb, close, src, same_src, order, starts, lens_sym, growth, lens,
+                      coef, weights, cutout, keep, short_thr, long_thr, strategy, out):
         n_valid = order.shape[0]
-        n_blocks = (n_valid + B - 1) // B
+        n_blocks = (n_valid + nb - 1) // nb
         if c >= n_blocks:
             return
-        T = growth.shape[0]
-        x = np.empty((T, B), ft)
-        r = np.empty((T, B), ft)
-        ad = np.empty((T, B), ft)
-        m = np.empty((T, B), ft)
-        w1 = np.empty((T, B), ft)
-        w2 = np.empty((T, B), ft)
-        d = np.empty((T, B), ft)
-        num = np.empty((T, B), ft)
-        den = np.empty((T, B), ft)
-        fs = np.empty((6, T, B), ft)
-        fe = np.empty((6, T, B), ft)
-        avg = np.empty((T, B), ft)
+        t_max = growth.shape[0]
+        x = np.empty((t_max, nb), ft)
+        p = x if same_src else np.empty((t_max, nb), ft)
+        r = np.empty((t_max, nb), ft)
+        obuf = np.empty((13, t_max, nb), ft)
         for b in range(c, n_blocks, n_chunks):
-            lo = b * B
-            nk = min(B, n_valid - lo)
+            lo = b * nb
+            nk = min(nb, n_valid - lo)
             syms = order[lo:lo + nk]
-            process_block(close, src, syms, nk, starts, lens, growth, lengths, weights, cutout, keep,
-                          short_thr, long_thr, strategy, out, x, r, ad, m, w1, w2, d, num, den,
-                          fs, fe, avg)
+            T = 0
+            for k in range(nk):
+                T = max(T, lens_sym[syms[k]])
+            gather(src, syms, starts, lens_sym, nk, T, x)
+            if not same_src:
+                gather(close, syms, starts, lens_sym, nk, T, p)
+            process_block(x, p, r, T, nb, growth, lens, coef, weights, cutout, keep, short_thr,
+                          long_thr, strategy, obuf)
+            scatter(obuf, out, syms, starts, lens_sym, nk)
 
     @njit
-    def run_serial(close, src, order, starts, lens, growth, lengths, weights, cutout, keep,
-                   short_thr, long_thr, strategy, out):
-        process_chunk(0, 1, close, src, order, starts, lens, growth, lengths, weights, cutout, keep,
-                      short_thr, long_thr, strategy, out)
+    def run_serial(nb, close, src, same_src, order, starts, lens_sym, growth, lens, coef, weights,
+                   cutout, keep, short_thr, long_thr, strategy, out):
+        process_chunk(0, 1, nb, close, src, same_src, order, starts, lens_sym, growth, lens, coef,
+                      weights, cutout, keep, short_thr, long_thr, strategy, out)
 
     @njit(parallel=True)
-    def run_parallel(close, src, order, starts, lens, growth, lengths, weights, cutout, keep,
-                     short_thr, long_thr, strategy, out, n_chunks):
+    def run_parallel(n_chunks, nb, close, src, same_src, order, starts, lens_sym, growth, lens,
+                     coef, weights, cutout, keep, short_thr, long_thr, strategy, out):
         for c in prange(n_chunks):
-            process_chunk(c, n_chunks, close, src, order, starts, lens, growth, lengths, weights,
-                          cutout, keep, short_thr, long_thr, strategy, out)
+            process_chunk(c, n_chunks, nb, close, src, same_src, order, starts, lens_sym, growth,
+                          lens, coef, weights, cutout, keep, short_thr, long_thr, strategy, out)
 
-    return SimpleNamespace(
-        run_serial=run_serial, run_parallel=run_parallel, lanes=B, ema_block=ema_block,
-        dema_block=dema_block, wma_block=wma_block, hma_block=hma_block, lsma_block=lsma_block,
-        kama_block=kama_block, accumulate_line=accumulate_line, process_block=process_block,
-    )
+    return SimpleNamespace(run_serial=run_serial, run_parallel=run_parallel, process_block=process_block,
+                           family_pass=family_pass, lanes=LANES[dtype_name], ft=ft)
+
+
+def line_tables(params, ft):
+    """Per-line integer and float constants, computed once in Python (exact integer arithmetic).
+
+    lens[line] = (L, half, sq) and coef[line] = family-specific constants (see each *_row).
+    Lines are numbered family * 9 + j in spec order.
+    """
+    from kernels.params import FAMILIES
+
+    lens = np.zeros((54, 3), np.int64)
+    coef = np.zeros((54, 6), np.float64)
+    for f, fam in enumerate(FAMILIES):
+        for j, L in enumerate(params.lengths(fam)):
+            ln = f * 9 + j
+            lens[ln, 0] = L
+            if fam in ("EMA", "DEMA"):
+                a = 2.0 / (L + 1)
+                coef[ln, :2] = (a, 1.0 - a)
+            elif fam == "WMA":
+                coef[ln, :2] = (L, L * (L + 1) // 2)
+            elif fam == "LSMA":
+                sum_i = L * (L - 1) // 2
+                sum_i2 = (L - 1) * L * (2 * L - 1) // 6
+                coef[ln, :3] = (L, sum_i, L * sum_i2 - sum_i * sum_i)
+            elif fam == "HMA":
+                half = max(L // 2, 1)
+                sq = isqrt(L)
+                lens[ln, 1:] = (half, sq)
+                coef[ln, :] = (L, half, sq, L * (L + 1) // 2, half * (half + 1) // 2, sq * (sq + 1) // 2)
+    return lens, coef.astype(ft)

@@ -233,6 +233,8 @@ def ref_lsma(x, L) -> np.ndarray:
         slope = sum_i (i - xbar)(y_i - ybar) / sum_i (i - xbar)^2,
         value = ybar + slope * ((L-1) - xbar).
     L = 1 (a single point): the line passes through that point, value = x_t.
+    L = 2: the line through two points passes through both, so the value is exactly x_t (computing
+    it by the formula would round and create spurious crossovers at this permanent tie).
     """
     x = _as_series(x)
     L = _check_length(L)
@@ -243,7 +245,7 @@ def ref_lsma(x, L) -> np.ndarray:
     for i in range(L):
         sxx += (i - xbar) * (i - xbar)
     for t in range(L - 1, n):
-        if L == 1:
+        if L <= 2:
             out[t] = float(x[t])
             continue
         y = [float(x[t - L + 1 + i]) for i in range(L)]  # y_i at position i = 0..L-1
