@@ -112,8 +112,12 @@ def build_cpu_kernel(dtype_name: str):
                 W[q + k] += wj * v
 
     @njit
-    def family_pass(fam, x, r, T, nb, lens, coef, cutout, keep, fsig):
+    def family_pass(fam, x, r, T, nb, lens, coef, cutout, keep, fsig, sig_out, store_sig):
         """MA -> crossover -> equity -> Layer-1 signal for the 9 lines of family `fam`.
+
+        With `store_sig`, the crossover state of line j at bar t is also written to
+        `sig_out[j, t, k]` (int8): parameter sweeps reuse it for every La/De/cutout combination,
+        since the MAs and crossovers depend only on the lengths.
 
         One function on purpose: the per-bar work for a line is only a few vector instructions,
         and a call with array arguments per (bar, line) would cost more than the work (Numba
@@ -289,6 +293,9 @@ def build_cpu_kernel(dtype_name: str):
                         den[k] += e[q + k]
                 for k in range(nb):
                     mprev[q + k] = mrow[k]
+                if store_sig:
+                    for k in range(nb):
+                        sig_out[j, t, k] = np.int8(s[q + k])
             if t < cutout:
                 for k in range(nb):
                     fsig[t, k] = NAN
@@ -338,8 +345,9 @@ def build_cpu_kernel(dtype_name: str):
             g = growth[t]
             for k in range(nb):
                 r[t, k] = ((p[t, k] - p[t - 1, k]) / p[t - 1, k]) * g
+        no_sig = np.zeros((1, 1, 1), np.int8)
         for f in range(6):
-            family_pass(f, x, r, T, nb, lens, coef, cutout, keep, obuf[f])
+            family_pass(f, x, r, T, nb, lens, coef, cutout, keep, obuf[f], no_sig, False)
         layer2_and_average(obuf, r, T, nb, weights, cutout, keep, short_thr, long_thr, strategy)
 
     # ---- panel <-> block buffers -----------------------------------------------------------------
@@ -415,7 +423,8 @@ def build_cpu_kernel(dtype_name: str):
                           lens, coef, weights, cutout, keep, short_thr, long_thr, strategy, out)
 
     return SimpleNamespace(run_serial=run_serial, run_parallel=run_parallel, process_block=process_block,
-                           family_pass=family_pass, lanes=LANES[dtype_name], ft=ft)
+                           family_pass=family_pass, layer2_and_average=layer2_and_average,
+                           gather=gather, scatter=scatter, lanes=LANES[dtype_name], ft=ft)
 
 
 def line_tables(params, ft):
