@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
+
+try:  # typer >= 0.26 raises the exceptions of its bundled click
+    from typer import _click as click
+except ImportError:  # pragma: no cover - older typer uses click itself
+    import click
 
 from kernels.errors import ATCUserError
 
