@@ -37,12 +37,12 @@ def _symbol_label(i: int, symbols) -> str:
     return f"symbol {symbols[i]!r} (index {i})"
 
 
-def _bad_reason(v: float) -> str:
+def _bad_reason(v: float, t: int) -> str:
     if np.isnan(v):
-        return "a missing close (NaN) inside its history; forward-fill gaps at ingest"
+        return f"a missing close (NaN) inside its history at bar {t} (gaps are forward-filled at ingest)"
     if np.isinf(v):
-        return "an infinite close"
-    return f"a close <= 0 ({v!r})"
+        return f"an infinite close at bar {t}"
+    return f"a close <= 0 ({v!r}) at bar {t}"
 
 
 def _resolve_backend(backend: str) -> str:
@@ -106,7 +106,7 @@ def compute_atc(close, params: ATCParams | None = None, *, backend: str = "cpu",
     for i in np.flatnonzero(bad >= 0):
         t = int(bad[i])
         v = panel[i, t] if not (panel[i, t] > 0 and np.isfinite(panel[i, t])) else src_panel[i, t]
-        msg = f"{_symbol_label(int(i), symbols)} has {_bad_reason(float(v))} at bar {t}"
+        msg = f"{_symbol_label(int(i), symbols)} has {_bad_reason(float(v), t)}"
         if on_bad == "raise":
             raise ATCInputError(msg)
         status[i] = st.BAD_DATA

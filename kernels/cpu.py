@@ -112,12 +112,14 @@ def build_cpu_kernel(dtype_name: str):
                 W[q + k] += wj * v
 
     @njit
-    def family_pass(fam, x, r, T, nb, lens, coef, cutout, keep, fsig, sig_out, store_sig):
+    def family_pass(fam, x, r, T, nb, lens, coef, cutout, keep, fsig, sig_out, store_sig, ma_out,
+                    store_ma):
         """MA -> crossover -> equity -> Layer-1 signal for the 9 lines of family `fam`.
 
         With `store_sig`, the crossover state of line j at bar t is also written to
         `sig_out[j, t, k]` (int8): parameter sweeps reuse it for every La/De/cutout combination,
-        since the MAs and crossovers depend only on the lengths.
+        since the MAs and crossovers depend only on the lengths. With `store_ma`, the MA values
+        go to `ma_out[j, t, k]` (for tests and inspection; the batch path never stores them).
 
         One function on purpose: the per-bar work for a line is only a few vector instructions,
         and a call with array arguments per (bar, line) would cost more than the work (Numba
@@ -296,6 +298,9 @@ def build_cpu_kernel(dtype_name: str):
                 if store_sig:
                     for k in range(nb):
                         sig_out[j, t, k] = np.int8(s[q + k])
+                if store_ma:
+                    for k in range(nb):
+                        ma_out[j, t, k] = mrow[k]
             if t < cutout:
                 for k in range(nb):
                     fsig[t, k] = NAN
@@ -346,8 +351,9 @@ def build_cpu_kernel(dtype_name: str):
             for k in range(nb):
                 r[t, k] = ((p[t, k] - p[t - 1, k]) / p[t - 1, k]) * g
         no_sig = np.zeros((1, 1, 1), np.int8)
+        no_ma = np.zeros((1, 1, 1), ft)
         for f in range(6):
-            family_pass(f, x, r, T, nb, lens, coef, cutout, keep, obuf[f], no_sig, False)
+            family_pass(f, x, r, T, nb, lens, coef, cutout, keep, obuf[f], no_sig, False, no_ma, False)
         layer2_and_average(obuf, r, T, nb, weights, cutout, keep, short_thr, long_thr, strategy)
 
     # ---- panel <-> block buffers -----------------------------------------------------------------

@@ -1,0 +1,259 @@
+"""Backtests of ATC's `Average_Signal`: positions, strategy returns and equity (Numba).
+
+Conventions (one symbol, its own bar index t = 0..n-1 from its first valid close, as in ATC_SPEC.md):
+
+* **Direction** (the state machine of the original indicator): `d_0 = 0`; for t >= 1
+  `d_t = +1` if `avg_t > long_threshold and avg_{t-1} <= long_threshold` (crosses above),
+  `d_t = -1` if `avg_t < short_threshold and avg_{t-1} >= short_threshold` (crosses below),
+  otherwise `d_t = d_{t-1}`. The thresholds are the ATC parameters `long_threshold` and
+  `short_threshold` (the ones `Cut` uses), compared in float64.
+* **Position** `position_t = d_t`, or `max(d_t, 0)` with `long_only` (short -> flat). It is decided
+  at the close of bar t.
+* **Time alignment.** `strategy_return_t` is the return *realised over bar t* (from close t-1 to
+  close t), net of the fee of the trade made at the close of bar t:
+
+      strategy_return_0 = 0
+      strategy_return_t = position_{t-1} * R_t - fee * |position_t - position_{t-1}|   (t >= 1)
+
+  with `R_t = (x_t - x_{t-1}) / x_{t-1}` (spec section 4) and `fee = fee_bps / 10_000`. So the
+  position decided at the close of bar t earns `position_t * R_{t+1}`, booked at bar t+1, and a
+  change of position costs `fee_bps * |position_t - position_{t-1}|` basis points of equity at
+  bar t (a reversal +1 -> -1 pays twice). `position_0` is always 0, so nothing is paid at bar 0.
+* **Equity** `equity_t = prod_{u <= t} (1 + strategy_return_u)`, so `equity_0 = 1`. It is not
+  floored: a short that loses more than 100% in one bar takes equity to or below zero (the
+  metrics then report a CAGR of -1, see `kernels.metrics`).
+
+Outside a symbol's valid span, and for symbols whose ATC status is not OK, every series and metric
+is NaN. `simulate` is the one implementation of these rules; `atc run --backtest` and every
+combination of `atc sweep` call it, so the two agree bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+import numpy as np
+from numba import njit
+
+from kernels.errors import ATCUserError
+from kernels.metrics import METRIC_NAMES, symbol_metrics
+from kernels.params import ATCParamError, ATCParams
+
+BACKTEST_SERIES: tuple[str, ...] = ("position", "strategy_return", "equity")
+"""The time series a backtest adds to a results store, on (symbol, time)."""
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+@dataclass(frozen=True)
+class BacktestParams:
+    """How `Average_Signal` is traded. Invalid values raise `ATCParamError` naming the parameter.
+
+    - `fee_bps`: cost of a change of position, in basis points of equity per unit of position
+      change (0 <= fee_bps < 10000; default 0).
+    - `long_only`: never short (a short direction becomes flat); default False.
+    - `periods_per_year`: bars per year for annualised metrics; None (default) infers it from the
+      time coordinate (see `kernels.metrics.infer_periods_per_year`).
+    """
+
+    fee_bps: float = 0.0
+    long_only: bool = False
+    periods_per_year: float | None = None
+
+    def __post_init__(self) -> None:
+        f = self.fee_bps
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not math.isfinite(f) or not 0 <= f < 10_000:
+            raise ATCParamError(f"fee_bps must be a number in [0, 10000) basis points, got {f!r}")
+        if not isinstance(self.long_only, bool):
+            raise ATCParamError(f"long_only must be true or false, got {self.long_only!r}")
+        p = self.periods_per_year
+        if p is not None and (isinstance(p, bool) or not isinstance(p, (int, float))
+                              or not math.isfinite(p) or p <= 0):
+            raise ATCParamError(f"periods_per_year must be a finite number > 0 (or unset), got {p!r}")
+
+    @property
+    def fee(self) -> float:
+        """The fee as a fraction of equity per unit of position change."""
+        return self.fee_bps / 10_000.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any] | None = None, **overrides: Any) -> "BacktestParams":
+        """Build from a config mapping (strings from the CLI are converted); unknown keys raise."""
+        merged = dict(values or {})
+        merged.update(overrides)
+        unknown = sorted(set(merged) - set(BACKTEST_FIELDS))
+        if unknown:
+            raise ATCParamError(f"unknown backtest parameter(s): {', '.join(unknown)}; "
+                                f"known: {', '.join(BACKTEST_FIELDS)}")
+        return cls(**{k: _coerce(k, v) for k, v in merged.items()})
+
+    def replace(self, **changes: Any) -> "BacktestParams":
+        return dataclasses.replace(self, **changes)
+
+
+BACKTEST_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(BacktestParams))
+
+
+def _coerce(name: str, value: Any) -> Any:
+    if name == "periods_per_year" and (value is None or (isinstance(value, str) and value.strip().lower()
+                                                         in ("", "none", "null", "auto"))):
+        return None
+    if not isinstance(value, str):
+        if name != "long_only" and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        return value
+    text = value.strip()
+    if name == "long_only":
+        low = text.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ATCParamError(f"long_only must be true or false, got {value!r}")
+    try:
+        return float(text)
+    except ValueError:
+        raise ATCParamError(f"{name} must be a number, got {value!r}") from None
+
+
+def split_params(values: Mapping[str, Any] | None = None, base_atc: ATCParams | None = None,
+                 base_backtest: BacktestParams | None = None) -> tuple[ATCParams, BacktestParams]:
+    """Split one mapping (config file, `--set` pairs, a grid point) into ATC and backtest parameters.
+
+    Keys of `BacktestParams` go there, every other key must be an ATCParams field; an unknown key
+    raises `ATCParamError` listing both sets of names.
+    """
+    values = dict(values or {})
+    atc_known = {f.name for f in fields(ATCParams)}
+    unknown = sorted(set(values) - atc_known - set(BACKTEST_FIELDS))
+    if unknown:
+        raise ATCParamError(
+            f"unknown parameter(s): {', '.join(unknown)}; ATC parameters: {', '.join(sorted(atc_known))}; "
+            f"backtest parameters: {', '.join(BACKTEST_FIELDS)}")
+    bt_vals = {k: values.pop(k) for k in list(values) if k in BACKTEST_FIELDS}
+    atc = ATCParams.from_mapping({**(base_atc.to_dict() if base_atc else {}), **values})
+    bt = BacktestParams.from_mapping({**(base_backtest.to_dict() if base_backtest else {}), **bt_vals})
+    return atc, bt
+
+
+# --------------------------------------------------------------------------- the simulation
+
+
+@njit(cache=True)
+def simulate(avg, close, n, long_thr, short_thr, long_only, fee, pos, ret, eq):
+    """Direction, position, strategy return and equity of one symbol over its bars 0..n-1.
+
+    `avg` and `close` are the symbol's `Average_Signal` and closes from its first valid bar (any
+    float type, may be strided views); `pos`, `ret`, `eq` (float64, length >= n) receive the series.
+    The rules are in the module docstring.
+    """
+    d = 0.0
+    prev = 0.0
+    e = 1.0
+    for t in range(n):
+        r = 0.0
+        if t > 0:
+            a = np.float64(avg[t])
+            ap = np.float64(avg[t - 1])
+            if a > long_thr and ap <= long_thr:
+                d = 1.0
+            elif a < short_thr and ap >= short_thr:
+                d = -1.0
+        p = d
+        if long_only and p < 0.0:
+            p = 0.0
+        if t > 0:
+            x0 = np.float64(close[t - 1])
+            R = (np.float64(close[t]) - x0) / x0
+            r = prev * R - fee * abs(p - prev)
+        e = e * (1.0 + r)
+        pos[t] = p
+        ret[t] = r
+        eq[t] = e
+        prev = p
+
+
+@njit(cache=True)
+def backtest_panel(avg, close, starts, lens, ok, long_thr, short_thr, long_only, fee, ppy,
+                   pos_out, ret_out, eq_out, metrics_out):
+    """`simulate` + `symbol_metrics` for every symbol of a panel `(n_symbols, n_bars)`.
+
+    Symbol i's history is `[starts[i], starts[i] + lens[i])`; symbols with `ok[i] == False` and all
+    bars outside a history get NaN. `metrics_out` is `(n_metrics, n_symbols)`.
+    """
+    n_sym, n_bars = close.shape
+    for i in range(n_sym):
+        for t in range(n_bars):
+            pos_out[i, t] = np.nan
+            ret_out[i, t] = np.nan
+            eq_out[i, t] = np.nan
+        for m in range(metrics_out.shape[0]):
+            metrics_out[m, i] = np.nan
+        if not ok[i] or lens[i] == 0:
+            continue
+        s0 = starts[i]
+        n = lens[i]
+        p = pos_out[i, s0:s0 + n]
+        r = ret_out[i, s0:s0 + n]
+        e = eq_out[i, s0:s0 + n]
+        simulate(avg[i, s0:s0 + n], close[i, s0:s0 + n], n, long_thr, short_thr, long_only, fee, p, r, e)
+        symbol_metrics(p, r, e, close[i, s0:s0 + n], n, fee, ppy, metrics_out[:, i])
+
+
+class BacktestResult(dict):
+    """`position`, `strategy_return`, `equity` (each shaped like the input) and `metrics`
+    (a dict of metric name -> per-symbol array, names as in `kernels.metrics.METRIC_NAMES`)."""
+
+    def __init__(self, series: dict, metrics: dict, periods_per_year: float):
+        super().__init__(series)
+        self.metrics = metrics
+        self.periods_per_year = periods_per_year
+
+
+def run_backtest(close, average_signal, atc_params: ATCParams | None = None,
+                 backtest_params: BacktestParams | None = None, *, periods_per_year: float | None = None,
+                 ok=None) -> BacktestResult:
+    """Backtest `average_signal` (from `compute_atc`) on `close`, both `(n_bars,)` or `(n_symbols, n_bars)`.
+
+    Thresholds come from `atc_params` (the ones the signal was computed with). Periods per year:
+    `backtest_params.periods_per_year`, else `periods_per_year`, else NaN (annualised metrics NaN).
+    `ok` (bool per symbol, e.g. `result.status == 0`) marks the symbols to trade; by default every
+    symbol whose `average_signal` is finite over its whole span.
+    """
+    from kernels.api import _as_panel
+    from kernels.cpu import scan_spans
+
+    atc_params = ATCParams() if atc_params is None else atc_params
+    bt = BacktestParams() if backtest_params is None else backtest_params
+    one_d = np.ndim(close) == 1
+    panel = _as_panel(close, "close")
+    avg = _as_panel(average_signal, "average_signal")
+    if avg.shape != panel.shape:
+        raise ATCUserError(f"average_signal has shape {np.shape(average_signal)}, close {np.shape(close)}")
+    starts, lens, bad = scan_spans(panel)
+    if ok is None:
+        ok = np.array([bad[i] < 0 and lens[i] > 0 and np.isfinite(avg[i, starts[i]:starts[i] + lens[i]]).all()
+                       for i in range(panel.shape[0])], bool)
+    else:
+        ok = np.asarray(ok, bool).reshape(-1) & (bad < 0)
+    ppy = bt.periods_per_year if bt.periods_per_year is not None else periods_per_year
+    ppy = float("nan") if ppy is None else float(ppy)
+    shape = panel.shape
+    pos, ret, eq = (np.empty(shape) for _ in range(3))
+    metrics = np.empty((len(METRIC_NAMES), shape[0]))
+    backtest_panel(avg, panel, starts, lens, ok, float(atc_params.long_threshold),
+                   float(atc_params.short_threshold), bt.long_only, bt.fee, ppy, pos, ret, eq, metrics)
+    series = {"position": pos, "strategy_return": ret, "equity": eq}
+    if one_d:
+        series = {k: v[0] for k, v in series.items()}
+        mets = {name: metrics[m, 0] for m, name in enumerate(METRIC_NAMES)}
+    else:
+        mets = {name: metrics[m] for m, name in enumerate(METRIC_NAMES)}
+    return BacktestResult(series, mets, ppy)

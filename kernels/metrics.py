@@ -1,0 +1,174 @@
+"""Per-symbol performance metrics of a backtest (Numba; series from `kernels.backtest.simulate`).
+
+Notation for one symbol with n valid bars: `position_t`, `strategy_return_t` (`r_t`) and `equity_t`
+(`E_t`) for t = 0..n-1 as defined in `kernels.backtest`; `x_t` the closes, `R_t = (x_t - x_{t-1}) /
+x_{t-1}`; `m = n - 1` the number of bars that carry a return (t = 1..n-1; bar 0 has none); `P` the
+periods (bars) per year; `f = fee_bps / 10_000`.
+
+| metric | formula |
+|---|---|
+| `total_return` | `E_{n-1} - 1` |
+| `cagr` | `E_{n-1} ** (P / m) - 1` (years = m / P); `-1` if `E_{n-1} <= 0` |
+| `ann_volatility` | `std(r_1..r_m, ddof=1) * sqrt(P)` |
+| `sharpe` | `mean(r) / std(r, ddof=1) * sqrt(P)` (risk-free rate 0) |
+| `sortino` | `mean(r) / D * sqrt(P)`, downside deviation `D = sqrt(sum(min(r_t, 0)^2) / m)` (target 0) |
+| `max_drawdown` | `max_t (1 - E_t / max_{u<=t} E_u)` over t = 0..n-1, a positive fraction (0.25 = 25%) |
+| `calmar` | `cagr / max_drawdown` |
+| `n_trades` | number of trades opened: bars with `position_t != 0` and `position_t != position_{t-1}` (a reversal closes one trade and opens another) |
+| `win_rate` | share of *closed* trades with a trade return > 0. A trade entered at the close of bar a with position p and closed at the close of bar b returns `(1 - f)^2 * prod_{t=a+1..b} (1 + p * R_t) - 1` (one fee to enter, one to leave). A trade still open at the last bar is counted in `n_trades` but not here |
+| `exposure` | share of the m return bars spent in the market: `count(position_{t-1} != 0, t = 1..m) / m` |
+| `buy_hold_return` | `x_{n-1} / x_0 - 1` over the same bars, for comparison |
+
+Degenerate cases never raise; they follow these rules:
+
+* A symbol that was not computed (ATC status not OK, no bars) gets NaN for every metric.
+* `m == 0` (a single bar): `total_return = 0`, `max_drawdown = 0`, `n_trades = 0`,
+  `buy_hold_return = 0`; every other metric is NaN.
+* `m == 1`: `ann_volatility`, `sharpe` and `sortino` are NaN (a sample std needs two returns).
+* `P` unknown (NaN, e.g. a time axis of one bar with no override): `cagr`, `ann_volatility`,
+  `sharpe`, `sortino`, `calmar` are NaN.
+* Ratios (`sharpe`, `sortino`, `calmar`) with a zero denominator: `+inf` if the numerator is > 0,
+  `-inf` if < 0, NaN if it is 0 (e.g. no trades and no fees: every return is 0, Sharpe is NaN;
+  a strategy that never lost: Sortino and Calmar are +inf). A NaN operand gives NaN.
+* No closed trade: `win_rate` is NaN.
+* Overflow (e.g. `cagr` of a huge return over a short span) gives inf, as IEEE arithmetic does.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+METRIC_NAMES: tuple[str, ...] = (
+    "total_return", "cagr", "ann_volatility", "sharpe", "sortino", "max_drawdown", "calmar",
+    "n_trades", "win_rate", "exposure", "buy_hold_return",
+)
+"""Per-symbol metrics, in the order of the `metrics` axis of the kernels' outputs."""
+
+N_METRICS = len(METRIC_NAMES)
+METRIC_INDEX = {name: i for i, name in enumerate(METRIC_NAMES)}
+
+HIGHER_IS_BETTER: dict[str, bool] = {name: True for name in METRIC_NAMES}
+HIGHER_IS_BETTER.update({"ann_volatility": False, "max_drawdown": False})
+"""Direction of each metric for ranking sweep results."""
+
+DAYS_PER_YEAR = 365.25
+
+
+@njit(cache=True)
+def safe_ratio(num, den):
+    """num / den with the stated rule for den == 0: sign(num) * inf, or NaN for 0 / 0; NaN in -> NaN."""
+    if num != num or den != den:
+        return np.nan
+    if den != 0.0:
+        return num / den
+    if num > 0.0:
+        return np.inf
+    if num < 0.0:
+        return -np.inf
+    return np.nan
+
+
+@njit(cache=True)
+def symbol_metrics(pos, ret, eq, close, n, fee, ppy, out):
+    """Write the metrics of `METRIC_NAMES` for one symbol into `out` (formulas in the module docstring).
+
+    `pos`, `ret`, `eq`: the series of `kernels.backtest.simulate` over bars 0..n-1; `close`: the
+    symbol's closes over the same bars; `fee`: fee as a fraction; `ppy`: periods per year (NaN if
+    unknown).
+    """
+    for i in range(N_METRICS):
+        out[i] = np.nan
+    if n <= 0:
+        return
+    m = n - 1
+    e_end = eq[n - 1]
+    out[0] = e_end - 1.0  # total_return
+    # max drawdown (E_0 = 1 is the first peak)
+    peak = eq[0]
+    mdd = 0.0
+    for t in range(n):
+        e = eq[t]
+        if e > peak:
+            peak = e
+        dd = 1.0 - e / peak
+        if dd > mdd:
+            mdd = dd
+    out[5] = mdd
+    # trades
+    n_trades = 0
+    closed = 0
+    wins = 0
+    growth = 1.0
+    keep2 = (1.0 - fee) * (1.0 - fee)
+    if pos[0] != 0.0:
+        n_trades += 1
+    for t in range(1, n):
+        p_prev = pos[t - 1]
+        if p_prev != 0.0:
+            x0 = np.float64(close[t - 1])
+            growth = growth * (1.0 + p_prev * ((np.float64(close[t]) - x0) / x0))
+        if pos[t] != p_prev:
+            if p_prev != 0.0:
+                closed += 1
+                if keep2 * growth - 1.0 > 0.0:
+                    wins += 1
+            if pos[t] != 0.0:
+                n_trades += 1
+                growth = 1.0
+    out[7] = n_trades
+    if closed > 0:
+        out[8] = wins / closed
+    out[10] = np.float64(close[n - 1]) / np.float64(close[0]) - 1.0  # buy_hold_return
+    if m == 0:
+        return
+    # exposure
+    held = 0
+    for t in range(1, n):
+        if pos[t - 1] != 0.0:
+            held += 1
+    out[9] = held / m
+    # CAGR
+    if ppy == ppy:
+        if e_end > 0.0:
+            out[1] = e_end ** (ppy / m) - 1.0
+        else:
+            out[1] = -1.0
+        out[6] = safe_ratio(out[1], mdd)  # calmar
+    if m < 2:
+        return
+    s = 0.0
+    for t in range(1, n):
+        s += ret[t]
+    mean = s / m
+    ss = 0.0
+    dn = 0.0
+    for t in range(1, n):
+        d = ret[t] - mean
+        ss += d * d
+        if ret[t] < 0.0:
+            dn += ret[t] * ret[t]
+    std = math.sqrt(ss / (m - 1))
+    down = math.sqrt(dn / m)
+    root = math.sqrt(ppy)  # NaN if ppy is NaN
+    out[2] = std * root
+    out[3] = safe_ratio(mean, std) * root
+    out[4] = safe_ratio(mean, down) * root
+
+
+def infer_periods_per_year(times) -> float:
+    """Bars per year of a time axis: `(number of bars - 1) / (span in years of 365.25 days)`.
+
+    Counting the bars that exist (rather than using the median spacing) gives about 252 for exchange
+    trading days, 365 for crypto dailies and the right figure for intraday bars with overnight gaps.
+    NaN when it cannot be inferred (fewer than 2 bars, a zero span, or a non-datetime axis).
+    """
+    t = np.asarray(times)
+    if t.ndim != 1 or len(t) < 2 or not np.issubdtype(t.dtype, np.datetime64):
+        return float("nan")
+    span = (t[-1] - t[0]) / np.timedelta64(1, "s")
+    if not span > 0:
+        return float("nan")
+    return float((len(t) - 1) / (span / (DAYS_PER_YEAR * 86400.0)))
