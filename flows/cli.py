@@ -35,6 +35,12 @@ def _register() -> None:
     app.command("synth")(store_cmd.synth)
     app.command("ingest")(store_cmd.ingest)
 
+    from flows import bench_pipeline_cmd, run_cmd
+
+    app.command("run")(run_cmd.run)
+    app.command("demo")(run_cmd.demo)
+    bench_app.command("pipeline")(bench_pipeline_cmd.bench_pipeline)
+
 
 _register()
 
@@ -42,12 +48,12 @@ _register()
 def main(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except (typer.Exit, getattr(click.exceptions, "Exit", typer.Exit)) as exc:
         return exc.exit_code
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
-    except click.exceptions.Abort:
+    except (typer.Abort, getattr(click.exceptions, "Abort", typer.Abort)):
         print("aborted", file=sys.stderr)
         return 130
     except ATCUserError as exc:

@@ -1,0 +1,229 @@
+"""`atc run` (price store -> results store on a Dask cluster) and `atc demo` (the whole thing on a
+synthetic universe, on a local cluster)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from kernels.errors import ATCUserError
+
+# --------------------------------------------------------------------------------------------
+# Parameters from --config FILE.yaml and --set key=value
+# --------------------------------------------------------------------------------------------
+
+
+def load_params(config: Path | None = None, sets: list[str] | None = None):
+    """ATCParams from a YAML mapping of parameters (ATC_SPEC.md section 1 names, e.g.
+    ``ema_len: 30``) overridden by ``key=value`` strings; unknown keys are refused by name."""
+    import yaml
+
+    from kernels.params import ATCParams
+
+    values: dict[str, Any] = {}
+    if config is not None:
+        try:
+            text = Path(config).read_text()
+        except OSError as exc:
+            raise ATCUserError(f"{config}: cannot read config ({exc.strerror or exc})") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark is not None else ""
+            raise ATCUserError(f"{config}:{where} not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ATCUserError(f"{config}: expected a mapping of ATC parameters (e.g. 'ema_len: 30'), "
+                               f"got {type(loaded).__name__}")
+        values.update({str(k): v for k, v in loaded.items()})
+    for item in sets or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ATCUserError(f"--set wants key=value (e.g. --set ema_len=30), got {item!r}")
+        values[key.strip()] = value.strip()
+    try:
+        return ATCParams.from_mapping(values)
+    except ATCUserError as exc:
+        where = f"{config}: " if config is not None else ""
+        raise type(exc)(f"{where}{exc}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# atc run
+# --------------------------------------------------------------------------------------------
+
+_WORKERS = typer.Option("--workers", help="Worker processes of the local cluster (default: one per core).")
+_THREADS = typer.Option(
+    "--threads-per-worker",
+    help="Threads per local worker (default 1). With more than one, every task runs the serial kernel.",
+)
+_SCHEDULER = typer.Option(
+    "--scheduler",
+    help="Join the Dask cluster at tcp://HOST:PORT instead of starting a local one (default: "
+    "$DASK_SCHEDULER_ADDRESS if set). Its workers must see both stores at the same paths.",
+)
+
+
+def run(
+    prices: Annotated[Path, typer.Argument(help="Price store (from atc synth / atc ingest).", show_default=False)],
+    results: Annotated[Path, typer.Argument(help="Results store to create or resume.", show_default=False)],
+    config: Annotated[
+        Optional[Path], typer.Option("--config", help="YAML file of ATC parameters (e.g. 'ema_len: 30').")
+    ] = None,
+    set_: Annotated[
+        Optional[list[str]],
+        typer.Option("--set", help="Override one parameter, key=value (repeatable), e.g. --set robustness=Wide."),
+    ] = None,
+    chunk_symbols: Annotated[
+        Optional[int],
+        typer.Option("--chunk-symbols", help="Symbols per task, a multiple or divisor of the price store's chunk "
+                     "(default: its chunk, split so that every worker thread gets two tasks or more)."),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace a results store computed from other parameters or prices.")
+    ] = False,
+    report: Annotated[
+        Optional[Path], typer.Option("--report", help="Write Dask's performance report (HTML) to this file.")
+    ] = None,
+    scheduler: Annotated[Optional[str], _SCHEDULER] = None,
+    workers: Annotated[Optional[int], _WORKERS] = None,
+    threads_per_worker: Annotated[Optional[int], _THREADS] = None,
+    dtype: Annotated[str, typer.Option("--dtype", help="float64, or float32 (approximate, half the size).")] = "float64",
+    backend: Annotated[str, typer.Option("--backend", help="Kernel backend (cpu).")] = "cpu",
+    progress: Annotated[
+        Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar (default: on a terminal).")
+    ] = None,
+) -> None:
+    """Compute ATC for every symbol of PRICES into the results store RESULTS on a Dask cluster.
+
+    One task per symbol chunk; each reads its slice of the price store, runs the kernel and writes
+    its own region of RESULTS. Rerunning the same command resumes an interrupted run."""
+    from pipeline.cluster import connect
+    from pipeline.run import preflight, run_atc
+
+    params = load_params(config, set_)
+    # refusals (missing prices, other parameters, a store in use, bad options) before a cluster starts
+    preflight(prices, results, params, chunk_symbols=chunk_symbols, overwrite=overwrite, dtype=dtype, backend=backend)
+    with connect(scheduler, workers=workers, threads_per_worker=threads_per_worker) as cl:
+        _announce(cl)
+        summary = run_atc(prices, results, params, client=cl.client, chunk_symbols=chunk_symbols,
+                          overwrite=overwrite, dtype=dtype, backend=backend, progress=progress, report=report)
+    typer.echo(summary.describe())
+    if report is not None:
+        typer.echo(f"  performance report: {report}")
+
+
+def _announce(cl) -> None:
+    from pipeline.cluster import kernel_parallel
+
+    kernel = "parallel kernel per worker" if kernel_parallel(cl.workers()) else "serial kernel per worker thread"
+    typer.echo(f"{cl.describe()} ({kernel})")
+    if cl.dashboard_link:
+        typer.echo(f"dashboard: {cl.dashboard_link}")
+
+
+# --------------------------------------------------------------------------------------------
+# atc demo
+# --------------------------------------------------------------------------------------------
+
+DEMO_SEED = 7
+DEMO_CHUNK = 25
+
+
+def demo(
+    dir_: Annotated[Path, typer.Option("--dir", help="Where to put the demo stores.")] = Path("data/demo"),
+    symbols: Annotated[int, typer.Option("--symbols", help="Symbols in the synthetic universe.")] = 300,
+    bars: Annotated[int, typer.Option("--bars", help="Daily bars per symbol.")] = 2500,
+    top: Annotated[int, typer.Option("--top", help="Rows in each table of strongest signals.")] = 5,
+    workers: Annotated[Optional[int], _WORKERS] = None,
+    threads_per_worker: Annotated[Optional[int], _THREADS] = None,
+    progress: Annotated[
+        Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar (default: on a terminal).")
+    ] = None,
+) -> None:
+    """The whole pipeline in one command: a synthetic universe, the ATC run on a local Dask
+    cluster, the strongest long and short signals on the last bar, and how to read the results."""
+    import time
+
+    from pipeline.cluster import connect
+    from pipeline.run import run_atc
+
+    t0 = time.perf_counter()
+    prices = dir_ / "prices.zarr"
+    results = dir_ / "results.zarr"
+    made = _demo_prices(prices, symbols, bars)
+    typer.echo(f"prices:  {prices}  ({symbols} symbols x {bars} daily bars, synthetic, {made})")
+    with connect(None, workers=workers, threads_per_worker=threads_per_worker) as cl:
+        _announce(cl)
+        summary = run_atc(prices, results, client=cl.client, progress=progress, overwrite=made == "created")
+    typer.echo(f"results: {results}  ({summary.n_chunks} chunks, {summary.computed} computed now, "
+               f"{summary.seconds:.1f} s)")
+    typer.echo("  status: " + ", ".join(f"{n} {name}" for name, n in summary.status_counts.items() if n))
+    typer.echo("")
+    typer.echo(_signal_table(prices, results, top))
+    typer.echo("")
+    typer.echo("Open the results in Python:")
+    typer.echo("    import xarray as xr")
+    typer.echo(f"    res = xr.open_zarr({str(results)!r})")
+    typer.echo("    res['Average_Signal'].sel(symbol='SYN0000').to_series().tail()")
+    typer.echo("    res['status'].to_series().value_counts()")
+    typer.echo(f"Run it on your own data: atc ingest CSV_DIR prices.zarr && atc run prices.zarr results.zarr")
+    typer.echo(f"(demo done in {time.perf_counter() - t0:.1f} s)")
+
+
+def _demo_prices(path: Path, symbols: int, bars: int) -> str:
+    """Create the demo price store, or reuse it when it holds the same synthetic universe."""
+    from pipeline.store import open_prices, write_prices
+    from pipeline.synth import synth_prices
+
+    if symbols < 1 or bars < 1:
+        raise ATCUserError(f"--symbols and --bars must be >= 1, got {symbols} and {bars}")
+    ds = None
+    if path.exists():
+        try:
+            old = open_prices(path)
+        except ATCUserError:
+            old = None
+        if old is not None:
+            want = f"synth(n_symbols={symbols}, n_bars={bars}, seed={DEMO_SEED}, freq='B', ohlcv=False)"
+            same = old.attrs.get("source") == want
+            old.close()
+            if same:
+                return "reused"
+    ds = synth_prices(symbols, bars, DEMO_SEED, "B", start="2010-01-04")
+    write_prices(ds, path, chunk_symbols=min(DEMO_CHUNK, symbols), overwrite=path.exists(), source=ds.attrs["source"])
+    return "created"
+
+
+def _signal_table(prices: Path, results: Path, top: int) -> str:
+    import numpy as np
+    import xarray as xr
+
+    from pipeline.store import open_prices
+
+    res = xr.open_zarr(results)
+    last = res["Average_Signal"].isel(time=-1).values
+    syms = res["symbol"].values
+    when = str(res["time"].values[-1])[:10]
+    px = open_prices(prices)
+    close = px["close"].isel(time=-1).values
+    px.close()
+    valid = np.flatnonzero(~np.isnan(last))
+    names = np.array([str(s) for s in syms], dtype=object)
+    longs = valid[np.lexsort((names[valid], -last[valid]))][:top]  # ties by symbol name
+    shorts = valid[np.lexsort((names[valid], last[valid]))][:top]
+    n_max, n_min = int(np.sum(last[valid] >= 1.0)), int(np.sum(last[valid] <= -1.0))
+    lines = [f"Strongest signals on the last bar ({when}; {valid.size} symbols still trading, {n_max} at +1 "
+             f"(every family long), {n_min} at -1):",
+             f"  {'long':<10} {'Average_Signal':>14} {'close':>10}     {'short':<10} {'Average_Signal':>14} {'close':>10}"]
+    for k in range(max(len(longs), len(shorts))):
+        left = (f"  {str(syms[longs[k]]):<10} {last[longs[k]]:>14.4f} {close[longs[k]]:>10.2f}" if k < len(longs)
+                else " " * 38)
+        right = (f"     {str(syms[shorts[k]]):<10} {last[shorts[k]]:>14.4f} {close[shorts[k]]:>10.2f}"
+                 if k < len(shorts) else "")
+        lines.append(left + right)
+    return "\n".join(lines)

@@ -1,0 +1,461 @@
+"""The distributed run: price store -> one Dask task per symbol chunk -> results store.
+
+The client only plans and watches. Each task (:func:`run_chunk`) opens the price store itself,
+reads its symbol slice, runs the kernel, writes its own whole chunk region of the results store
+and returns a small status record (counts, a few reasons, timings): prices and results never
+travel through the client or the scheduler, so the client's memory does not grow with the
+universe.
+
+Resume: the results store records finished chunks (``chunk_done``); a rerun of the same command
+submits only the missing ones. A rerun with other parameters, another price store, dtype or
+code version is refused unless ``overwrite``; a :class:`~pipeline.results.ResultsLock` makes a
+second concurrent run refuse at once.
+
+Extension points: :class:`ChunkTask` carries the parameters, a backend name and an ``options``
+mapping (room for e.g. backtest settings), and :data:`BACKEND_SUBMIT` maps a backend to the
+``client.submit`` keywords its tasks need (a GPU backend adds ``resources={"GPU": 1}``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from kernels.errors import ATCUserError
+from kernels.params import OUTPUT_NAMES, ATCParams
+from kernels.status import OK, STATUS_NAMES
+from pipeline import results as rs
+
+__all__ = ["BACKEND_SUBMIT", "ChunkTask", "RunError", "RunSummary", "default_chunk_symbols", "preflight", "run_atc",
+           "run_chunk"]
+
+#: backend name -> extra ``client.submit`` keywords for its tasks.
+BACKEND_SUBMIT: dict[str, dict[str, Any]] = {"cpu": {}}
+#: Non-ok symbols a task reports back by name (the store has every reason).
+MAX_REPORTED = 5
+
+
+class RunError(ATCUserError):
+    """Some chunks failed; the finished ones are saved and a rerun computes the rest."""
+
+
+# --------------------------------------------------------------------------------------------
+# The task
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ChunkTask:
+    """Everything one task needs; small and picklable (paths, not data)."""
+
+    prices: str
+    results: str
+    index: int
+    start: int
+    stop: int
+    params: ATCParams
+    prices_fingerprint: str
+    dtype: str = "float64"
+    backend: str = "cpu"
+    parallel: bool = False
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _worker_threads() -> int:
+    """Threads of the Dask worker running this task (1 outside a worker)."""
+    try:
+        from distributed import get_worker
+
+        w = get_worker()
+    except (ImportError, ValueError):
+        return 1
+    state = getattr(w, "state", None)
+    return int(getattr(state, "nthreads", None) or getattr(w, "nthreads", 1) or 1)
+
+
+def _worker_name() -> str:
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().address)
+    except (ImportError, ValueError):
+        return f"pid {os.getpid()}"
+
+
+def read_close(task: ChunkTask) -> tuple[np.ndarray, list[str]]:
+    """The task's ``close`` slice and symbol names, from the price store it opens itself."""
+    from pipeline.store import StoreError, open_prices
+
+    ds = open_prices(task.prices)
+    try:
+        fp = ds.attrs.get("fingerprint")
+        if fp != task.prices_fingerprint:
+            raise StoreError(f"{task.prices}: the price store changed during the run (fingerprint {fp}, "
+                             f"expected {task.prices_fingerprint}); rerun the command")
+        sl = slice(task.start, task.stop)
+        close = np.asarray(ds["close"][sl].values, dtype=np.float64)
+        symbols = [str(s) for s in ds["symbol"].values[sl]]
+    finally:
+        ds.close()
+    return close, symbols
+
+
+def _reasons(messages: Mapping[int, str], status: np.ndarray, start: int) -> list[str]:
+    out = [""] * status.size
+    for i, msg in messages.items():
+        # the kernel numbers symbols within the chunk; the store's reader wants the global index
+        msg = msg.replace(f"(index {i})", f"(index {start + i})")
+        out[i] = f"{STATUS_NAMES.get(int(status[i]), 'unknown')}: {msg}"
+    return out
+
+
+def run_chunk(task: ChunkTask) -> dict[str, Any]:
+    """Compute and write one symbol chunk; return a small record of what happened."""
+    from kernels import compute_atc
+
+    t0 = time.perf_counter()
+    close, symbols = read_close(task)
+    t1 = time.perf_counter()
+    parallel = bool(task.parallel) and _worker_threads() == 1
+    res = compute_atc(close, task.params, backend=task.backend, dtype=np.dtype(task.dtype), parallel=parallel,
+                      on_bad="status", symbols=symbols)
+    del close
+    t2 = time.perf_counter()
+    status = np.asarray(res.status, dtype=np.int8)
+    reasons = _reasons(res.messages, status, task.start)
+    rs.write_chunk(task.results, task.index, task.start, task.stop, {n: res[n] for n in OUTPUT_NAMES}, status,
+                   reasons)
+    t3 = time.perf_counter()
+    codes, counts = np.unique(status, return_counts=True)
+    not_ok = [(symbols[i], reasons[i]) for i in np.flatnonzero(status != OK)[:MAX_REPORTED]]
+    return {
+        "chunk": task.index,
+        "start": task.start,
+        "stop": task.stop,
+        "counts": {int(c): int(n) for c, n in zip(codes, counts)},
+        "not_ok": not_ok,
+        "worker": _worker_name(),
+        "pid": os.getpid(),
+        "backend": task.backend,
+        "parallel": parallel,
+        "read_s": t1 - t0,
+        "compute_s": t2 - t1,
+        "write_s": t3 - t2,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# The client side
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class RunSummary:
+    """What a run did, for the CLI's closing lines and for tests."""
+
+    results: Path
+    prices: str
+    n_symbols: int
+    n_time: int
+    n_chunks: int
+    chunk_symbols: int
+    computed: int
+    already_done: int
+    action: str  # "created", "overwritten", "resumed", "complete"
+    fingerprint: str
+    status_counts: dict[str, int]
+    problems: list[tuple[str, str]]
+    seconds: float
+    kernel_parallel: bool
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    def task_seconds(self) -> dict[str, float]:
+        return {k: float(sum(r[k] for r in self.records)) for k in ("read_s", "compute_s", "write_s")}
+
+    def describe(self) -> str:
+        verb = {"created": "computed", "overwritten": "recomputed (--overwrite)", "resumed": "resumed",
+                "complete": "already complete"}[self.action]
+        lines = [
+            f"results {self.results}: {self.n_symbols} symbols x {self.n_time} bars, {verb}",
+            f"  {self.n_chunks} chunks of {self.chunk_symbols} symbols: {self.computed} computed now, "
+            f"{self.already_done} already done; {self.seconds:.1f} s",
+            "  status: " + ", ".join(f"{n} {name}" for name, n in self.status_counts.items() if n),
+        ]
+        for sym, why in self.problems:
+            lines.append(f"    {sym}: {why}")
+        lines.append(f"  fingerprint {self.fingerprint}")
+        return "\n".join(lines)
+
+
+def _is_url(p: str) -> bool:
+    return "://" in p
+
+
+def _abs(p: str | os.PathLike) -> str:
+    s = str(p)
+    return s if _is_url(s) else str(Path(s).expanduser().resolve())
+
+
+def _price_chunk(ds: Any) -> int:
+    enc = ds["close"].encoding.get("chunks") or ds["close"].encoding.get("preferred_chunks", {})
+    if isinstance(enc, Mapping):
+        k = enc.get("symbol")
+    else:
+        k = enc[0] if enc else None
+    if not k:
+        k = ds.attrs.get("chunk_symbols") or ds.sizes["symbol"]
+    return max(1, int(k))
+
+
+def default_chunk_symbols(price_k: int, n_symbols: int, slots: int, min_symbols: int = 16) -> int:
+    """Symbols per task when not given: the price store's chunk, or the largest divisor of it
+    (>= ``min_symbols``) that gives every worker thread at least two tasks."""
+    if price_k >= n_symbols and n_symbols <= min_symbols:
+        return max(1, n_symbols)
+    want = 2 * max(1, slots)
+    best = price_k
+    for d in range(price_k, 0, -1):
+        if price_k % d:
+            continue
+        if d < min_symbols:
+            break
+        best = d
+        if -(-n_symbols // d) >= want:
+            break
+    return best
+
+
+def _check_alignment(k: int, price_k: int) -> None:
+    if k < 1:
+        raise rs.ResultsError(f"--chunk-symbols must be >= 1, got {k}")
+    if k % price_k and price_k % k:
+        raise rs.ResultsError(f"--chunk-symbols {k} is not aligned with the price store's chunks of {price_k} "
+                              f"symbols: use a multiple or a divisor of {price_k}")
+
+
+def _status_summary(path: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Counts per status name and the first non-ok reasons (reads only the per-symbol variables)."""
+    import zarr
+
+    g = zarr.open_group(str(path), mode="r", zarr_format=3, use_consolidated=False)
+    status = np.asarray(g["status"][:])
+    counts = {rs.STATUS_FLAGS[c]: int(np.count_nonzero(status == c)) for c in sorted(rs.STATUS_FLAGS)}
+    bad = np.flatnonzero((status != OK) & (status != rs.NOT_COMPUTED))[:MAX_REPORTED]
+    problems = []
+    if bad.size:
+        symbols = g["symbol"]
+        reason = g["reason"]
+        problems = [(str(symbols[int(i)]), str(reason[int(i)])) for i in bad]
+    return counts, problems
+
+
+def _normalise(params: ATCParams | None, dtype: Any, backend: str, prices: Any, results: Any
+               ) -> tuple[ATCParams, str, str, Path]:
+    params = ATCParams() if params is None else params
+    if not isinstance(params, ATCParams):
+        raise ATCUserError(f"params must be an ATCParams, got {type(params).__name__}")
+    if backend not in BACKEND_SUBMIT:
+        raise ATCUserError(f"backend must be one of {', '.join(BACKEND_SUBMIT)}, got {backend!r}")
+    try:
+        dtype = np.dtype(dtype).name
+    except TypeError:
+        pass
+    if dtype not in rs.DTYPES:
+        raise ATCUserError(f"dtype must be one of {', '.join(rs.DTYPES)}, got {dtype!r}")
+    prices_path = _abs(prices)
+    if _is_url(str(results)):
+        raise ATCUserError(f"{results}: results stores are written to local (or shared) paths only")
+    results_path = Path(_abs(results))
+    if not _is_url(prices_path) and Path(prices_path) == results_path:
+        raise ATCUserError(f"{results}: the results store cannot be the price store")
+    return params, dtype, prices_path, results_path
+
+
+def _existing_state(results: Any, results_path: Path, identity: rs.RunIdentity, shape: tuple[int, int],
+                    chunk_symbols: int | None, overwrite: bool) -> rs.ResultsState | None:
+    """The state of a results store to resume, None to create one; refuses what must not be mixed."""
+    if not (results_path.exists() or results_path.is_symlink()):
+        return None
+    if overwrite:
+        if not rs.is_results_store(results_path):
+            raise rs.ResultsError(f"{results} exists and is not an atc results store; refusing to overwrite it")
+        return None
+    state = rs.read_state(results_path)
+    diffs = identity.differences(state.attrs)
+    if diffs:
+        raise rs.ResultsError(
+            f"{results}: this results store was computed from " + "; ".join(diffs)
+            + ". Use --overwrite to replace it, or choose another results path")
+    if (state.n_symbols, state.n_time) != shape:
+        raise rs.ResultsError(f"{results}: shape {state.n_symbols} x {state.n_time} does not match the "
+                              f"price store ({shape[0]} x {shape[1]}); use --overwrite")
+    if chunk_symbols is not None and int(chunk_symbols) != state.chunk_symbols:
+        raise rs.ResultsError(
+            f"{results}: stored with {state.chunk_symbols} symbols per chunk, not {chunk_symbols}; "
+            f"rerun without --chunk-symbols to resume, or use --overwrite")
+    return state
+
+
+def preflight(
+    prices: str | os.PathLike,
+    results: str | os.PathLike,
+    params: ATCParams | None = None,
+    *,
+    chunk_symbols: int | None = None,
+    overwrite: bool = False,
+    dtype: str = "float64",
+    backend: str = "cpu",
+) -> None:
+    """Every check :func:`run_atc` makes before computing, without writing anything: lets the CLI
+    refuse (other parameters, changed prices, a store in use, bad options) before it starts a
+    cluster. :func:`run_atc` checks again under its lock."""
+    from pipeline.store import open_prices
+
+    params, dtype, prices_path, results_path = _normalise(params, dtype, backend, prices, results)
+    ds = open_prices(prices_path)
+    try:
+        identity = rs.RunIdentity(params, str(ds.attrs.get("fingerprint")), dtype, rs.code_version())
+        shape = (ds.sizes["symbol"], ds.sizes["time"])
+        state = _existing_state(results, results_path, identity, shape, chunk_symbols, overwrite)
+        if state is None and chunk_symbols is not None:
+            _check_alignment(int(chunk_symbols), _price_chunk(ds))
+    finally:
+        ds.close()
+    with rs.ResultsLock(results_path):
+        pass
+
+
+def run_atc(
+    prices: str | os.PathLike,
+    results: str | os.PathLike,
+    params: ATCParams | None = None,
+    *,
+    client: Any,
+    chunk_symbols: int | None = None,
+    overwrite: bool = False,
+    dtype: str = "float64",
+    backend: str = "cpu",
+    progress: bool | None = None,
+    report: str | os.PathLike | None = None,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> RunSummary:
+    """Compute ATC for every symbol of the price store ``prices`` into the results store ``results``
+    on the cluster of ``client``. See the module docstring for resume, refusal and locking."""
+    from pipeline.cluster import kernel_parallel
+    from pipeline.store import open_prices
+
+    t_start = time.perf_counter()
+    params, dtype, prices_path, results_path = _normalise(params, dtype, backend, prices, results)
+    lock = rs.ResultsLock(results_path)
+    lock.acquire()
+    try:
+        workers = client.scheduler_info(n_workers=-1).get("workers", {})
+        ds = open_prices(prices_path)
+        try:
+            price_fp = str(ds.attrs.get("fingerprint"))
+            price_k = _price_chunk(ds)
+            n_sym, n_time = ds.sizes["symbol"], ds.sizes["time"]
+            identity = rs.RunIdentity(params, price_fp, dtype, rs.code_version())
+            existed = results_path.exists() or results_path.is_symlink()
+            state = _existing_state(results, results_path, identity, (n_sym, n_time), chunk_symbols, overwrite)
+            if state is not None:
+                k = state.chunk_symbols
+                done = state.chunk_done
+                action = "complete" if state.complete else "resumed"
+            else:
+                if chunk_symbols is None:
+                    slots = sum(int(w.get("nthreads", 1)) for w in workers.values())
+                    k = default_chunk_symbols(price_k, n_sym, slots)
+                else:
+                    k = int(chunk_symbols)
+                _check_alignment(k, price_k)
+                k = min(k, max(1, n_sym))
+                rs.create_results(results_path, ds, identity, k, prices_path=prices_path, backend=backend,
+                                  replace=overwrite)
+                action = "overwritten" if existed else "created"
+                done = np.zeros(len(rs.chunk_bounds(n_sym, k)), bool)
+        finally:
+            ds.close()
+
+        bounds = rs.chunk_bounds(n_sym, k)
+        todo = [c for c in range(len(bounds)) if not done[c]]
+        parallel = kernel_parallel(workers)
+        tasks = [ChunkTask(prices_path, str(results_path), c, bounds[c][0], bounds[c][1], params, price_fp,
+                           dtype, backend, parallel, dict(options or {})) for c in todo]
+        records, failures = _execute(client, tasks, progress=progress, report=report, on_record=on_record)
+        if failures:
+            first = failures[0]
+            saved = len(bounds) - len(failures)
+            raise RunError(
+                f"{len(failures)} of {len(tasks)} chunks failed (first: chunk {first[0]}, symbols "
+                f"{bounds[first[0]][0]}..{bounds[first[0]][1] - 1}: {first[1]}); the {saved} finished chunks "
+                f"are saved in {results}: rerun the same command to compute the rest")
+        state = rs.read_state(results_path)
+        if not state.complete:  # pragma: no cover - every task succeeded, so every chunk is marked
+            raise RunError(f"{results}: {int((~state.chunk_done).sum())} chunks are not marked done; rerun")
+        counts, problems = _status_summary(results_path)
+        if action != "complete" or "completed" not in state.attrs:
+            import json
+
+            rs.finalize_results(results_path, {
+                "completed": rs.utc_now(),
+                "status_counts": json.dumps({n: c for n, c in counts.items() if n != "not computed"}),
+            })
+        return RunSummary(
+            results=results_path, prices=prices_path, n_symbols=n_sym, n_time=n_time, n_chunks=len(bounds),
+            chunk_symbols=k, computed=len(tasks), already_done=len(bounds) - len(tasks), action=action,
+            fingerprint=identity.fingerprint(), status_counts=counts, problems=problems,
+            seconds=time.perf_counter() - t_start, kernel_parallel=parallel, records=records,
+        )
+    finally:
+        lock.release()
+
+
+def _execute(client: Any, tasks: list[ChunkTask], *, progress: bool | None, report: Any,
+             on_record: Callable[[dict[str, Any]], None] | None) -> tuple[list[dict], list[tuple[int, str]]]:
+    """Submit one task per chunk, follow them with a progress bar, collect the small records."""
+    from contextlib import nullcontext
+
+    from distributed import as_completed, performance_report
+    from tqdm import tqdm
+
+    if progress is None:
+        progress = sys.stderr.isatty()
+    records: list[dict] = []
+    failures: list[tuple[int, str]] = []
+    ctx = performance_report(filename=str(report)) if report else nullcontext()
+    token = uuid.uuid4().hex[:8]
+    with ctx:
+        futures = {}
+        for t in tasks:
+            f = client.submit(run_chunk, t, key=f"atc-chunk-{t.index:06d}-{token}", pure=False,
+                              **BACKEND_SUBMIT[t.backend])
+            futures[f] = t
+        bar = tqdm(total=len(tasks), unit="chunk", desc="atc run", disable=not progress, file=sys.stderr,
+                   dynamic_ncols=True)
+        try:
+            for f in as_completed(list(futures)):
+                t = futures.pop(f)
+                if f.status == "error":
+                    exc = f.exception()
+                    failures.append((t.index, f"{type(exc).__name__}: {exc}"))
+                else:
+                    rec = f.result()
+                    records.append(rec)
+                    if on_record is not None:
+                        on_record(rec)
+                f.release()
+                bar.update(1)
+        except BaseException:
+            client.cancel(list(futures))
+            raise
+        finally:
+            bar.close()
+    failures.sort()
+    return records, failures
