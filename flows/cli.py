@@ -11,9 +11,9 @@ import sys
 import typer
 
 try:  # typer >= 0.26 raises the exceptions of its bundled click
-    from typer import _click as click
+    from typer._click import ClickException
 except ImportError:  # pragma: no cover - older typer uses click itself
-    import click
+    from click import ClickException
 
 from kernels.errors import ATCUserError
 
@@ -48,12 +48,12 @@ _register()
 def main(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, standalone_mode=False)
-    except (typer.Exit, getattr(click.exceptions, "Exit", typer.Exit)) as exc:
+    except typer.Exit as exc:
         return exc.exit_code
-    except click.ClickException as exc:
+    except ClickException as exc:
         exc.show()
         return exc.exit_code
-    except (typer.Abort, getattr(click.exceptions, "Abort", typer.Abort)):
+    except typer.Abort:
         print("aborted", file=sys.stderr)
         return 130
     except ATCUserError as exc:
