@@ -3,6 +3,12 @@
 Each figure is the best of `--repeat` timed runs after one warm-up run (which also compiles), on
 seeded geometric random walks. The slow reference implementation (tests/reference.py, the literal
 reading of ATC_SPEC.md) is timed on a small case in the same run, so the ratio is like for like.
+
+`--backend cuda` (default 10,000 x 5,000 float64) reports, per case: the kernels alone with the
+panel already on the device ("kernel"), `compute_atc(..., backend="cuda")` from host arrays to host
+arrays including transfers ("end-to-end"), the CPU backend on the same panel, and the largest
+difference between the GPU and CPU outputs; with `--fma-compare` also the kernels compiled with FMA
+contraction allowed (see kernels/cuda.py). It needs a real GPU.
 """
 
 from __future__ import annotations
@@ -17,6 +23,9 @@ import numpy as np
 import typer
 
 DEFAULT_SIZES = "99x1500,2000x5000"
+DEFAULT_DTYPES = "float64,float32"
+CUDA_SIZES = "10000x5000"
+CUDA_DTYPES = "float64"
 
 
 def _parse_sizes(text: str) -> list[tuple[int, int]]:
@@ -58,21 +67,31 @@ def _reference_rate(n_bars: int = 600) -> float | None:
 
 
 def bench_kernel(
-    backend: Annotated[str, typer.Option("--backend", help="cpu (cuda: not in this build yet).")] = "cpu",
-    sizes: Annotated[str, typer.Option("--sizes", help="Panels to time, SYMBOLSxBARS, comma-separated.")] = DEFAULT_SIZES,
-    dtypes: Annotated[str, typer.Option("--dtypes", help="float64, float32 or both.")] = "float64,float32",
+    backend: Annotated[str, typer.Option("--backend", help="cpu, or cuda (needs a GPU; also times the CPU beside it).")] = "cpu",
+    sizes: Annotated[Optional[str], typer.Option("--sizes", help=f"Panels to time, SYMBOLSxBARS, comma-separated (default: {DEFAULT_SIZES} for cpu, {CUDA_SIZES} for cuda).")] = None,
+    dtypes: Annotated[Optional[str], typer.Option("--dtypes", help=f"float64, float32 or both (default: {DEFAULT_DTYPES} for cpu, {CUDA_DTYPES} for cuda).")] = None,
     repeat: Annotated[int, typer.Option("--repeat", help="Timed runs per case (best is reported).")] = 3,
     lanes: Annotated[Optional[int], typer.Option("--lanes", help="Symbols per SIMD block (tuning).")] = None,
     threads: Annotated[bool, typer.Option("--threads/--single-thread", help="Use all Numba threads.")] = True,
     reference: Annotated[bool, typer.Option("--reference/--no-reference", help="Also time the slow reference.")] = True,
+    cpu_beside: Annotated[bool, typer.Option("--cpu/--no-cpu", help="cuda: also time the CPU backend on the same panels.")] = True,
+    fma_compare: Annotated[bool, typer.Option("--fma-compare/--no-fma-compare", help="cuda: also time kernels compiled with FMA contraction.")] = True,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the figures to this JSON file.")] = None,
 ) -> None:
     """Time the full 13-output ATC computation on synthetic random walks."""
     import numba
 
     from kernels import compute_atc
+    from kernels.errors import ATCUserError
     from kernels.synthetic import random_walk_panel
 
+    if backend == "cuda":
+        _bench_cuda(sizes or CUDA_SIZES, dtypes or CUDA_DTYPES, repeat, threads, cpu_beside, fma_compare, json_out)
+        return
+    if backend != "cpu":
+        raise ATCUserError(f"--backend must be cpu or cuda, got {backend!r}")
+    sizes = sizes or DEFAULT_SIZES
+    dtypes = dtypes or DEFAULT_DTYPES
     rows = []
     typer.echo(f"atc bench kernel: backend={backend}, numba threads={numba.get_num_threads() if threads else 1}")
     for name in [d.strip() for d in dtypes.split(",") if d.strip()]:
@@ -95,3 +114,93 @@ def bench_kernel(
         typer.echo(f"  fastest case is {best['x_reference']:,.0f} x the reference")
     if json_out is not None:
         json_out.write_text(json.dumps({"kernel": rows, "reference_symbol_bars_per_s": ref}, indent=2))
+
+
+def _max_abs_diff(a: np.ndarray, b: np.ndarray) -> tuple[float, int]:
+    """Largest |a - b| where both are numbers, and how many elements differ at all (NaN == NaN)."""
+    a64 = np.asarray(a, np.float64)
+    b64 = np.asarray(b, np.float64)
+    both = ~np.isnan(a64) & ~np.isnan(b64)
+    differ = int(np.count_nonzero(np.isnan(a64) != np.isnan(b64)) + np.count_nonzero(both & (a64 != b64)))
+    err = float(np.max(np.abs(a64[both] - b64[both]))) if both.any() else 0.0
+    return err, differ
+
+
+def _bench_cuda(sizes: str, dtypes: str, repeat: int, threads: bool, cpu_beside: bool, fma_compare: bool,
+                json_out: Path | None) -> None:
+    """Kernel-only and end-to-end GPU throughput beside the CPU backend (see the module docstring)."""
+    import numba
+
+    from kernels import OUTPUT_NAMES, ATCParams, compute_atc
+    from kernels.api import cuda_status
+    from kernels.errors import ATCUserError
+    from kernels.synthetic import random_walk_panel
+
+    usable, simulated, what = cuda_status()
+    if not usable:
+        raise ATCUserError(f"atc bench kernel --backend cuda needs an NVIDIA GPU: {what}")
+    if simulated:
+        raise ATCUserError("atc bench kernel --backend cuda does not run under the CUDA simulator "
+                           "(NUMBA_ENABLE_CUDASIM=1): unset it on a machine with a GPU")
+    from kernels import cuda as gpu
+
+    params = ATCParams()
+    repeat = max(1, repeat)
+    typer.echo(f"atc bench kernel: backend=cuda on {what}; FMA contraction "
+               f"{'on' if gpu.fma_contraction() else 'off'} (default); CPU beside it with "
+               f"{numba.get_num_threads() if threads else 1} Numba threads")
+    rows = []
+    for name in [d.strip() for d in dtypes.split(",") if d.strip()]:
+        dtype = np.dtype(name)
+        compute_atc(random_walk_panel(4, 200), backend="cuda", dtype=dtype)  # compile
+        for n_sym, n_bars in _parse_sizes(sizes):
+            panel = random_walk_panel(n_sym, n_bars, seed=0)
+            sb = n_sym * n_bars
+            row = {"backend": "cuda", "device": what, "dtype": name, "symbols": n_sym, "bars": n_bars}
+            dev = gpu.DevicePanel(panel, params, dtype)
+            dev.run()
+            row["kernel_seconds"] = _time_best(dev.run, repeat)
+            row["kernel_symbol_bars_per_s"] = sb / row["kernel_seconds"]
+            gpu_out = dev.outputs()
+            del dev
+            row["end_to_end_seconds"] = _time_best(lambda: compute_atc(panel, backend="cuda", dtype=dtype), repeat)
+            row["end_to_end_symbol_bars_per_s"] = sb / row["end_to_end_seconds"]
+            typer.echo(f"  {name:8s} {n_sym:6d} x {n_bars:<6d} kernel      {row['kernel_seconds']:8.4f} s  "
+                       f"{row['kernel_symbol_bars_per_s'] / 1e6:10.1f} M symbol-bars/s")
+            typer.echo(f"  {'':8s} {'':6s}   {'':6s} end-to-end  {row['end_to_end_seconds']:8.4f} s  "
+                       f"{row['end_to_end_symbol_bars_per_s'] / 1e6:10.1f} M symbol-bars/s (with transfers)")
+            cpu_res = None
+            if cpu_beside:
+                compute_atc(panel[:4, :200], backend="cpu", dtype=dtype, parallel=threads)
+                t0 = time.perf_counter()
+                cpu_res = compute_atc(panel, backend="cpu", dtype=dtype, parallel=threads)
+                row["cpu_seconds"] = time.perf_counter() - t0
+                row["cpu_symbol_bars_per_s"] = sb / row["cpu_seconds"]
+                typer.echo(f"  {'':8s} {'':6s}   {'':6s} cpu         {row['cpu_seconds']:8.4f} s  "
+                           f"{row['cpu_symbol_bars_per_s'] / 1e6:10.1f} M symbol-bars/s (1 run)")
+                diffs = [_max_abs_diff(gpu_out[c], cpu_res[o]) for c, o in enumerate(OUTPUT_NAMES)]
+                row["max_abs_diff_vs_cpu"] = max(d[0] for d in diffs)
+                row["elements_differing_from_cpu"] = sum(d[1] for d in diffs)
+                typer.echo(f"  {'':8s} {'':6s}   {'':6s} gpu vs cpu: max |diff| {row['max_abs_diff_vs_cpu']:.3g}, "
+                           f"{row['elements_differing_from_cpu']} of {13 * sb} values differ")
+            del gpu_out
+            if fma_compare:
+                dev = gpu.DevicePanel(panel, params, dtype, allow_fma=True)
+                dev.run()
+                row["fma_kernel_seconds"] = _time_best(dev.run, repeat)
+                row["fma_kernel_symbol_bars_per_s"] = sb / row["fma_kernel_seconds"]
+                line = (f"  {'':8s} {'':6s}   {'':6s} kernel+FMA  {row['fma_kernel_seconds']:8.4f} s  "
+                        f"{row['fma_kernel_symbol_bars_per_s'] / 1e6:10.1f} M symbol-bars/s")
+                if cpu_res is not None:
+                    fma_out = dev.outputs()
+                    diffs = [_max_abs_diff(fma_out[c], cpu_res[o]) for c, o in enumerate(OUTPUT_NAMES)]
+                    row["fma_max_abs_diff_vs_cpu"] = max(d[0] for d in diffs)
+                    row["fma_elements_differing_from_cpu"] = sum(d[1] for d in diffs)
+                    line += (f"; vs cpu: max |diff| {row['fma_max_abs_diff_vs_cpu']:.3g}, "
+                             f"{row['fma_elements_differing_from_cpu']} values differ")
+                    del fma_out
+                typer.echo(line)
+                del dev
+            rows.append(row)
+    if json_out is not None:
+        json_out.write_text(json.dumps({"kernel": rows}, indent=2))

@@ -6,6 +6,8 @@ hands the valid symbols to a backend. It never does per-bar math itself.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numba
 import numpy as np
 
@@ -45,12 +47,41 @@ def _bad_reason(v: float, t: int) -> str:
     return f"a close <= 0 ({v!r}) at bar {t}"
 
 
+@lru_cache(maxsize=1)
+def cuda_status() -> tuple[bool, bool, str]:
+    """(usable, simulated, description) of the CUDA backend, probed once per process.
+
+    Imports numba.cuda (and so kernels.cuda) only here, on first use: importing `kernels` never does.
+    """
+    try:
+        from kernels import cuda as gpu
+    except Exception as exc:  # numba-cuda or its CUDA bindings missing
+        return False, False, (f"numba-cuda cannot be imported ({exc}); install the GPU extra: "
+                              "pip install 'atc-pipeline[gpu]'")
+    usable, what = gpu.gpu_status()
+    return usable, gpu.SIMULATOR, what
+
+
 def _resolve_backend(backend: str) -> str:
+    """'cpu' or 'cuda'. 'auto' takes a real GPU when one is usable (never the slow simulator)."""
     if backend not in BACKENDS:
         raise ATCBackendError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    if backend == "cuda":
-        raise ATCBackendError("backend 'cuda' is not available in this build yet; use backend='cpu'")
-    return "cpu"
+    if backend == "cpu":
+        return "cpu"
+    usable, simulated, what = cuda_status()
+    if backend == "auto":
+        return "cuda" if usable and not simulated else "cpu"
+    if not usable:
+        raise ATCBackendError(f"backend 'cuda' needs a usable NVIDIA GPU: {what}. Use backend='cpu', "
+                              "or backend='auto' to fall back to the CPU (tests without a GPU: set "
+                              "NUMBA_ENABLE_CUDASIM=1 before numba.cuda is imported)")
+    return "cuda"
+
+
+def growth_factors(params: ATCParams, t_max: int, ft) -> np.ndarray:
+    """growth[t] = exp(lam * (max(t, 1) - cutout)), computed once on the host for every backend."""
+    tt = np.maximum(np.arange(t_max, dtype=np.float64), 1.0) - params.cutout
+    return np.exp(params.lam * tt).astype(ft)
 
 
 def compute_atc(close, params: ATCParams | None = None, *, backend: str = "cpu", dtype=np.float64,
@@ -67,6 +98,9 @@ def compute_atc(close, params: ATCParams | None = None, *, backend: str = "cpu",
     `close`, as in the pandas API; by default both are `close`. `parallel=False` keeps the kernel on
     the calling thread (for Dask workers that run several tasks at once). `lanes` overrides the
     number of symbols per SIMD block (a tuning knob for benchmarks; results do not depend on it).
+    `backend`: "cpu" (Numba), "cuda" (numba-cuda on a GPU, or its simulator when
+    NUMBA_ENABLE_CUDASIM=1; same numbers as "cpu"; `parallel` and `lanes` do not apply) or "auto"
+    (the GPU when a real one is usable, else the CPU).
     """
     params = ATCParams() if params is None else params
     if not isinstance(params, ATCParams):
@@ -76,7 +110,7 @@ def compute_atc(close, params: ATCParams | None = None, *, backend: str = "cpu",
     ft = np.dtype(dtype)
     if ft not in (np.dtype(np.float64), np.dtype(np.float32)):
         raise ATCUserError(f"dtype must be float64 or float32, got {ft}")
-    _resolve_backend(backend)
+    use = _resolve_backend(backend)
 
     one_d = np.ndim(close) == 1
     panel = _as_panel(close, "close")
@@ -126,21 +160,24 @@ def compute_atc(close, params: ATCParams | None = None, *, backend: str = "cpu",
     out = np.empty((len(OUTPUT_NAMES), n_sym, n_bars), ft)
     out[:, status != st.OK, :] = np.nan
     if len(order):
-        t_max = int(lens[order].max())
-        tt = np.maximum(np.arange(t_max, dtype=np.float64), 1.0) - params.cutout
-        growth = np.exp(params.lam * tt).astype(ft)
+        growth = growth_factors(params, int(lens[order].max()), ft)
         line_lens, coef = line_tables(params, ft)
         weights = np.array([params.weight(f) for f in FAMILIES], ft)
-        kern = build_cpu_kernel(ft.name)
-        nb = kern.lanes if lanes is None else int(lanes)
-        args = (nb, panel, src_panel, src is None, order, starts, lens, growth, line_lens, coef, weights,
+        args = (panel, src_panel, src is None, order, starts, lens, growth, line_lens, coef, weights,
                 params.cutout, ft.type(1.0 - params.dec), ft.type(params.short_threshold),
                 ft.type(params.long_threshold), params.strategy_mode, out)
-        n_blocks = -(-len(order) // nb)
-        if parallel and n_blocks > 1:
-            kern.run_parallel(min(n_blocks, 4 * numba.get_num_threads()), *args)
+        if use == "cuda":
+            from kernels import cuda as gpu
+
+            gpu.run_panel(*args)
         else:
-            kern.run_serial(*args)
+            kern = build_cpu_kernel(ft.name)
+            nb = kern.lanes if lanes is None else int(lanes)
+            n_blocks = -(-len(order) // nb)
+            if parallel and n_blocks > 1:
+                kern.run_parallel(min(n_blocks, 4 * numba.get_num_threads()), nb, *args)
+            else:
+                kern.run_serial(nb, *args)
 
     outputs = {name: (out[c, 0] if one_d else out[c]) for c, name in enumerate(OUTPUT_NAMES)}
     return st.ATCResult(outputs, status[0] if one_d else status, messages)
