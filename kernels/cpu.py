@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from types import SimpleNamespace
+from types import FunctionType, SimpleNamespace
 
 import numpy as np
-from numba import njit, prange
+from numba import njit as _njit
+from numba import prange
 
+from kernels.jitcache import cached_compilation
 from kernels.steps import build_steps
 
 ANCHOR = 256
@@ -38,7 +40,7 @@ LANES = {"float64": 16, "float32": 32}
 """Symbols per block: a few SIMD registers wide."""
 
 
-@njit(cache=True, parallel=True)
+@_njit(cache=True, parallel=True)
 def scan_spans(close):
     """First valid bar, number of valid bars and first bad bar (-1 if none) of every symbol.
 
@@ -72,365 +74,396 @@ def isqrt(n: int) -> int:
     return math.isqrt(n)
 
 
-@lru_cache(maxsize=None)
-def build_cpu_kernel(dtype_name: str):
-    """Compile the fused block kernel for one float type; inner pieces are exposed for tests."""
-    ft = np.dtype(dtype_name).type
-    st = build_steps(njit, ft)
-    AM = ANCHOR - 1
-    NAN = ft(np.nan)
-    ZERO = ft(0.0)
-    ONE = ft(1.0)
-    ema_step = st.ema_step
-    dema_value = st.dema_value
-    weighted_slide = st.weighted_slide
-    wma_value = st.wma_value
-    hma_diff = st.hma_diff
-    lsma_value = st.lsma_value
-    kama_step = st.kama_step
-    cross_step = st.cross_step
-    equity_step = st.equity_step
-    start_equity = st.start_equity
-    round2 = st.round2
-    cut = st.cut
-    ratio_or_zero = st.ratio_or_zero
+# ---- kernel functions (compiled per float type by build_cpu_kernel) -------------------------
+# They read `ft`, the float constants and the step functions from globals that build_cpu_kernel
+# supplies per float type; called directly from Python they would fail by design.
 
-    # ---- one family of 9 lines over all bars of a block ------------------------------------------
+_KERNELS: list[tuple[str, dict]] = []
 
-    @njit
-    def window_sums(src, t, L, q, S, W, nb):
-        """Exact window sums ending at bar t (oldest first): S = sum x, W = sum (pos+1)*x."""
+
+def _kernel(**options):
+    """Mark a module-level function as part of the block kernel (compiled per float type)."""
+    def mark(fn):
+        _KERNELS.append((fn.__name__, options))
+        return fn
+    return mark
+
+
+@_kernel()
+def window_sums(src, t, L, q, S, W, nb):
+    """Exact window sums ending at bar t (oldest first): S = sum x, W = sum (pos+1)*x."""
+    for k in range(nb):
+        S[q + k] = ZERO
+        W[q + k] = ZERO
+    for j in range(L):
+        wj = ft(j + 1)
+        row = t - L + 1 + j
         for k in range(nb):
-            S[q + k] = ZERO
-            W[q + k] = ZERO
-        for j in range(L):
-            wj = ft(j + 1)
-            row = t - L + 1 + j
-            for k in range(nb):
-                v = src[row, k]
-                S[q + k] += v
-                W[q + k] += wj * v
+            v = src[row, k]
+            S[q + k] += v
+            W[q + k] += wj * v
 
-    @njit
-    def family_pass(fam, x, r, T, nb, lens, coef, cutout, keep, fsig, sig_out, store_sig, ma_out,
-                    store_ma):
-        """MA -> crossover -> equity -> Layer-1 signal for the 9 lines of family `fam`.
 
-        With `store_sig`, the crossover state of line j at bar t is also written to
-        `sig_out[j, t, k]` (int8): parameter sweeps reuse it for every La/De/cutout combination,
-        since the MAs and crossovers depend only on the lengths. With `store_ma`, the MA values
-        go to `ma_out[j, t, k]` (for tests and inspection; the batch path never stores them).
+@_kernel()
+def family_pass(fam, x, r, T, nb, lens, coef, cutout, keep, fsig, sig_out, store_sig, ma_out,
+                store_ma):
+    """MA -> crossover -> equity -> Layer-1 signal for the 9 lines of family `fam`.
 
-        One function on purpose: the per-bar work for a line is only a few vector instructions,
-        and a call with array arguments per (bar, line) would cost more than the work (Numba
-        reference-counts every array argument). Only scalar step functions are called inside.
-        Sliding window sums are recomputed exactly at their first bar, then every ANCHOR bars,
-        and every bar for one-bar windows (an MA equal to the close must stay exactly equal).
-        """
-        sz = 9 * nb
-        mprev = np.full(sz, NAN, ft)
-        s = np.zeros(sz, ft)
-        e = np.zeros(sz, ft)
-        S1 = np.zeros(sz, ft)
-        W1 = np.zeros(sz, ft)
-        S2 = np.zeros(sz, ft)
-        W2 = np.zeros(sz, ft)
-        S3 = np.zeros(sz, ft)
-        W3 = np.zeros(sz, ft)
-        sqmax = 1
+    With `store_sig`, the crossover state of line j at bar t is also written to
+    `sig_out[j, t, k]` (int8): parameter sweeps reuse it for every La/De/cutout combination,
+    since the MAs and crossovers depend only on the lengths. With `store_ma`, the MA values
+    go to `ma_out[j, t, k]` (for tests and inspection; the batch path never stores them).
+
+    One function on purpose: the per-bar work for a line is only a few vector instructions,
+    and a call with array arguments per (bar, line) would cost more than the work (Numba
+    reference-counts every array argument). Only scalar step functions are called inside.
+    Sliding window sums are recomputed exactly at their first bar, then every ANCHOR bars,
+    and every bar for one-bar windows (an MA equal to the close must stay exactly equal).
+    """
+    sz = 9 * nb
+    mprev = np.full(sz, NAN, ft)
+    s = np.zeros(sz, ft)
+    e = np.zeros(sz, ft)
+    S1 = np.zeros(sz, ft)
+    W1 = np.zeros(sz, ft)
+    S2 = np.zeros(sz, ft)
+    W2 = np.zeros(sz, ft)
+    S3 = np.zeros(sz, ft)
+    W3 = np.zeros(sz, ft)
+    sqmax = 1
+    for j in range(9):
+        sqmax = max(sqmax, lens[fam * 9 + j, 2])
+    ring = np.zeros((9, sqmax, nb), ft)
+    mrow = np.empty(nb, ft)
+    num = np.empty(nb, ft)
+    den = np.empty(nb, ft)
+    for t in range(T):
+        for k in range(nb):
+            num[k] = ZERO
+            den[k] = ZERO
         for j in range(9):
-            sqmax = max(sqmax, lens[fam * 9 + j, 2])
-        ring = np.zeros((9, sqmax, nb), ft)
-        mrow = np.empty(nb, ft)
-        num = np.empty(nb, ft)
-        den = np.empty(nb, ft)
-        for t in range(T):
-            for k in range(nb):
-                num[k] = ZERO
-                den[k] = ZERO
-            for j in range(9):
-                ln = fam * 9 + j
-                q = j * nb
-                L = lens[ln, 0]
-                # ---- the MA of this line at bar t, into mrow ----
-                if fam == 5:  # KAMA: defined from bar 0
-                    if t <= L - 1:
+            ln = fam * 9 + j
+            q = j * nb
+            L = lens[ln, 0]
+            # ---- the MA of this line at bar t, into mrow ----
+            if fam == 5:  # KAMA: defined from bar 0
+                if t <= L - 1:
+                    for k in range(nb):
+                        mrow[k] = x[0, k]
+                else:
+                    if ((t - L) & AM) == 0:
                         for k in range(nb):
-                            mrow[k] = x[0, k]
+                            S1[q + k] = ZERO
+                        for i in range(t - L + 1, t + 1):
+                            for k in range(nb):
+                                S1[q + k] += abs(x[i, k] - x[i - 1, k])
                     else:
-                        if ((t - L) & AM) == 0:
-                            for k in range(nb):
-                                S1[q + k] = ZERO
-                            for i in range(t - L + 1, t + 1):
-                                for k in range(nb):
-                                    S1[q + k] += abs(x[i, k] - x[i - 1, k])
-                        else:
-                            for k in range(nb):
-                                S1[q + k] = (S1[q + k] + abs(x[t, k] - x[t - 1, k])
-                                             - abs(x[t - L, k] - x[t - L - 1, k]))
                         for k in range(nb):
-                            mrow[k] = kama_step(mprev[q + k], x[t, k], x[t - L, k], S1[q + k])
-                elif fam == 1:  # HMA: WMA(2*WMA(x, half) - WMA(x, L), sq), inner series in a ring
-                    half = lens[ln, 1]
-                    sq = lens[ln, 2]
-                    if t >= half - 1:
-                        if half == 1 or ((t - half + 1) & AM) == 0:
-                            window_sums(x, t, half, q, S1, W1, nb)
-                        else:
-                            hf = coef[ln, 1]
-                            for k in range(nb):
-                                S1[q + k], W1[q + k] = weighted_slide(S1[q + k], W1[q + k], x[t, k],
-                                                                      x[t - half, k], hf)
-                    if t < L - 1:
+                            S1[q + k] = (S1[q + k] + abs(x[t, k] - x[t - 1, k])
+                                         - abs(x[t - L, k] - x[t - L - 1, k]))
+                    for k in range(nb):
+                        mrow[k] = kama_step(mprev[q + k], x[t, k], x[t - L, k], S1[q + k])
+            elif fam == 1:  # HMA: WMA(2*WMA(x, half) - WMA(x, L), sq), inner series in a ring
+                half = lens[ln, 1]
+                sq = lens[ln, 2]
+                if t >= half - 1:
+                    if half == 1 or ((t - half + 1) & AM) == 0:
+                        window_sums(x, t, half, q, S1, W1, nb)
+                    else:
+                        hf = coef[ln, 1]
+                        for k in range(nb):
+                            S1[q + k], W1[q + k] = weighted_slide(S1[q + k], W1[q + k], x[t, k],
+                                                                  x[t - half, k], hf)
+                if t < L - 1:
+                    for k in range(nb):
+                        mrow[k] = NAN
+                else:
+                    if L == 1 or ((t - L + 1) & AM) == 0:
+                        window_sums(x, t, L, q, S2, W2, nb)
+                    else:
+                        Lf = coef[ln, 0]
+                        for k in range(nb):
+                            S2[q + k], W2[q + k] = weighted_slide(S2[q + k], W2[q + k], x[t, k],
+                                                                  x[t - L, k], Lf)
+                    slot = t % sq
+                    den_l = coef[ln, 3]
+                    den_h = coef[ln, 4]
+                    # d_{t-sq} sits in this slot until it is overwritten with d_t
+                    for k in range(nb):
+                        mrow[k] = ring[j, slot, k]
+                        ring[j, slot, k] = hma_diff(wma_value(W1[q + k], den_h),
+                                                    wma_value(W2[q + k], den_l))
+                    first = L - 1 + sq - 1
+                    if t < first:
                         for k in range(nb):
                             mrow[k] = NAN
                     else:
-                        if L == 1 or ((t - L + 1) & AM) == 0:
-                            window_sums(x, t, L, q, S2, W2, nb)
-                        else:
-                            Lf = coef[ln, 0]
+                        if sq == 1 or ((t - first) & AM) == 0:
                             for k in range(nb):
-                                S2[q + k], W2[q + k] = weighted_slide(S2[q + k], W2[q + k], x[t, k],
-                                                                      x[t - L, k], Lf)
-                        slot = t % sq
-                        den_l = coef[ln, 3]
-                        den_h = coef[ln, 4]
-                        # d_{t-sq} sits in this slot until it is overwritten with d_t
-                        for k in range(nb):
-                            mrow[k] = ring[j, slot, k]
-                            ring[j, slot, k] = hma_diff(wma_value(W1[q + k], den_h),
-                                                        wma_value(W2[q + k], den_l))
-                        first = L - 1 + sq - 1
-                        if t < first:
-                            for k in range(nb):
-                                mrow[k] = NAN
-                        else:
-                            if sq == 1 or ((t - first) & AM) == 0:
+                                S3[q + k] = ZERO
+                                W3[q + k] = ZERO
+                            for i in range(sq):
+                                wi = ft(i + 1)
+                                sl = (t - sq + 1 + i) % sq
                                 for k in range(nb):
-                                    S3[q + k] = ZERO
-                                    W3[q + k] = ZERO
-                                for i in range(sq):
-                                    wi = ft(i + 1)
-                                    sl = (t - sq + 1 + i) % sq
-                                    for k in range(nb):
-                                        v = ring[j, sl, k]
-                                        S3[q + k] += v
-                                        W3[q + k] += wi * v
-                            else:
-                                sqf = coef[ln, 2]
-                                for k in range(nb):
-                                    S3[q + k], W3[q + k] = weighted_slide(
-                                        S3[q + k], W3[q + k], ring[j, slot, k], mrow[k], sqf)
-                            den_s = coef[ln, 5]
+                                    v = ring[j, sl, k]
+                                    S3[q + k] += v
+                                    W3[q + k] += wi * v
+                        else:
+                            sqf = coef[ln, 2]
                             for k in range(nb):
-                                mrow[k] = wma_value(W3[q + k], den_s)
-                elif t < L - 1:
+                                S3[q + k], W3[q + k] = weighted_slide(
+                                    S3[q + k], W3[q + k], ring[j, slot, k], mrow[k], sqf)
+                        den_s = coef[ln, 5]
+                        for k in range(nb):
+                            mrow[k] = wma_value(W3[q + k], den_s)
+            elif t < L - 1:
+                for k in range(nb):
+                    mrow[k] = NAN
+            elif fam == 0 or fam == 3:  # EMA / DEMA (S1 = e1, W1 = e2)
+                a = coef[ln, 0]
+                b = coef[ln, 1]
+                if t == L - 1:
                     for k in range(nb):
-                        mrow[k] = NAN
-                elif fam == 0 or fam == 3:  # EMA / DEMA (S1 = e1, W1 = e2)
-                    a = coef[ln, 0]
-                    b = coef[ln, 1]
-                    if t == L - 1:
+                        S1[q + k] = ZERO
+                    for i in range(L):
                         for k in range(nb):
-                            S1[q + k] = ZERO
-                        for i in range(L):
-                            for k in range(nb):
-                                S1[q + k] += x[i, k]
-                        for k in range(nb):
-                            S1[q + k] = S1[q + k] / ft(L)
-                            W1[q + k] = S1[q + k]
-                    elif fam == 0:
-                        for k in range(nb):
-                            S1[q + k] = ema_step(S1[q + k], x[t, k], a, b)
-                    else:
-                        for k in range(nb):
-                            e1 = ema_step(S1[q + k], x[t, k], a, b)
-                            S1[q + k] = e1
-                            W1[q + k] = ema_step(W1[q + k], e1, a, b)
-                    if fam == 0:
-                        for k in range(nb):
-                            mrow[k] = S1[q + k]
-                    else:
-                        for k in range(nb):
-                            mrow[k] = dema_value(S1[q + k], W1[q + k])
-                elif fam == 4 and L <= 2:  # a line through 1 or 2 points passes through x_t
+                            S1[q + k] += x[i, k]
                     for k in range(nb):
-                        mrow[k] = x[t, k]
-                else:  # WMA (2) / LSMA (4) from the same window sums
-                    Lf = coef[ln, 0]
-                    if L == 1 or ((t - L + 1) & AM) == 0:
-                        window_sums(x, t, L, q, S1, W1, nb)
-                    else:
-                        for k in range(nb):
-                            S1[q + k], W1[q + k] = weighted_slide(S1[q + k], W1[q + k], x[t, k],
-                                                                  x[t - L, k], Lf)
-                    if fam == 2:
-                        den_w = coef[ln, 1]
-                        for k in range(nb):
-                            mrow[k] = wma_value(W1[q + k], den_w)
-                    else:
-                        sum_i = coef[ln, 1]
-                        den_ls = coef[ln, 2]
-                        for k in range(nb):
-                            mrow[k] = lsma_value(S1[q + k], W1[q + k], Lf, sum_i, den_ls)
-                # ---- crossover state, equity, Layer-1 sums ----
-                if t == 0:
-                    pass  # no previous bar: the state stays 0
-                elif t <= cutout:
+                        S1[q + k] = S1[q + k] / ft(L)
+                        W1[q + k] = S1[q + k]
+                elif fam == 0:
                     for k in range(nb):
-                        s[q + k] = cross_step(s[q + k], x[t, k], mrow[k], x[t - 1, k], mprev[q + k])
+                        S1[q + k] = ema_step(S1[q + k], x[t, k], a, b)
                 else:
                     for k in range(nb):
-                        sp = s[q + k]
-                        sn = cross_step(sp, x[t, k], mrow[k], x[t - 1, k], mprev[q + k])
-                        en = equity_step(e[q + k], sp, r[t, k], keep)
-                        s[q + k] = sn
-                        e[q + k] = en
-                        num[k] += sn * en
-                        den[k] += en
-                if t == cutout:
+                        e1 = ema_step(S1[q + k], x[t, k], a, b)
+                        S1[q + k] = e1
+                        W1[q + k] = ema_step(W1[q + k], e1, a, b)
+                if fam == 0:
                     for k in range(nb):
-                        e[q + k] = start_equity(ONE)
-                        num[k] += s[q + k] * e[q + k]
-                        den[k] += e[q + k]
+                        mrow[k] = S1[q + k]
+                else:
+                    for k in range(nb):
+                        mrow[k] = dema_value(S1[q + k], W1[q + k])
+            elif fam == 4 and L <= 2:  # a line through 1 or 2 points passes through x_t
                 for k in range(nb):
-                    mprev[q + k] = mrow[k]
-                if store_sig:
+                    mrow[k] = x[t, k]
+            else:  # WMA (2) / LSMA (4) from the same window sums
+                Lf = coef[ln, 0]
+                if L == 1 or ((t - L + 1) & AM) == 0:
+                    window_sums(x, t, L, q, S1, W1, nb)
+                else:
                     for k in range(nb):
-                        sig_out[j, t, k] = np.int8(s[q + k])
-                if store_ma:
+                        S1[q + k], W1[q + k] = weighted_slide(S1[q + k], W1[q + k], x[t, k],
+                                                              x[t - L, k], Lf)
+                if fam == 2:
+                    den_w = coef[ln, 1]
                     for k in range(nb):
-                        ma_out[j, t, k] = mrow[k]
-            if t < cutout:
+                        mrow[k] = wma_value(W1[q + k], den_w)
+                else:
+                    sum_i = coef[ln, 1]
+                    den_ls = coef[ln, 2]
+                    for k in range(nb):
+                        mrow[k] = lsma_value(S1[q + k], W1[q + k], Lf, sum_i, den_ls)
+            # ---- crossover state, equity, Layer-1 sums ----
+            if t == 0:
+                pass  # no previous bar: the state stays 0
+            elif t <= cutout:
                 for k in range(nb):
-                    fsig[t, k] = NAN
+                    s[q + k] = cross_step(s[q + k], x[t, k], mrow[k], x[t - 1, k], mprev[q + k])
             else:
                 for k in range(nb):
-                    fsig[t, k] = round2(num[k] / den[k])
+                    sp = s[q + k]
+                    sn = cross_step(sp, x[t, k], mrow[k], x[t - 1, k], mprev[q + k])
+                    en = equity_step(e[q + k], sp, r[t, k], keep)
+                    s[q + k] = sn
+                    e[q + k] = en
+                    num[k] += sn * en
+                    den[k] += en
+            if t == cutout:
+                for k in range(nb):
+                    e[q + k] = start_equity(ONE)
+                    num[k] += s[q + k] * e[q + k]
+                    den[k] += e[q + k]
+            for k in range(nb):
+                mprev[q + k] = mrow[k]
+            if store_sig:
+                for k in range(nb):
+                    sig_out[j, t, k] = np.int8(s[q + k])
+            if store_ma:
+                for k in range(nb):
+                    ma_out[j, t, k] = mrow[k]
+        if t < cutout:
+            for k in range(nb):
+                fsig[t, k] = NAN
+        else:
+            for k in range(nb):
+                fsig[t, k] = round2(num[k] / den[k])
 
-    @njit
-    def layer2_and_average(obuf, r, T, nb, weights, cutout, keep, short_thr, long_thr, strategy):
-        """Family equities (Layer 2) from the sign of each Layer-1 signal, then Average_Signal."""
-        for f in range(6):
-            for t in range(min(cutout, T)):
-                for k in range(nb):
-                    obuf[6 + f, t, k] = NAN
-            if cutout < T:
-                for k in range(nb):
-                    obuf[6 + f, cutout, k] = start_equity(weights[f])
-            for t in range(cutout + 1, T):
-                for k in range(nb):
-                    obuf[6 + f, t, k] = equity_step(obuf[6 + f, t - 1, k], obuf[f, t - 1, k], r[t, k], keep)
-        num = np.empty(nb, ft)
-        den = np.empty(nb, ft)
-        for t in range(T):
-            for k in range(nb):
-                num[k] = ZERO
-                den[k] = ZERO
-            for f in range(6):
-                for k in range(nb):
-                    num[k] += cut(obuf[f, t, k], short_thr, long_thr) * obuf[6 + f, t, k]
-                    den[k] += obuf[6 + f, t, k]
-            for k in range(nb):
-                obuf[12, t, k] = ratio_or_zero(num[k], den[k])
-        if strategy:
-            for t in range(T - 1, 0, -1):
-                for k in range(nb):
-                    obuf[12, t, k] = obuf[12, t - 1, k]
-            for k in range(nb):
-                obuf[12, 0, k] = ZERO
 
-    @njit
-    def process_block(x, p, r, T, nb, growth, lens, coef, weights, cutout, keep, short_thr, long_thr,
-                      strategy, obuf):
-        """x: MA source (T, nb); p: closes for returns; writes the 13 outputs into obuf (13, T, nb)."""
+@_kernel()
+def layer2_and_average(obuf, r, T, nb, weights, cutout, keep, short_thr, long_thr, strategy):
+    """Family equities (Layer 2) from the sign of each Layer-1 signal, then Average_Signal."""
+    for f in range(6):
+        for t in range(min(cutout, T)):
+            for k in range(nb):
+                obuf[6 + f, t, k] = NAN
+        if cutout < T:
+            for k in range(nb):
+                obuf[6 + f, cutout, k] = start_equity(weights[f])
+        for t in range(cutout + 1, T):
+            for k in range(nb):
+                obuf[6 + f, t, k] = equity_step(obuf[6 + f, t - 1, k], obuf[f, t - 1, k], r[t, k], keep)
+    num = np.empty(nb, ft)
+    den = np.empty(nb, ft)
+    for t in range(T):
         for k in range(nb):
-            r[0, k] = NAN
-        for t in range(1, T):
-            g = growth[t]
-            for k in range(nb):
-                r[t, k] = ((p[t, k] - p[t - 1, k]) / p[t - 1, k]) * g
-        no_sig = np.zeros((1, 1, 1), np.int8)
-        no_ma = np.zeros((1, 1, 1), ft)
+            num[k] = ZERO
+            den[k] = ZERO
         for f in range(6):
-            family_pass(f, x, r, T, nb, lens, coef, cutout, keep, obuf[f], no_sig, False, no_ma, False)
-        layer2_and_average(obuf, r, T, nb, weights, cutout, keep, short_thr, long_thr, strategy)
-
-    # ---- panel <-> block buffers -----------------------------------------------------------------
-
-    @njit
-    def gather(panel, syms, starts, lens_sym, nk, T, buf):
-        nb = buf.shape[1]
+            for k in range(nb):
+                num[k] += cut(obuf[f, t, k], short_thr, long_thr) * obuf[6 + f, t, k]
+                den[k] += obuf[6 + f, t, k]
         for k in range(nb):
-            if k < nk:
-                i = syms[k]
-                s0 = starts[i]
-                n = lens_sym[i]
-                for t in range(n):
-                    buf[t, k] = panel[i, s0 + t]
-                for t in range(n, T):
-                    buf[t, k] = buf[n - 1, k]
-            else:
-                for t in range(T):
-                    buf[t, k] = ONE
+            obuf[12, t, k] = ratio_or_zero(num[k], den[k])
+    if strategy:
+        for t in range(T - 1, 0, -1):
+            for k in range(nb):
+                obuf[12, t, k] = obuf[12, t - 1, k]
+        for k in range(nb):
+            obuf[12, 0, k] = ZERO
 
-    @njit
-    def scatter(obuf, out, syms, starts, lens_sym, nk):
-        n_bars = out.shape[2]
-        for c in range(13):
-            for k in range(nk):
-                i = syms[k]
-                s0 = starts[i]
-                n = lens_sym[i]
-                for t in range(s0):
-                    out[c, i, t] = NAN
-                for t in range(n):
-                    out[c, i, s0 + t] = obuf[c, t, k]
-                for t in range(s0 + n, n_bars):
-                    out[c, i, t] = NAN
 
-    @njit
-    def process_chunk(c, n_chunks, nb, close, src, same_src, order, starts, lens_sym, growth, lens,
-                      coef, weights, cutout, keep, short_thr, long_thr, strategy, out):
-        n_valid = order.shape[0]
-        n_blocks = (n_valid + nb - 1) // nb
-        if c >= n_blocks:
-            return
-        t_max = growth.shape[0]
-        x = np.empty((t_max, nb), ft)
-        p = x if same_src else np.empty((t_max, nb), ft)
-        r = np.empty((t_max, nb), ft)
-        obuf = np.empty((13, t_max, nb), ft)
-        for b in range(c, n_blocks, n_chunks):
-            lo = b * nb
-            nk = min(nb, n_valid - lo)
-            syms = order[lo:lo + nk]
-            T = 0
-            for k in range(nk):
-                T = max(T, lens_sym[syms[k]])
-            gather(src, syms, starts, lens_sym, nk, T, x)
-            if not same_src:
-                gather(close, syms, starts, lens_sym, nk, T, p)
-            process_block(x, p, r, T, nb, growth, lens, coef, weights, cutout, keep, short_thr,
-                          long_thr, strategy, obuf)
-            scatter(obuf, out, syms, starts, lens_sym, nk)
+@_kernel()
+def process_block(x, p, r, T, nb, growth, lens, coef, weights, cutout, keep, short_thr, long_thr,
+                  strategy, obuf):
+    """x: MA source (T, nb); p: closes for returns; writes the 13 outputs into obuf (13, T, nb)."""
+    for k in range(nb):
+        r[0, k] = NAN
+    for t in range(1, T):
+        g = growth[t]
+        for k in range(nb):
+            r[t, k] = ((p[t, k] - p[t - 1, k]) / p[t - 1, k]) * g
+    no_sig = np.zeros((1, 1, 1), np.int8)
+    no_ma = np.zeros((1, 1, 1), ft)
+    for f in range(6):
+        family_pass(f, x, r, T, nb, lens, coef, cutout, keep, obuf[f], no_sig, False, no_ma, False)
+    layer2_and_average(obuf, r, T, nb, weights, cutout, keep, short_thr, long_thr, strategy)
 
-    @njit
-    def run_serial(nb, close, src, same_src, order, starts, lens_sym, growth, lens, coef, weights,
-                   cutout, keep, short_thr, long_thr, strategy, out):
-        process_chunk(0, 1, nb, close, src, same_src, order, starts, lens_sym, growth, lens, coef,
-                      weights, cutout, keep, short_thr, long_thr, strategy, out)
+# ---- panel <-> block buffers -----------------------------------------------------------------
 
-    @njit(parallel=True)
-    def run_parallel(n_chunks, nb, close, src, same_src, order, starts, lens_sym, growth, lens,
-                     coef, weights, cutout, keep, short_thr, long_thr, strategy, out):
-        for c in prange(n_chunks):
-            process_chunk(c, n_chunks, nb, close, src, same_src, order, starts, lens_sym, growth,
-                          lens, coef, weights, cutout, keep, short_thr, long_thr, strategy, out)
 
-    return SimpleNamespace(run_serial=run_serial, run_parallel=run_parallel, process_block=process_block,
-                           family_pass=family_pass, layer2_and_average=layer2_and_average,
-                           gather=gather, scatter=scatter, lanes=LANES[dtype_name], ft=ft)
+@_kernel()
+def gather(panel, syms, starts, lens_sym, nk, T, buf):
+    nb = buf.shape[1]
+    for k in range(nb):
+        if k < nk:
+            i = syms[k]
+            s0 = starts[i]
+            n = lens_sym[i]
+            for t in range(n):
+                buf[t, k] = panel[i, s0 + t]
+            for t in range(n, T):
+                buf[t, k] = buf[n - 1, k]
+        else:
+            for t in range(T):
+                buf[t, k] = ONE
+
+
+@_kernel()
+def scatter(obuf, out, syms, starts, lens_sym, nk):
+    n_bars = out.shape[2]
+    for c in range(13):
+        for k in range(nk):
+            i = syms[k]
+            s0 = starts[i]
+            n = lens_sym[i]
+            for t in range(s0):
+                out[c, i, t] = NAN
+            for t in range(n):
+                out[c, i, s0 + t] = obuf[c, t, k]
+            for t in range(s0 + n, n_bars):
+                out[c, i, t] = NAN
+
+
+@_kernel()
+def process_chunk(c, n_chunks, nb, close, src, same_src, order, starts, lens_sym, growth, lens,
+                  coef, weights, cutout, keep, short_thr, long_thr, strategy, out):
+    n_valid = order.shape[0]
+    n_blocks = (n_valid + nb - 1) // nb
+    if c >= n_blocks:
+        return
+    t_max = growth.shape[0]
+    x = np.empty((t_max, nb), ft)
+    p = x if same_src else np.empty((t_max, nb), ft)
+    r = np.empty((t_max, nb), ft)
+    obuf = np.empty((13, t_max, nb), ft)
+    for b in range(c, n_blocks, n_chunks):
+        lo = b * nb
+        nk = min(nb, n_valid - lo)
+        syms = order[lo:lo + nk]
+        T = 0
+        for k in range(nk):
+            T = max(T, lens_sym[syms[k]])
+        gather(src, syms, starts, lens_sym, nk, T, x)
+        if not same_src:
+            gather(close, syms, starts, lens_sym, nk, T, p)
+        process_block(x, p, r, T, nb, growth, lens, coef, weights, cutout, keep, short_thr,
+                      long_thr, strategy, obuf)
+        scatter(obuf, out, syms, starts, lens_sym, nk)
+
+
+@_kernel()
+def run_serial(nb, close, src, same_src, order, starts, lens_sym, growth, lens, coef, weights,
+               cutout, keep, short_thr, long_thr, strategy, out):
+    process_chunk(0, 1, nb, close, src, same_src, order, starts, lens_sym, growth, lens, coef,
+                  weights, cutout, keep, short_thr, long_thr, strategy, out)
+
+
+@_kernel(parallel=True)
+def run_parallel(n_chunks, nb, close, src, same_src, order, starts, lens_sym, growth, lens,
+                 coef, weights, cutout, keep, short_thr, long_thr, strategy, out):
+    for c in prange(n_chunks):
+        process_chunk(c, n_chunks, nb, close, src, same_src, order, starts, lens_sym, growth,
+                      lens, coef, weights, cutout, keep, short_thr, long_thr, strategy, out)
+
+
+def _float_env(ft) -> dict:
+    """The names the kernel functions use besides their arguments: float constants and the
+    step functions of `kernels.steps`, all of float type `ft`."""
+    st = build_steps(_njit, ft)
+    env = {name: getattr(st, name) for name in (
+        "ema_step", "dema_value", "weighted_slide", "wma_value", "hma_diff", "lsma_value",
+        "kama_step", "cross_step", "equity_step", "start_equity", "round2", "cut", "ratio_or_zero")}
+    env.update(ft=ft, NAN=ft(np.nan), ZERO=ft(0.0), ONE=ft(1.0), AM=ANCHOR - 1)
+    return env
+
+
+@lru_cache(maxsize=None)
+def build_cpu_kernel(dtype_name: str):
+    """Compile the fused block kernel for one float type; inner pieces are exposed for tests.
+
+    The kernel functions below are written once at module level and re-bound, per float type, to
+    a globals dict holding that type's constants and step functions (instead of closures: Numba's
+    disk cache keys on closure contents, which differ in every process, so closures would never
+    hit the cache). Compiled code is cached on disk (kernels.jitcache): only the first process
+    compiles.
+    """
+    ft = np.dtype(dtype_name).type
+    env = dict(globals())
+    env.update(_float_env(ft))
+    ns = SimpleNamespace(lanes=LANES[dtype_name], ft=ft)
+    with cached_compilation() as cache:
+        for name, options in _KERNELS:
+            fn = globals()[name]
+            rebound = FunctionType(fn.__code__, env, name, fn.__defaults__, fn.__closure__)
+            rebound.__qualname__ = fn.__qualname__
+            rebound.__module__ = fn.__module__
+            rebound.__doc__ = fn.__doc__
+            env[name] = _njit(cache=cache, **options)(rebound)
+            setattr(ns, name, env[name])
+    return ns
 
 
 def line_tables(params, ft):

@@ -1,0 +1,76 @@
+"""On-disk cache of compiled kernels, keyed by the kernels' own source code.
+
+Compiling the batch kernel takes ~15-20 s, and every Dask worker process, CLI call and test
+process would pay it again. Numba can cache compiled functions on disk, but it only checks the
+source file of each function itself: a change in `kernels/steps.py` would not invalidate a cached
+`kernels/cpu.py` function that inlined the old step code. So the cache lives in a directory named
+by a hash of every kernels/*.py file plus the Numba and Python versions: any change selects a
+fresh directory and a stale binary can never be loaded.
+
+`ATC_NUMBA_CACHE=0` disables caching; `ATC_NUMBA_CACHE_DIR` moves it (default
+`~/.cache/atc-pipeline/numba`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+import numba
+from numba.core import config
+
+
+def caching_enabled() -> bool:
+    return os.environ.get("ATC_NUMBA_CACHE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+@lru_cache(maxsize=None)
+def kernel_cache_dir() -> Path:
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).resolve().parent.glob("*.py")):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    h.update(f"numba {numba.__version__} python {sys.version}".encode())
+    root = Path(os.environ.get("ATC_NUMBA_CACHE_DIR", Path.home() / ".cache" / "atc-pipeline" / "numba"))
+    return root / h.hexdigest()[:16]
+
+
+def _prune_old(root: Path, keep: Path, max_age_days: float = 14.0) -> None:
+    """Drop caches of older kernel sources, so that upgrades do not pile up binaries."""
+    import shutil
+    import time
+
+    cutoff = time.time() - max_age_days * 86400
+    for d in root.iterdir():
+        if d != keep and d.is_dir() and d.stat().st_mtime < cutoff:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def cached_compilation():
+    """Within this block, `njit(cache=True)` decorations cache into `kernel_cache_dir()`.
+
+    Numba picks a function's cache location when it is decorated, from `config.CACHE_DIR`; the
+    global setting is restored afterwards so other Numba users in the process are unaffected.
+    """
+    if not caching_enabled():
+        yield False
+        return
+    target = kernel_cache_dir()
+    try:
+        if not target.exists():
+            target.mkdir(parents=True)
+            _prune_old(target.parent, keep=target)
+    except OSError:
+        yield False  # read-only home: compile without a cache
+        return
+    old = config.CACHE_DIR
+    config.CACHE_DIR = str(target)
+    try:
+        yield True
+    finally:
+        config.CACHE_DIR = old
