@@ -40,17 +40,19 @@ LANES = {"float64": 16, "float32": 32}
 """Symbols per block: a few SIMD registers wide."""
 
 
-@_njit(cache=True, parallel=True)
+@_njit(cache=True)
 def scan_spans(close):
     """First valid bar, number of valid bars and first bad bar (-1 if none) of every symbol.
 
     A bad bar is a NaN inside the valid span, a close <= 0 or an infinite close (spec section 7).
+    Serial on purpose: it is a few percent of the kernel's time, and a parallel region here would
+    be entered by every thread of a multi-threaded Dask worker even with `parallel=False`.
     """
     n_sym, n_bars = close.shape
     starts = np.zeros(n_sym, np.int64)
     lengths = np.zeros(n_sym, np.int64)
     bad = np.full(n_sym, -1, np.int64)
-    for i in prange(n_sym):
+    for i in range(n_sym):
         first = -1
         last = -1
         for t in range(n_bars):
