@@ -1,0 +1,476 @@
+"""Parameter sweeps with reuse: the 54 crossover states are computed once per set of lengths.
+
+What depends on what (ATC_SPEC.md):
+
+    lengths, robustness ──> 54 MAs ──> 54 crossover states s_j,t          (expensive; once per block)
+    La, cutout          ──> growth g_t, returns r_t = R_t * g_t
+    De (+ the above)    ──> 54 Layer-1 equities ──> 6 Family_Signal       (9 equity steps per family)
+    weights             ──> Layer 2 (Family_S)
+    thresholds, strategy_mode ──> Average_Signal
+    fee_bps, long_only  ──> positions, strategy returns, metrics
+
+`sweep_panel` sorts the combinations in that order of keys, so consecutive combinations share
+as many stages as possible, and for each combination recomputes only the stages whose inputs
+changed ("stage" 0..4 below). For every block of symbols and every set of lengths, the first
+combination runs the fused CPU kernel's `family_pass` with `store_sig=True` (which also gives that
+combination's Layer-1 signals); the other combinations rebuild Layer 1 from the stored int8 states
+with the same step functions (`equity_step`, `start_equity`, `round2`) in the same order of
+operations as `family_pass`, then call the kernel's own `layer2_and_average`, so every
+combination's `Average_Signal` is bit-identical to `compute_atc` with those parameters. Positions
+and metrics come from `kernels.backtest.simulate` and `kernels.metrics.symbol_metrics`, as in
+`run_backtest`.
+
+Memory per worker thread is one block: the int8 states `(6, 9, bars, lanes)` and the 13 outputs
+`(13, bars, lanes)`; the outputs are metrics `(combination, metric, symbol)` and, only on request,
+the `Average_Signal` cube `(combination, symbol, bar)`. Callers bound memory by passing blocks of
+combinations and chunks of symbols.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, fields
+from functools import lru_cache
+from types import SimpleNamespace
+from typing import Any, Iterable, Mapping, Sequence
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from kernels import status as st
+from kernels.backtest import BACKTEST_FIELDS, BacktestParams, simulate, split_params
+from kernels.errors import ATCInputError, ATCUserError
+from kernels.metrics import N_METRICS, symbol_metrics
+from kernels.params import FAMILIES, ATCParamError, ATCParams
+from kernels.params import _coerce as _coerce_atc
+from kernels.steps import build_steps
+
+ATC_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ATCParams))
+SWEEP_PARAMS: tuple[str, ...] = ATC_FIELDS + ("fee_bps", "long_only")
+"""Parameters a grid may sweep: every ATCParams field, `fee_bps` and `long_only`."""
+
+_LENGTH_KEYS = ("robustness",) + tuple(f"{f.lower()}_len" for f in FAMILIES)
+_WEIGHT_KEYS = tuple(f"{f.lower()}_w" for f in FAMILIES)
+_INTERACTING = _LENGTH_KEYS + ("long_threshold", "short_threshold")
+_ATC_TYPES = {"robustness": str, "long_threshold": float, "short_threshold": float,
+              **{k: int for k in _LENGTH_KEYS[1:]}}
+
+
+class SweepGridError(ATCParamError):
+    """A parameter grid is invalid (unknown parameter, empty list, invalid value or combination)."""
+
+
+# --------------------------------------------------------------------------- grids
+
+
+@dataclass(frozen=True)
+class SweepGrid:
+    """The cartesian product of `values[i]` over the swept parameters `dims[i]` (in C order: the last
+    dim varies fastest), on top of fixed base parameters."""
+
+    dims: tuple[str, ...]
+    values: tuple[tuple[Any, ...], ...]
+    base_atc: ATCParams
+    base_backtest: BacktestParams
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(len(v) for v in self.values)
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    def point(self, index: int) -> dict[str, Any]:
+        """The swept values of flat (C-order) combination `index`."""
+        idx = np.unravel_index(index, self.shape) if self.dims else ()
+        return {d: self.values[i][int(j)] for i, (d, j) in enumerate(zip(self.dims, idx))}
+
+    def params(self, index: int) -> tuple[ATCParams, BacktestParams]:
+        return split_params(self.point(index), self.base_atc, self.base_backtest)
+
+    def all_params(self, start: int = 0, stop: int | None = None) -> list[tuple[ATCParams, BacktestParams]]:
+        stop = self.size if stop is None else stop
+        return [self.params(i) for i in range(start, stop)]
+
+
+def make_grid(grid: Mapping[str, Any], base_atc: ATCParams | None = None,
+              base_backtest: BacktestParams | None = None) -> SweepGrid:
+    """Validate a grid mapping `{parameter: [values...]}` and build a `SweepGrid`.
+
+    Rejected with a `SweepGridError` naming the parameter (before any work): a grid that is not a
+    mapping or is empty, an unknown or unsweepable parameter, an empty list, a repeated value, a
+    value of the wrong type or out of range, and any combination the parameters reject (e.g.
+    `long_threshold <= short_threshold`, a length below 1 for some robustness). A scalar is taken as
+    a one-value list.
+    """
+    base_atc = ATCParams() if base_atc is None else base_atc
+    base_backtest = BacktestParams() if base_backtest is None else base_backtest
+    if not isinstance(grid, Mapping):
+        raise SweepGridError(f"a grid must map parameter names to lists of values, got {type(grid).__name__}")
+    if not grid:
+        raise SweepGridError("the grid is empty: give at least one parameter with a list of values")
+    dims: list[str] = []
+    values: list[tuple[Any, ...]] = []
+    for name, vals in grid.items():
+        if not isinstance(name, str) or name not in SWEEP_PARAMS:
+            hint = (" (set it with --periods-per-year; it cannot be swept)" if name == "periods_per_year"
+                    else f"; sweepable: {', '.join(SWEEP_PARAMS)}")
+            raise SweepGridError(f"grid: unknown parameter {name!r}{hint}")
+        if isinstance(vals, (str, bytes, int, float, bool)) or vals is None:
+            vals = [vals]
+        if isinstance(vals, Mapping) or not isinstance(vals, Iterable):
+            raise SweepGridError(f"grid: {name} must be a list of values, got {vals!r}")
+        vals = list(vals)
+        if not vals:
+            raise SweepGridError(f"grid: {name} has an empty list of values")
+        coerced = []
+        for v in vals:
+            try:
+                atc, bt = split_params({name: v}, base_atc, base_backtest)
+            except ATCParamError as exc:
+                if name not in _INTERACTING:
+                    raise SweepGridError(f"grid: {name}={v!r} is invalid: {exc}") from None
+                # may be valid with the other swept values (e.g. a short_threshold above the base
+                # long_threshold): only its type is checked here, the combinations below
+                try:
+                    coerced.append(_coerce_atc(name, v))
+                except ATCParamError as exc2:
+                    raise SweepGridError(f"grid: {name}={v!r} is invalid: {exc2}") from None
+                if isinstance(coerced[-1], bool) or not isinstance(coerced[-1], _ATC_TYPES[name]):
+                    raise SweepGridError(f"grid: {name}={v!r} is invalid: {exc}") from None
+                continue
+            coerced.append(getattr(atc, name) if name in ATC_FIELDS else getattr(bt, name))
+        if len(set(coerced)) != len(coerced):
+            dup = next(v for v in coerced if coerced.count(v) > 1)
+            raise SweepGridError(f"grid: {name} lists the value {dup!r} more than once")
+        dims.append(name)
+        values.append(tuple(coerced))
+    g = SweepGrid(tuple(dims), tuple(values), base_atc, base_backtest)
+    # combinations can fail where single values do not (thresholds, lengths x robustness)
+    interacting = [i for i, d in enumerate(dims) if d in _INTERACTING]
+    if interacting:
+        for combo in itertools.product(*(values[i] for i in interacting)):
+            point = {dims[i]: v for i, v in zip(interacting, combo)}
+            try:
+                split_params(point, base_atc, base_backtest)
+            except ATCParamError as exc:
+                shown = ", ".join(f"{k}={v!r}" for k, v in point.items())
+                raise SweepGridError(f"grid: the combination {shown} is invalid: {exc}") from None
+    return g
+
+
+# --------------------------------------------------------------------------- compiled pieces
+
+
+@lru_cache(maxsize=None)
+def build_sweep_kernel(dtype_name: str):
+    """Compile the reuse engine for one float type (`float64` or `float32`)."""
+    from kernels.cpu import LANES, build_cpu_kernel
+
+    ft = np.dtype(dtype_name).type
+    cpu = build_cpu_kernel(dtype_name)
+    sp = build_steps(njit, ft)
+    family_pass = cpu.family_pass
+    gather = cpu.gather
+    layer2_and_average = cpu.layer2_and_average
+    equity_step = sp.equity_step
+    start_equity = sp.start_equity
+    round2 = sp.round2
+    NAN = ft(np.nan)
+    ZERO = ft(0.0)
+    ONE = ft(1.0)
+
+    @njit
+    def layer1_from_signals(sig, r, T, nb, cutout, keep, fsig, e, num, den):
+        """Family_Signal of one family from its 9 stored crossover states `sig` (9, T, nb).
+
+        The equity and Layer-1 part of `family_pass`, operation for operation: at bar `cutout` every
+        line starts at `start_equity(1)`, after it `equity_step` on the previous bar's state, and the
+        9 lines are summed in spec order before `round2`.
+        """
+        for t in range(min(cutout, T)):
+            for k in range(nb):
+                fsig[t, k] = NAN
+        for t in range(cutout, T):
+            for k in range(nb):
+                num[k] = ZERO
+                den[k] = ZERO
+            if t == cutout:
+                for j in range(9):
+                    q = j * nb
+                    for k in range(nb):
+                        e[q + k] = start_equity(ONE)
+                        num[k] += ft(sig[j, t, k]) * e[q + k]
+                        den[k] += e[q + k]
+            else:
+                for j in range(9):
+                    q = j * nb
+                    for k in range(nb):
+                        en = equity_step(e[q + k], ft(sig[j, t - 1, k]), r[t, k], keep)
+                        e[q + k] = en
+                        num[k] += ft(sig[j, t, k]) * en
+                        den[k] += en
+            for k in range(nb):
+                fsig[t, k] = round2(num[k] / den[k])
+
+    @njit
+    def sweep_chunk(ch, n_chunks, nb, close, order, starts, lens_sym, stage, out_idx, gidx, growth,
+                    lens, coef, cutout, keep, weights, short_ft, long_ft, strategy, short64, long64,
+                    long_only, fee, need, ppy, m_out, save, avg_out):
+        """Blocks ch, ch + n_chunks, ... of the symbols in `order`, every combination of one length group.
+
+        Combinations come sorted by their stage keys; stage[c] says what combination c recomputes:
+        0 = new lengths (crossover states, and Layer 1 from `family_pass`), 1 = new La or cutout
+        (returns, Layer 1), 2 = new De (Layer 1), 3 = new weights/thresholds/strategy_mode (Layer 2
+        and Average_Signal), 4 = new fee_bps/long_only (backtest only).
+        """
+        n_valid = order.shape[0]
+        n_blocks = (n_valid + nb - 1) // nb
+        if ch >= n_blocks:
+            return
+        t_max = growth.shape[1]
+        x = np.empty((t_max, nb), ft)
+        R = np.empty((t_max, nb), ft)
+        r = np.empty((t_max, nb), ft)
+        sig = np.zeros((6, 9, t_max, nb), np.int8)
+        obuf = np.empty((13, t_max, nb), ft)
+        e9 = np.empty(9 * nb, ft)
+        num = np.empty(nb, ft)
+        den = np.empty(nb, ft)
+        pos = np.empty(t_max, np.float64)
+        ret = np.empty(t_max, np.float64)
+        eq = np.empty(t_max, np.float64)
+        no_ma = np.zeros((1, 1, 1), ft)
+        lane_len = np.zeros(nb, np.int64)
+        lane_sym = np.zeros(nb, np.int64)
+        lane_start = np.zeros(nb, np.int64)
+        for b in range(ch, n_blocks, n_chunks):
+            lo = b * nb
+            nk = min(nb, n_valid - lo)
+            syms = order[lo:lo + nk]
+            T = 0
+            for k in range(nk):
+                i = syms[k]
+                lane_sym[k] = i
+                lane_len[k] = lens_sym[i]
+                lane_start[k] = starts[i]
+                T = max(T, lens_sym[i])
+            gather(close, syms, starts, lens_sym, nk, T, x)
+            for k in range(nb):
+                R[0, k] = NAN
+            for t in range(1, T):
+                for k in range(nb):
+                    R[t, k] = (x[t, k] - x[t - 1, k]) / x[t - 1, k]
+            for c in range(stage.shape[0]):
+                s = stage[c]
+                if s <= 1:
+                    g = gidx[c]
+                    for k in range(nb):
+                        r[0, k] = NAN
+                    for t in range(1, T):
+                        gt = growth[g, t]
+                        for k in range(nb):
+                            r[t, k] = R[t, k] * gt
+                if s == 0:
+                    for f in range(6):
+                        family_pass(f, x, r, T, nb, lens, coef, cutout[c], keep[c], obuf[f], sig[f], True,
+                                    no_ma, False)
+                elif s <= 2:
+                    for f in range(6):
+                        layer1_from_signals(sig[f], r, T, nb, cutout[c], keep[c], obuf[f], e9, num, den)
+                if s <= 3:
+                    layer2_and_average(obuf, r, T, nb, weights[c], cutout[c], keep[c], short_ft[c],
+                                       long_ft[c], strategy[c])
+                oc = out_idx[c]
+                for k in range(nk):
+                    n = lane_len[k]
+                    if n < need[c]:
+                        continue
+                    i = lane_sym[k]
+                    s0 = lane_start[k]
+                    xs = close[i, s0:s0 + n]
+                    simulate(obuf[12, :, k], xs, n, long64[c], short64[c], long_only[c], fee[c], pos, ret, eq)
+                    symbol_metrics(pos, ret, eq, xs, n, fee[c], ppy, m_out[oc, :, i])
+                    if save:
+                        for t in range(n):
+                            avg_out[oc, i, s0 + t] = obuf[12, t, k]
+
+    @njit(parallel=True)
+    def run_parallel(n_chunks, nb, close, order, starts, lens_sym, stage, out_idx, gidx, growth,
+                     lens, coef, cutout, keep, weights, short_ft, long_ft, strategy, short64, long64,
+                     long_only, fee, need, ppy, m_out, save, avg_out):
+        for ch in prange(n_chunks):
+            sweep_chunk(ch, n_chunks, nb, close, order, starts, lens_sym, stage, out_idx, gidx, growth,
+                        lens, coef, cutout, keep, weights, short_ft, long_ft, strategy, short64,
+                        long64, long_only, fee, need, ppy, m_out, save, avg_out)
+
+    return SimpleNamespace(sweep_chunk=sweep_chunk, run_parallel=run_parallel,
+                           layer1_from_signals=layer1_from_signals, lanes=LANES[dtype_name], ft=ft)
+
+
+# --------------------------------------------------------------------------- the engine
+
+
+class SweepResult:
+    """Outputs of `sweep_panel` for combinations in the order given.
+
+    - `metrics`: float64 `(n_combinations, n_metrics, n_symbols)`, names in `kernels.metrics.METRIC_NAMES`;
+      NaN where the status is not OK.
+    - `status`: int8 `(n_combinations, n_symbols)`, codes of `kernels.status` (a symbol can be long
+      enough for short lengths/cutouts and too short for long ones).
+    - `average_signal`: `(n_combinations, n_symbols, n_bars)` in the compute dtype, or None unless
+      `save_signals`.
+    - `messages`: symbol index -> reason, for symbols with bad data (same for every combination).
+    """
+
+    def __init__(self, metrics, status, average_signal, messages):
+        self.metrics = metrics
+        self.status = status
+        self.average_signal = average_signal
+        self.messages = messages
+
+
+def _length_key(p: ATCParams) -> tuple:
+    return tuple(getattr(p, k) for k in _LENGTH_KEYS)
+
+
+def _sort_key(item) -> tuple:
+    p, b = item
+    return (_length_key(p), p.cutout, p.La, p.De, tuple(getattr(p, k) for k in _WEIGHT_KEYS),
+            p.long_threshold, p.short_threshold, p.strategy_mode, b.fee_bps, b.long_only)
+
+
+def _stage_of(prev, cur) -> int:
+    (pp, pb), (cp, cb) = prev, cur
+    if _length_key(pp) != _length_key(cp):
+        return 0
+    if (pp.La, pp.cutout) != (cp.La, cp.cutout):
+        return 1
+    if pp.De != cp.De:
+        return 2
+    if _sort_key(prev)[4:8] != _sort_key(cur)[4:8]:
+        return 3
+    return 4
+
+
+def sweep_panel(close, combos: Sequence[tuple[ATCParams, BacktestParams]], *, periods_per_year: float = float("nan"),
+                dtype=np.float64, parallel: bool = True, save_signals: bool = False, on_bad: str = "status",
+                symbols=None, lanes: int | None = None) -> SweepResult:
+    """Metrics of every `(ATCParams, BacktestParams)` combination for every symbol of `close`.
+
+    `close` is `(n_symbols, n_bars)` (or one series). Symbol status follows `compute_atc` per
+    combination; `on_bad="raise"` raises `ATCInputError` for a symbol with bad data instead of marking
+    it BAD_DATA. `periods_per_year` is used where a combination's `BacktestParams.periods_per_year`
+    is None. `parallel=False` keeps the work on the calling thread.
+    """
+    from kernels.api import _as_panel, _bad_reason, _symbol_label
+    from kernels.cpu import line_tables, scan_spans
+
+    combos = list(combos)
+    for c in combos:
+        if not (isinstance(c, tuple) and len(c) == 2 and isinstance(c[0], ATCParams)
+                and isinstance(c[1], BacktestParams)):
+            raise ATCUserError("combos must be (ATCParams, BacktestParams) pairs")
+    if on_bad not in ("raise", "status"):
+        raise ATCUserError(f"on_bad must be 'raise' or 'status', got {on_bad!r}")
+    ft = np.dtype(dtype)
+    if ft not in (np.dtype(np.float64), np.dtype(np.float32)):
+        raise ATCUserError(f"dtype must be float64 or float32, got {ft}")
+    ppys = {b.periods_per_year for _, b in combos}
+    if len(ppys - {None}) > 1:
+        raise ATCUserError("all combinations of a sweep must share periods_per_year")
+    ppy = next(iter(ppys - {None}), None)
+    ppy = float(periods_per_year) if ppy is None else float(ppy)
+
+    panel = _as_panel(close, "close")
+    n_sym, n_bars = panel.shape
+    n_c = len(combos)
+    starts, lens, bad = scan_spans(panel)
+    messages: dict[int, str] = {}
+    base_status = np.full(n_sym, st.OK, np.int8)
+    for i in np.flatnonzero(bad >= 0):
+        t = int(bad[i])
+        msg = f"{_symbol_label(int(i), symbols)} has {_bad_reason(float(panel[i, t]), t)}"
+        if on_bad == "raise":
+            raise ATCInputError(msg)
+        base_status[i] = st.BAD_DATA
+        messages[int(i)] = msg
+    base_status[(bad < 0) & (lens == 0)] = st.NO_DATA
+    for i in np.flatnonzero(base_status == st.NO_DATA):
+        messages[int(i)] = f"{_symbol_label(int(i), symbols)} has no valid close"
+    candidate = base_status == st.OK
+
+    status = np.empty((n_c, n_sym), np.int8)
+    for c, (p, _) in enumerate(combos):
+        need = max(p.min_bars, p.cutout + 1)
+        status[c] = np.where(candidate & (lens < need), st.INSUFFICIENT_HISTORY, base_status)
+    metrics = np.full((n_c, N_METRICS, n_sym), np.nan)
+    avg = np.full((n_c, n_sym, n_bars), np.nan, ft) if save_signals else np.empty((1, 1, 1), ft)
+    if n_c == 0 or not candidate.any():
+        return SweepResult(metrics, status, avg if save_signals else None, messages)
+
+    order_c = sorted(range(n_c), key=lambda i: _sort_key(combos[i]))
+    kern = build_sweep_kernel(ft.name)
+    nb = kern.lanes if lanes is None else int(lanes)
+    # group consecutive combinations by lengths
+    groups: list[list[int]] = []
+    for i in order_c:
+        if groups and _length_key(combos[groups[-1][0]][0]) == _length_key(combos[i][0]):
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    for grp in groups:
+        p0 = combos[grp[0]][0]
+        min_bars = p0.min_bars
+        # symbols long enough for at least one combination of the group; `need` filters per combination
+        ok = candidate & (lens >= max(min_bars, min(combos[i][0].cutout for i in grp) + 1))
+        ok_idx = np.flatnonzero(ok)
+        if not len(ok_idx):
+            continue
+        order = ok_idx[np.argsort(-lens[ok_idx], kind="stable")].astype(np.int64)
+        t_max = int(lens[order].max())
+        tt_base = np.maximum(np.arange(t_max, dtype=np.float64), 1.0)
+        gkeys: dict[tuple, int] = {}
+        gidx = np.empty(len(grp), np.int64)
+        rows = []
+        for c, i in enumerate(grp):
+            p = combos[i][0]
+            key = (p.La, p.cutout)
+            if key not in gkeys:
+                gkeys[key] = len(rows)
+                rows.append(np.exp(p.lam * (tt_base - p.cutout)).astype(ft))  # as compute_atc does
+            gidx[c] = gkeys[key]
+        growth = np.ascontiguousarray(np.stack(rows))
+        stage = np.array([0] + [_stage_of(combos[a], combos[b]) for a, b in zip(grp, grp[1:])], np.int64)
+        line_lens, coef = line_tables(p0, ft)
+        P = [combos[i][0] for i in grp]
+        B = [combos[i][1] for i in grp]
+        args = (
+            nb, panel, order, starts, lens, stage, np.array(grp, np.int64), gidx, growth, line_lens, coef,
+            np.array([p.cutout for p in P], np.int64),
+            np.array([1.0 - p.dec for p in P], ft),
+            np.array([[p.weight(f) for f in FAMILIES] for p in P], ft),
+            np.array([p.short_threshold for p in P], ft),
+            np.array([p.long_threshold for p in P], ft),
+            np.array([p.strategy_mode for p in P], np.bool_),
+            np.array([p.short_threshold for p in P], np.float64),
+            np.array([p.long_threshold for p in P], np.float64),
+            np.array([b.long_only for b in B], np.bool_),
+            np.array([b.fee for b in B], np.float64),
+            np.array([max(p.min_bars, p.cutout + 1) for p in P], np.int64),
+            ppy, metrics, bool(save_signals), avg,
+        )
+        n_blocks = -(-len(order) // nb)
+        if parallel and n_blocks > 1:
+            kern.run_parallel(min(n_blocks, 4 * numba.get_num_threads()), *args)
+        else:
+            kern.sweep_chunk(0, 1, *args)
+    return SweepResult(metrics, status, avg if save_signals else None, messages)
+
+
+def sweep_grid(close, grid: SweepGrid, start: int = 0, stop: int | None = None, **kw) -> SweepResult:
+    """`sweep_panel` over the flat combinations `[start, stop)` of `grid` (C order)."""
+    return sweep_panel(close, grid.all_params(start, stop), **kw)
