@@ -1,0 +1,188 @@
+"""The distributed run on an in-process Dask cluster (threads of this process, so the kernel
+compiles once for every test here): exact results, bad symbols, resume, refusals, the CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+from flows.cli import main
+from kernels import OUTPUT_NAMES, ATCParams, compute_atc
+from kernels import status as st
+from kernels.errors import ATCUserError
+from pipeline import results as rs
+from pipeline.cluster import connect
+from pipeline.run import run_atc
+from pipeline.store import open_prices, write_prices
+from pipeline.synth import synth_prices
+
+N_SYM, N_BARS, CHUNK = 36, 300, 8
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    # two single-threaded in-process workers: tasks really run concurrently, serial kernels
+    with connect(None, workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cl:
+        yield cl
+
+
+@pytest.fixture(scope="module")
+def prices(tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("pipe") / "prices.zarr"
+    write_prices(synth_prices(N_SYM, N_BARS, seed=11), p, chunk_symbols=CHUNK)
+    return p
+
+
+def expected(prices: Path, params: ATCParams | None = None, dtype=np.float64):
+    close = open_prices(prices)["close"].values
+    return compute_atc(close, params, dtype=dtype, parallel=False, on_bad="status")
+
+
+def assert_same(res_path: Path, exp) -> xr.Dataset:
+    ds = xr.open_zarr(res_path)
+    for name in OUTPUT_NAMES:
+        got = ds[name].values
+        assert got.dtype == exp[name].dtype, name
+        assert np.array_equal(got, exp[name], equal_nan=True), name
+        assert np.array_equal(np.isnan(got), np.isnan(exp[name])), name
+    np.testing.assert_array_equal(ds["status"].values, exp.status)
+    assert (ds["chunk_done"].values == 1).all()
+    return ds
+
+
+def test_results_equal_compute_atc_exactly(cluster, prices, tmp_path):
+    res = tmp_path / "r.zarr"
+    records = []
+    s = run_atc(prices, res, client=cluster.client, on_record=records.append)
+    assert (s.action, s.n_chunks, s.computed, s.chunk_symbols) == ("created", 5, 5, CHUNK)
+    assert not s.kernel_parallel  # two workers in one process: serial kernels
+    assert sorted(r["chunk"] for r in records) == list(range(5))
+    assert all(set(r) >= {"counts", "read_s", "compute_s", "write_s", "worker"} for r in records)
+    ds = assert_same(res, expected(prices))
+    assert s.status_counts["ok"] == N_SYM
+    assert ds.attrs["completed"] and json.loads(ds.attrs["status_counts"])["ok"] == N_SYM
+    src = open_prices(prices)
+    assert list(ds["symbol"].values) == list(src["symbol"].values)
+    np.testing.assert_array_equal(ds["time"].values, src["time"].values)
+
+    again = run_atc(prices, res, client=cluster.client)  # nothing left to do
+    assert (again.action, again.computed, again.already_done) == ("complete", 0, 5)
+
+
+@pytest.mark.slow  # compiles the float32 kernel: ~20 s more
+def test_float32_and_params(cluster, prices, tmp_path):
+    params = ATCParams(ema_len=20, robustness="Wide", La=0.05, cutout=3)
+    s = run_atc(prices, tmp_path / "r.zarr", params, client=cluster.client, dtype="float32", chunk_symbols=16)
+    assert (s.n_chunks, s.chunk_symbols) == (3, 16)
+    ds = assert_same(tmp_path / "r.zarr", expected(prices, params, np.float32))
+    assert ds["Average_Signal"].dtype == np.float32 and ds.attrs["dtype"] == "float32"
+    assert json.loads(ds.attrs["params"])["ema_len"] == 20
+
+
+def test_bad_and_short_symbols_get_a_status_and_the_rest_completes(cluster, prices, tmp_path):
+    bad = tmp_path / "bad.zarr"
+    shutil.copytree(prices, bad)
+    close = zarr.open_array(str(bad / "close"), mode="r+")
+    close[3, 100] = -1.0  # the price store never holds these; a hand-edited or foreign one might
+    close[20, 200] = np.nan
+    n_valid = (~np.isnan(open_prices(prices)["close"].values)).sum(axis=1)
+    params = ATCParams(ema_len=int(n_valid.min()) - 7)  # needs one bar more than the shortest symbol has
+    exp = expected(bad, params)
+    assert exp.status[3] == st.BAD_DATA and exp.status[20] == st.BAD_DATA
+    short = np.flatnonzero(exp.status == st.INSUFFICIENT_HISTORY)
+    assert short.size >= 1
+    s = run_atc(bad, tmp_path / "r.zarr", params, client=cluster.client)
+    ds = assert_same(tmp_path / "r.zarr", exp)
+    reason = ds["reason"].values
+    assert reason[3] == "bad data: symbol 'SYN0003' (index 3) has a close <= 0 (-1.0) at bar 100"
+    assert reason[20].startswith("bad data: symbol 'SYN0020' (index 20) has a missing close (NaN)")
+    assert reason[short[0]].startswith(f"insufficient history: symbol '{ds['symbol'].values[short[0]]}'")
+    assert all(reason[i] == "" for i in np.flatnonzero(exp.status == st.OK))
+    assert s.status_counts == {"not computed": 0, "ok": int((exp.status == 0).sum()),
+                               "insufficient history": int(short.size), "no data": 0, "bad data": 2}
+    assert "SYN0003" in s.describe() and "bad data" in s.describe()
+
+
+def test_resume_computes_only_missing_chunks(cluster, prices, tmp_path):
+    res = tmp_path / "r.zarr"
+    run_atc(prices, res, client=cluster.client)
+    # as if the run had died: two chunks not marked done, one of them half written
+    g = zarr.open_group(str(res), mode="r+", use_consolidated=False)
+    g["chunk_done"][1] = 0
+    g["chunk_done"][3] = 0
+    g["EMA_S"][8:16] = 123.0
+    g["status"][24:32] = rs.NOT_COMPUTED
+    records = []
+    s = run_atc(prices, res, client=cluster.client, on_record=records.append)
+    assert (s.action, s.computed, s.already_done) == ("resumed", 2, 3)
+    assert sorted(r["chunk"] for r in records) == [1, 3]
+    assert_same(res, expected(prices))
+
+
+def test_refuses_other_params_or_changed_prices_unless_overwrite(cluster, prices, tmp_path):
+    px = tmp_path / "prices.zarr"
+    shutil.copytree(prices, px)
+    res = tmp_path / "r.zarr"
+    run_atc(px, res, client=cluster.client)
+    before = (res / "zarr.json").read_text()
+    with pytest.raises(rs.ResultsError, match=r"different parameters \(ema_len 28 -> 30\).*--overwrite"):
+        run_atc(px, res, ATCParams(ema_len=30), client=cluster.client)
+    with pytest.raises(rs.ResultsError, match="stored with 8 symbols per chunk, not 16"):
+        run_atc(px, res, client=cluster.client, chunk_symbols=16)
+    write_prices(synth_prices(N_SYM, N_BARS, seed=12), px, chunk_symbols=CHUNK, overwrite=True)
+    with pytest.raises(rs.ResultsError, match="a different price store"):
+        run_atc(px, res, client=cluster.client)
+    assert (res / "zarr.json").read_text() == before  # refused runs change nothing
+
+    s = run_atc(px, res, ATCParams(ema_len=30), client=cluster.client, overwrite=True)
+    assert (s.action, s.computed) == ("overwritten", 5)
+    assert_same(res, expected(px, ATCParams(ema_len=30)))
+
+
+def test_refusals_before_any_work(cluster, prices, tmp_path):
+    with pytest.raises(rs.ResultsError, match="not aligned with the price store's chunks of 8"):
+        run_atc(prices, tmp_path / "r.zarr", client=cluster.client, chunk_symbols=12)
+    assert not (tmp_path / "r.zarr").exists()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("not a store")
+    for overwrite in (False, True):
+        with pytest.raises(rs.ResultsError, match="not an atc results store"):
+            run_atc(prices, other, client=cluster.client, overwrite=overwrite)
+    assert (other / "keep.txt").read_text() == "not a store"
+    with pytest.raises(ATCUserError, match="cannot be the price store"):
+        run_atc(prices, prices, client=cluster.client)
+
+
+def test_cli_run_with_config_and_set(cluster, prices, tmp_path, capsys):
+    cfg = tmp_path / "atc.yaml"
+    cfg.write_text("ema_len: 24\nrobustness: Narrow\n")
+    res = tmp_path / "r.zarr"
+    report = tmp_path / "perf.html"
+    argv = ["run", str(prices), str(res), "--config", str(cfg), "--set", "La=0.04", "--set", "ema_len=26",
+            "--scheduler", cluster.address, "--no-progress", "--report", str(report)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"results {res}: {N_SYM} symbols x {N_BARS} bars, computed" in out
+    assert "5 computed now, 0 already done" in out
+    assert report.stat().st_size > 0
+    assert_same(res, expected(prices, ATCParams(ema_len=26, robustness="Narrow", La=0.04)))
+    assert main(argv) == 0
+    assert "already complete" in capsys.readouterr().out
+
+    # refusals are one line on stderr with exit code 2, before any cluster is contacted
+    assert main(["run", str(prices), str(res), "--scheduler", "tcp://127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "different parameters" in err and err.count("\n") == 1
+    assert main(["run", str(tmp_path / "nope.zarr"), str(res)]) == 2
+    assert "no such price store" in capsys.readouterr().err
+    assert main(["run", str(prices), str(res), "--set", "bogus=1"]) == 2
+    assert "unknown ATC parameter(s): bogus" in capsys.readouterr().err
+    assert main(["run", str(prices), str(tmp_path / "x.zarr"), "--dtype", "float16"]) == 2
+    assert "dtype must be one of" in capsys.readouterr().err

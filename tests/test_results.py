@@ -1,0 +1,175 @@
+"""Results store, lock, run identity, cluster shape rules and config loading (no Dask cluster,
+no kernel compile: these tests are fast)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from flows.run_cmd import load_params
+from kernels import OUTPUT_NAMES, ATCParams
+from kernels.errors import ATCUserError
+from pipeline import results as rs
+from pipeline.cluster import ClusterError, connect, kernel_parallel
+from pipeline.run import _check_alignment, default_chunk_symbols
+from pipeline.store import open_prices, write_prices
+from pipeline.synth import synth_prices
+
+
+@pytest.fixture(scope="module")
+def prices(tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("res") / "prices.zarr"
+    write_prices(synth_prices(10, 50, seed=3), p, chunk_symbols=4)
+    return p
+
+
+def _identity(prices: Path, **changes) -> rs.RunIdentity:
+    ds = open_prices(prices)
+    return rs.RunIdentity(ATCParams().replace(**changes), ds.attrs["fingerprint"], "float64", rs.code_version())
+
+
+def test_template_is_plain_xarray_readable(prices, tmp_path):
+    res = tmp_path / "r.zarr"
+    ident = _identity(prices)
+    rs.create_results(res, open_prices(prices), ident, 4, prices_path=str(prices))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "consolidated metadata" or other warnings
+        ds = xr.open_zarr(res)
+    src = open_prices(prices)
+    assert list(ds["symbol"].values) == list(src["symbol"].values)
+    np.testing.assert_array_equal(ds["time"].values, src["time"].values)
+    for name in OUTPUT_NAMES:
+        assert ds[name].dims == ("symbol", "time") and ds[name].dtype == np.float64
+        assert ds[name].encoding["chunks"] == (4, 50)
+        assert np.isnan(ds[name].values).all()  # never written: fill value
+    assert (ds["status"].values == rs.NOT_COMPUTED).all() and ds["status"].dtype == np.int8
+    assert list(ds["chunk_done"].values) == [0, 0, 0]
+    a = ds.attrs
+    assert a["atc_format"] == "atc-results" and a["fingerprint"] == ident.fingerprint()
+    assert json.loads(a["params"]) == ATCParams().to_dict()
+    assert a["prices_fingerprint"] == src.attrs["fingerprint"]
+    assert "numba" in json.loads(a["versions"])
+    codec = json.loads((res / "Average_Signal" / "zarr.json").read_text())["codecs"]
+    assert any(c["name"] == "blosc" for c in codec)
+    state = rs.read_state(res)
+    assert (state.n_symbols, state.n_time, state.chunk_symbols, state.n_chunks) == (10, 50, 4, 3)
+    assert not state.complete
+
+
+def test_write_chunk_region_and_done_marker(prices, tmp_path):
+    res = tmp_path / "r.zarr"
+    rs.create_results(res, open_prices(prices), _identity(prices), 4)
+    outs = {n: np.full((4, 50), float(k)) for k, n in enumerate(OUTPUT_NAMES)}
+    rs.write_chunk(res, 1, 4, 8, outs, np.array([0, 3, 0, 1], np.int8), ["", "bad data: x", "", "short"])
+    ds = xr.open_zarr(res)
+    assert list(ds["chunk_done"].values) == [0, 1, 0]
+    assert list(ds["status"].values) == [-1] * 4 + [0, 3, 0, 1] + [-1] * 2
+    assert ds["reason"].values[5] == "bad data: x"
+    assert (ds["KAMA_S"].values[4:8] == OUTPUT_NAMES.index("KAMA_S")).all()
+    assert np.isnan(ds["KAMA_S"].values[:4]).all() and np.isnan(ds["KAMA_S"].values[8:]).all()
+
+
+def test_identity_differences_name_the_change(prices):
+    a = _identity(prices)
+    attrs = {"params": a.params_json(), "prices_fingerprint": a.prices_fingerprint, "dtype": "float64",
+             "code_version": a.code, "fingerprint": a.fingerprint()}
+    assert a.differences(attrs) == []
+    b = _identity(prices, ema_len=30, robustness="Wide")
+    (msg,) = b.differences(attrs)
+    assert "ema_len 28 -> 30" in msg and "robustness 'Medium' -> 'Wide'" in msg
+    c = rs.RunIdentity(a.params, "sha256:other", "float64", a.code)
+    assert "different price store" in c.differences(attrs)[0]
+    assert len({a.fingerprint(), b.fingerprint(), c.fingerprint()}) == 3
+
+
+def test_create_refuses_to_replace_a_non_results_store(prices, tmp_path):
+    with pytest.raises(rs.ResultsError, match="not an atc results store"):
+        rs.create_results(prices, open_prices(prices), _identity(prices), 4, replace=True)
+    with pytest.raises(rs.ResultsError, match="not an atc results store"):
+        rs.read_state(prices)
+
+
+def test_lock_refuses_a_second_holder_and_releases(tmp_path):
+    res = tmp_path / "r.zarr"
+    with rs.ResultsLock(res) as first:
+        assert first.held and first.path.exists()
+        with pytest.raises(rs.ResultsLockedError, match=rf"another atc run \(pid {os.getpid()} on "):
+            rs.ResultsLock(res).acquire()
+    assert not first.path.exists()
+    with rs.ResultsLock(res):  # free again
+        pass
+
+
+def test_lock_of_a_killed_process_is_free(tmp_path):
+    res = tmp_path / "r.zarr"
+    code = ("import sys, time; from pipeline.results import ResultsLock; "
+            f"ResultsLock({str(res)!r}).acquire(); print('held', flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with pytest.raises(rs.ResultsLockedError, match=rf"pid {proc.pid} "):
+            rs.ResultsLock(res).acquire()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        with rs.ResultsLock(res):  # the stale file is there, but nobody holds it
+            pass
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
+def test_kernel_parallel_only_for_one_single_threaded_worker_per_host():
+    one = {"tcp://10.0.0.1:1": {"nthreads": 1, "host": "10.0.0.1"}}
+    assert kernel_parallel(one)
+    assert kernel_parallel({**one, "tcp://10.0.0.2:1": {"nthreads": 1, "host": "10.0.0.2"}})
+    assert not kernel_parallel({**one, "tcp://10.0.0.1:2": {"nthreads": 1, "host": "10.0.0.1"}})
+    assert not kernel_parallel({"tcp://10.0.0.1:1": {"nthreads": 2, "host": "10.0.0.1"}})
+    assert not kernel_parallel({})
+
+
+def test_chunking_rules():
+    assert rs.chunk_bounds(10, 4) == [(0, 4), (4, 8), (8, 10)]
+    assert default_chunk_symbols(209, 2000, 2) == 209  # 10 chunks already
+    assert default_chunk_symbols(300, 300, 2) == 75  # one price chunk split for 2 workers
+    assert default_chunk_symbols(8, 40, 2) == 8
+    _check_alignment(50, 25)
+    _check_alignment(5, 25)
+    with pytest.raises(rs.ResultsError, match="not aligned"):
+        _check_alignment(30, 25)
+
+
+def test_cluster_options_do_not_mix(monkeypatch):
+    with pytest.raises(ClusterError, match="do not apply"):
+        with connect("tcp://127.0.0.1:1", workers=2):
+            pass
+    with pytest.raises(ClusterError, match="cannot reach"):
+        with connect("tcp://127.0.0.1:1", connect_timeout=1):
+            pass
+
+
+def test_load_params(tmp_path):
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text("ema_len: 30\nrobustness: Wide\nLa: 0.05\n")
+    p = load_params(cfg, ["ema_len=32", "strategy_mode=true"])
+    assert (p.ema_len, p.robustness, p.La, p.strategy_mode) == (32, "Wide", 0.05, True)
+    cfg.write_text("ema_len: 30\nbogus: 1\n")
+    with pytest.raises(ATCUserError, match=r"p\.yaml: unknown ATC parameter\(s\): bogus"):
+        load_params(cfg)
+    cfg.write_text("ema_len: [1\n")
+    with pytest.raises(ATCUserError, match="not valid YAML"):
+        load_params(cfg)
+    with pytest.raises(ATCUserError, match="key=value"):
+        load_params(None, ["ema_len"])
+    with pytest.raises(ATCUserError, match="ema_len must be of type int"):
+        load_params(None, ["ema_len=abc"])
