@@ -32,7 +32,7 @@ import itertools
 import math
 from dataclasses import dataclass, fields
 from functools import lru_cache
-from types import SimpleNamespace
+from types import FunctionType, SimpleNamespace
 from typing import Any, Iterable, Mapping, Sequence
 
 import numba
@@ -42,10 +42,10 @@ from numba import njit, prange
 from kernels import status as st
 from kernels.backtest import BACKTEST_FIELDS, BacktestParams, simulate, split_params
 from kernels.errors import ATCInputError, ATCUserError
+from kernels.jitcache import cached_compilation
 from kernels.metrics import N_METRICS, symbol_metrics
 from kernels.params import FAMILIES, ATCParamError, ATCParams
 from kernels.params import _coerce as _coerce_atc
-from kernels.steps import build_steps
 
 ATC_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ATCParams))
 SWEEP_PARAMS: tuple[str, ...] = ATC_FIELDS + ("fee_bps", "long_only")
@@ -165,150 +165,167 @@ def make_grid(grid: Mapping[str, Any], base_atc: ATCParams | None = None,
 # --------------------------------------------------------------------------- compiled pieces
 
 
+# Kernel functions, written once at module level and re-bound per float type by build_sweep_kernel
+# (as in kernels/cpu.py, so that Numba's disk cache can hold them): besides their arguments they
+# read `ft`, NAN/ZERO/ONE, the step functions of kernels.steps and the CPU kernel's `family_pass`,
+# `layer2_and_average` and `gather` from the globals supplied there.
+
+_KERNELS: list[tuple[str, dict]] = []
+
+
+def _kernel(**options):
+    def mark(fn):
+        _KERNELS.append((fn.__name__, options))
+        return fn
+    return mark
+
+
+@_kernel()
+def layer1_from_signals(sig, r, T, nb, cutout, keep, fsig, e, num, den):
+    """Family_Signal of one family from its 9 stored crossover states `sig` (9, T, nb).
+
+    The equity and Layer-1 part of `family_pass`, operation for operation: at bar `cutout` every
+    line starts at `start_equity(1)`, after it `equity_step` on the previous bar's state, and the
+    9 lines are summed in spec order before `round2`.
+    """
+    for t in range(min(cutout, T)):
+        for k in range(nb):
+            fsig[t, k] = NAN
+    for t in range(cutout, T):
+        for k in range(nb):
+            num[k] = ZERO
+            den[k] = ZERO
+        if t == cutout:
+            for j in range(9):
+                q = j * nb
+                for k in range(nb):
+                    e[q + k] = start_equity(ONE)
+                    num[k] += ft(sig[j, t, k]) * e[q + k]
+                    den[k] += e[q + k]
+        else:
+            for j in range(9):
+                q = j * nb
+                for k in range(nb):
+                    en = equity_step(e[q + k], ft(sig[j, t - 1, k]), r[t, k], keep)
+                    e[q + k] = en
+                    num[k] += ft(sig[j, t, k]) * en
+                    den[k] += en
+        for k in range(nb):
+            fsig[t, k] = round2(num[k] / den[k])
+
+@_kernel()
+def sweep_chunk(ch, n_chunks, nb, close, order, starts, lens_sym, stage, out_idx, gidx, growth,
+                lens, coef, cutout, keep, weights, short_ft, long_ft, strategy, short64, long64,
+                long_only, fee, need, ppy, m_out, save, avg_out):
+    """Blocks ch, ch + n_chunks, ... of the symbols in `order`, every combination of one length group.
+
+    Combinations come sorted by their stage keys; stage[c] says what combination c recomputes:
+    0 = new lengths (crossover states, and Layer 1 from `family_pass`), 1 = new La or cutout
+    (returns, Layer 1), 2 = new De (Layer 1), 3 = new weights/thresholds/strategy_mode (Layer 2
+    and Average_Signal), 4 = new fee_bps/long_only (backtest only).
+    """
+    n_valid = order.shape[0]
+    n_blocks = (n_valid + nb - 1) // nb
+    if ch >= n_blocks:
+        return
+    t_max = growth.shape[1]
+    x = np.empty((t_max, nb), ft)
+    R = np.empty((t_max, nb), ft)
+    r = np.empty((t_max, nb), ft)
+    sig = np.zeros((6, 9, t_max, nb), np.int8)
+    obuf = np.empty((13, t_max, nb), ft)
+    e9 = np.empty(9 * nb, ft)
+    num = np.empty(nb, ft)
+    den = np.empty(nb, ft)
+    pos = np.empty(t_max, np.float64)
+    ret = np.empty(t_max, np.float64)
+    eq = np.empty(t_max, np.float64)
+    no_ma = np.zeros((1, 1, 1), ft)
+    lane_len = np.zeros(nb, np.int64)
+    lane_sym = np.zeros(nb, np.int64)
+    lane_start = np.zeros(nb, np.int64)
+    for b in range(ch, n_blocks, n_chunks):
+        lo = b * nb
+        nk = min(nb, n_valid - lo)
+        syms = order[lo:lo + nk]
+        T = 0
+        for k in range(nk):
+            i = syms[k]
+            lane_sym[k] = i
+            lane_len[k] = lens_sym[i]
+            lane_start[k] = starts[i]
+            T = max(T, lens_sym[i])
+        gather(close, syms, starts, lens_sym, nk, T, x)
+        for k in range(nb):
+            R[0, k] = NAN
+        for t in range(1, T):
+            for k in range(nb):
+                R[t, k] = (x[t, k] - x[t - 1, k]) / x[t - 1, k]
+        for c in range(stage.shape[0]):
+            s = stage[c]
+            if s <= 1:
+                g = gidx[c]
+                for k in range(nb):
+                    r[0, k] = NAN
+                for t in range(1, T):
+                    gt = growth[g, t]
+                    for k in range(nb):
+                        r[t, k] = R[t, k] * gt
+            if s == 0:
+                for f in range(6):
+                    family_pass(f, x, r, T, nb, lens, coef, cutout[c], keep[c], obuf[f], sig[f], True,
+                                no_ma, False)
+            elif s <= 2:
+                for f in range(6):
+                    layer1_from_signals(sig[f], r, T, nb, cutout[c], keep[c], obuf[f], e9, num, den)
+            if s <= 3:
+                layer2_and_average(obuf, r, T, nb, weights[c], cutout[c], keep[c], short_ft[c],
+                                   long_ft[c], strategy[c])
+            oc = out_idx[c]
+            for k in range(nk):
+                n = lane_len[k]
+                if n < need[c]:
+                    continue
+                i = lane_sym[k]
+                s0 = lane_start[k]
+                xs = close[i, s0:s0 + n]
+                simulate(obuf[12, :, k], xs, n, long64[c], short64[c], long_only[c], fee[c], pos, ret, eq)
+                symbol_metrics(pos, ret, eq, xs, n, fee[c], ppy, m_out[oc, :, i])
+                if save:
+                    for t in range(n):
+                        avg_out[oc, i, s0 + t] = obuf[12, t, k]
+
+@_kernel(parallel=True)
+def run_parallel(n_chunks, nb, close, order, starts, lens_sym, stage, out_idx, gidx, growth,
+                 lens, coef, cutout, keep, weights, short_ft, long_ft, strategy, short64, long64,
+                 long_only, fee, need, ppy, m_out, save, avg_out):
+    for ch in prange(n_chunks):
+        sweep_chunk(ch, n_chunks, nb, close, order, starts, lens_sym, stage, out_idx, gidx, growth,
+                    lens, coef, cutout, keep, weights, short_ft, long_ft, strategy, short64,
+                    long64, long_only, fee, need, ppy, m_out, save, avg_out)
+
+
 @lru_cache(maxsize=None)
-def build_sweep_kernel(dtype_name: str):
-    """Compile the reuse engine for one float type (`float64` or `float32`)."""
-    from kernels.cpu import LANES, build_cpu_kernel
+def build_sweep_kernel(dtype_name: str) -> SimpleNamespace:
+    """Compile the reuse engine for one float type (`float64` or `float32`), cached on disk."""
+    from kernels import cpu
 
     ft = np.dtype(dtype_name).type
-    cpu = build_cpu_kernel(dtype_name)
-    sp = build_steps(njit, ft)
-    family_pass = cpu.family_pass
-    gather = cpu.gather
-    layer2_and_average = cpu.layer2_and_average
-    equity_step = sp.equity_step
-    start_equity = sp.start_equity
-    round2 = sp.round2
-    NAN = ft(np.nan)
-    ZERO = ft(0.0)
-    ONE = ft(1.0)
-
-    @njit
-    def layer1_from_signals(sig, r, T, nb, cutout, keep, fsig, e, num, den):
-        """Family_Signal of one family from its 9 stored crossover states `sig` (9, T, nb).
-
-        The equity and Layer-1 part of `family_pass`, operation for operation: at bar `cutout` every
-        line starts at `start_equity(1)`, after it `equity_step` on the previous bar's state, and the
-        9 lines are summed in spec order before `round2`.
-        """
-        for t in range(min(cutout, T)):
-            for k in range(nb):
-                fsig[t, k] = NAN
-        for t in range(cutout, T):
-            for k in range(nb):
-                num[k] = ZERO
-                den[k] = ZERO
-            if t == cutout:
-                for j in range(9):
-                    q = j * nb
-                    for k in range(nb):
-                        e[q + k] = start_equity(ONE)
-                        num[k] += ft(sig[j, t, k]) * e[q + k]
-                        den[k] += e[q + k]
-            else:
-                for j in range(9):
-                    q = j * nb
-                    for k in range(nb):
-                        en = equity_step(e[q + k], ft(sig[j, t - 1, k]), r[t, k], keep)
-                        e[q + k] = en
-                        num[k] += ft(sig[j, t, k]) * en
-                        den[k] += en
-            for k in range(nb):
-                fsig[t, k] = round2(num[k] / den[k])
-
-    @njit
-    def sweep_chunk(ch, n_chunks, nb, close, order, starts, lens_sym, stage, out_idx, gidx, growth,
-                    lens, coef, cutout, keep, weights, short_ft, long_ft, strategy, short64, long64,
-                    long_only, fee, need, ppy, m_out, save, avg_out):
-        """Blocks ch, ch + n_chunks, ... of the symbols in `order`, every combination of one length group.
-
-        Combinations come sorted by their stage keys; stage[c] says what combination c recomputes:
-        0 = new lengths (crossover states, and Layer 1 from `family_pass`), 1 = new La or cutout
-        (returns, Layer 1), 2 = new De (Layer 1), 3 = new weights/thresholds/strategy_mode (Layer 2
-        and Average_Signal), 4 = new fee_bps/long_only (backtest only).
-        """
-        n_valid = order.shape[0]
-        n_blocks = (n_valid + nb - 1) // nb
-        if ch >= n_blocks:
-            return
-        t_max = growth.shape[1]
-        x = np.empty((t_max, nb), ft)
-        R = np.empty((t_max, nb), ft)
-        r = np.empty((t_max, nb), ft)
-        sig = np.zeros((6, 9, t_max, nb), np.int8)
-        obuf = np.empty((13, t_max, nb), ft)
-        e9 = np.empty(9 * nb, ft)
-        num = np.empty(nb, ft)
-        den = np.empty(nb, ft)
-        pos = np.empty(t_max, np.float64)
-        ret = np.empty(t_max, np.float64)
-        eq = np.empty(t_max, np.float64)
-        no_ma = np.zeros((1, 1, 1), ft)
-        lane_len = np.zeros(nb, np.int64)
-        lane_sym = np.zeros(nb, np.int64)
-        lane_start = np.zeros(nb, np.int64)
-        for b in range(ch, n_blocks, n_chunks):
-            lo = b * nb
-            nk = min(nb, n_valid - lo)
-            syms = order[lo:lo + nk]
-            T = 0
-            for k in range(nk):
-                i = syms[k]
-                lane_sym[k] = i
-                lane_len[k] = lens_sym[i]
-                lane_start[k] = starts[i]
-                T = max(T, lens_sym[i])
-            gather(close, syms, starts, lens_sym, nk, T, x)
-            for k in range(nb):
-                R[0, k] = NAN
-            for t in range(1, T):
-                for k in range(nb):
-                    R[t, k] = (x[t, k] - x[t - 1, k]) / x[t - 1, k]
-            for c in range(stage.shape[0]):
-                s = stage[c]
-                if s <= 1:
-                    g = gidx[c]
-                    for k in range(nb):
-                        r[0, k] = NAN
-                    for t in range(1, T):
-                        gt = growth[g, t]
-                        for k in range(nb):
-                            r[t, k] = R[t, k] * gt
-                if s == 0:
-                    for f in range(6):
-                        family_pass(f, x, r, T, nb, lens, coef, cutout[c], keep[c], obuf[f], sig[f], True,
-                                    no_ma, False)
-                elif s <= 2:
-                    for f in range(6):
-                        layer1_from_signals(sig[f], r, T, nb, cutout[c], keep[c], obuf[f], e9, num, den)
-                if s <= 3:
-                    layer2_and_average(obuf, r, T, nb, weights[c], cutout[c], keep[c], short_ft[c],
-                                       long_ft[c], strategy[c])
-                oc = out_idx[c]
-                for k in range(nk):
-                    n = lane_len[k]
-                    if n < need[c]:
-                        continue
-                    i = lane_sym[k]
-                    s0 = lane_start[k]
-                    xs = close[i, s0:s0 + n]
-                    simulate(obuf[12, :, k], xs, n, long64[c], short64[c], long_only[c], fee[c], pos, ret, eq)
-                    symbol_metrics(pos, ret, eq, xs, n, fee[c], ppy, m_out[oc, :, i])
-                    if save:
-                        for t in range(n):
-                            avg_out[oc, i, s0 + t] = obuf[12, t, k]
-
-    @njit(parallel=True)
-    def run_parallel(n_chunks, nb, close, order, starts, lens_sym, stage, out_idx, gidx, growth,
-                     lens, coef, cutout, keep, weights, short_ft, long_ft, strategy, short64, long64,
-                     long_only, fee, need, ppy, m_out, save, avg_out):
-        for ch in prange(n_chunks):
-            sweep_chunk(ch, n_chunks, nb, close, order, starts, lens_sym, stage, out_idx, gidx, growth,
-                        lens, coef, cutout, keep, weights, short_ft, long_ft, strategy, short64,
-                        long64, long_only, fee, need, ppy, m_out, save, avg_out)
-
-    return SimpleNamespace(sweep_chunk=sweep_chunk, run_parallel=run_parallel,
-                           layer1_from_signals=layer1_from_signals, lanes=LANES[dtype_name], ft=ft)
+    base = cpu.build_cpu_kernel(dtype_name)
+    env = dict(globals())
+    env.update(cpu._float_env(ft))
+    env.update(family_pass=base.family_pass, layer2_and_average=base.layer2_and_average, gather=base.gather)
+    ns = SimpleNamespace(lanes=cpu.LANES[dtype_name], ft=ft)
+    with cached_compilation() as cache:
+        for name, options in _KERNELS:
+            fn = globals()[name]
+            rebound = FunctionType(fn.__code__, env, name, fn.__defaults__, fn.__closure__)
+            rebound.__qualname__ = fn.__qualname__
+            rebound.__module__ = fn.__module__
+            rebound.__doc__ = fn.__doc__
+            env[name] = njit(cache=cache, **options)(rebound)
+            setattr(ns, name, env[name])
+    return ns
 
 
 # --------------------------------------------------------------------------- the engine
