@@ -125,6 +125,29 @@ def test_resume_computes_only_missing_chunks(cluster, prices, tmp_path):
     assert_same(res, expected(prices))
 
 
+def test_failed_chunk_is_reported_and_a_rerun_completes(cluster, prices, tmp_path, monkeypatch):
+    import pipeline.run as run_mod
+
+    real = run_mod.read_close
+
+    def flaky(task):
+        if task.index == 2:
+            raise OSError("disk on fire")
+        return real(task)
+
+    monkeypatch.setattr(run_mod, "read_close", flaky)  # the workers are threads of this process
+    res = tmp_path / "r.zarr"
+    with pytest.raises(run_mod.RunError, match=r"1 of 5 chunks failed \(first: chunk 2, symbols 16\.\.23: "
+                                                r"OSError: disk on fire\); the 4 finished chunks are saved"):
+        run_atc(prices, res, client=cluster.client)
+    assert list(xr.open_zarr(res)["chunk_done"].values) == [1, 1, 0, 1, 1]
+    assert "completed" not in xr.open_zarr(res).attrs
+    monkeypatch.setattr(run_mod, "read_close", real)
+    s = run_atc(prices, res, client=cluster.client)
+    assert (s.action, s.computed) == ("resumed", 1)
+    assert_same(res, expected(prices))
+
+
 def test_refuses_other_params_or_changed_prices_unless_overwrite(cluster, prices, tmp_path):
     px = tmp_path / "prices.zarr"
     shutil.copytree(prices, px)
