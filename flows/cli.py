@@ -41,6 +41,11 @@ def _register() -> None:
     app.command("demo")(run_cmd.demo)
     bench_app.command("pipeline")(bench_pipeline_cmd.bench_pipeline)
 
+    from flows import sweep_cmd
+
+    app.command("sweep")(sweep_cmd.sweep)
+    bench_app.command("sweep")(sweep_cmd.bench_sweep)
+
 
 _register()
 

@@ -15,9 +15,12 @@ from kernels.errors import ATCUserError
 # --------------------------------------------------------------------------------------------
 
 
-def load_params(config: Path | None = None, sets: list[str] | None = None):
+def load_params(config: Path | None = None, sets: list[str] | None = None, *, backtest: bool = False):
     """ATCParams from a YAML mapping of parameters (ATC_SPEC.md section 1 names, e.g.
-    ``ema_len: 30``) overridden by ``key=value`` strings; unknown keys are refused by name."""
+    ``ema_len: 30``) overridden by ``key=value`` strings; unknown keys are refused by name.
+
+    With ``backtest``, the backtest settings (``fee_bps``, ``long_only``, ``periods_per_year``) are
+    accepted too and the result is ``(ATCParams, BacktestParams)``."""
     import yaml
 
     from kernels.params import ATCParams
@@ -46,6 +49,13 @@ def load_params(config: Path | None = None, sets: list[str] | None = None):
             raise ATCUserError(f"--set wants key=value (e.g. --set ema_len=30), got {item!r}")
         values[key.strip()] = value.strip()
     try:
+        from kernels.backtest import BACKTEST_FIELDS, split_params
+
+        if backtest:
+            return split_params(values)
+        extra = sorted(set(values) & set(BACKTEST_FIELDS))
+        if extra:
+            raise ATCUserError(f"{', '.join(extra)}: backtest setting(s); add --backtest to use them")
         return ATCParams.from_mapping(values)
     except ATCUserError as exc:
         where = f"{config}: " if config is not None else ""
@@ -97,6 +107,14 @@ def run(
     progress: Annotated[
         Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar (default: on a terminal).")
     ] = None,
+    backtest: Annotated[
+        bool, typer.Option("--backtest", help="Also backtest Average_Signal: position, strategy_return, equity and "
+                           "per-symbol metrics (settings fee_bps, long_only via --set or --config).")
+    ] = False,
+    periods_per_year: Annotated[
+        Optional[float], typer.Option("--periods-per-year", help="Bars per year for annualised backtest metrics "
+                                      "(default: inferred from the time axis).")
+    ] = None,
 ) -> None:
     """Compute ATC for every symbol of PRICES into the results store RESULTS on a Dask cluster.
 
@@ -105,13 +123,23 @@ def run(
     from pipeline.cluster import connect
     from pipeline.run import preflight, run_atc
 
-    params = load_params(config, set_)
+    bt = None
+    if backtest:
+        params, bt = load_params(config, set_, backtest=True)
+        if periods_per_year is not None:
+            bt = bt.replace(periods_per_year=periods_per_year)
+    else:
+        if periods_per_year is not None:
+            raise ATCUserError("--periods-per-year applies to backtests: add --backtest")
+        params = load_params(config, set_)
     # refusals (missing prices, other parameters, a store in use, bad options) before a cluster starts
-    preflight(prices, results, params, chunk_symbols=chunk_symbols, overwrite=overwrite, dtype=dtype, backend=backend)
+    preflight(prices, results, params, chunk_symbols=chunk_symbols, overwrite=overwrite, dtype=dtype, backend=backend,
+              backtest=bt)
     with connect(scheduler, workers=workers, threads_per_worker=threads_per_worker) as cl:
         _announce(cl)
         summary = run_atc(prices, results, params, client=cl.client, chunk_symbols=chunk_symbols,
-                          overwrite=overwrite, dtype=dtype, backend=backend, progress=progress, report=report)
+                          overwrite=overwrite, dtype=dtype, backend=backend, progress=progress, report=report,
+                          backtest=bt)
     typer.echo(summary.describe())
     if report is not None:
         typer.echo(f"  performance report: {report}")

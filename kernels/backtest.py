@@ -45,6 +45,12 @@ from kernels.params import ATCParamError, ATCParams
 BACKTEST_SERIES: tuple[str, ...] = ("position", "strategy_return", "equity")
 """The time series a backtest adds to a results store, on (symbol, time)."""
 
+BACKTEST_DESCRIPTIONS: dict[str, str] = {
+    "position": "position decided at the close of the bar: +1 long, -1 short, 0 flat",
+    "strategy_return": "return over the bar: previous position x close-to-close return - fee of this bar's trade",
+    "equity": "equity of the strategy, 1 at the symbol's first bar",
+}
+
 
 # --------------------------------------------------------------------------- parameters
 

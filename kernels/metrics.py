@@ -48,6 +48,20 @@ METRIC_NAMES: tuple[str, ...] = (
 """Per-symbol metrics, in the order of the `metrics` axis of the kernels' outputs."""
 
 N_METRICS = len(METRIC_NAMES)
+METRIC_DESCRIPTIONS: dict[str, str] = {
+    "total_return": "final equity - 1",
+    "cagr": "compound annual growth rate of the equity",
+    "ann_volatility": "standard deviation of bar returns (ddof=1) x sqrt(periods per year)",
+    "sharpe": "mean / std (ddof=1) of bar returns x sqrt(periods per year), risk-free rate 0",
+    "sortino": "mean bar return / downside deviation (target 0) x sqrt(periods per year)",
+    "max_drawdown": "largest fall of equity from its running peak, as a fraction of the peak",
+    "calmar": "cagr / max_drawdown",
+    "n_trades": "number of trades opened (a reversal opens a new one)",
+    "win_rate": "share of closed trades with a positive return net of fees",
+    "exposure": "share of return bars spent in the market",
+    "buy_hold_return": "last close / first close - 1 over the same bars",
+}
+"""One-line descriptions for stores (formulas and degenerate cases in the module docstring)."""
 METRIC_INDEX = {name: i for i, name in enumerate(METRIC_NAMES)}
 
 HIGHER_IS_BETTER: dict[str, bool] = {name: True for name in METRIC_NAMES}

@@ -8,6 +8,9 @@ Format (see ``data/README.md``):
 * ``status`` (int8 on ``symbol``): -1 not computed yet, 0 ok, 1 insufficient history, 2 no data,
   3 bad data (codes of ``kernels/status.py``), and ``reason`` (string on ``symbol``): why a symbol
   is not ok, "" when it is;
+* with ``atc run --backtest``: ``position``, ``strategy_return`` and ``equity`` (float64 on
+  ``(symbol, time)``, see ``kernels/backtest.py``), every metric of ``kernels/metrics.py`` (float64
+  on ``symbol``) and the root attribute ``backtest`` (JSON: fee_bps, long_only, periods_per_year);
 * ``chunk_done`` (int8 on ``chunk``, one Zarr chunk per entry): 1 once a task has written its
   whole symbol chunk (written last, so a 1 means every variable of that chunk is on disk);
 * chunked along ``symbol`` (``chunk_symbols`` per chunk, aligned with the price store), ``time``
@@ -110,7 +113,8 @@ def results_codec(name: str):
     """
     from zarr.codecs import BloscCodec
 
-    if name.endswith("_S") or (name.endswith("_Signal") and name != "Average_Signal"):
+    if name.endswith("_S") or (name.endswith("_Signal") and name != "Average_Signal") or name in (
+            "strategy_return", "equity"):  # (`--backtest` series: doubles much like the equities)
         return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
     return BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle")
 
@@ -155,6 +159,7 @@ class RunIdentity:
     prices_fingerprint: str
     dtype: str = "float64"
     code: str = ""
+    backtest: str = ""  # canonical JSON of the backtest settings (`atc run --backtest`), "" for none
 
     def params_json(self) -> str:
         return json.dumps(self.params.to_dict(), sort_keys=True)
@@ -162,16 +167,16 @@ class RunIdentity:
     def fingerprint(self) -> str:
         """The results fingerprint: sha256 over the canonical JSON of parameters, price-store
         fingerprint, dtype and code version."""
-        blob = json.dumps(
-            {
-                "format": f"{FORMAT_NAME}/{FORMAT_VERSION}",
-                "params": self.params.to_dict(),
-                "prices": self.prices_fingerprint,
-                "dtype": self.dtype,
-                "code": self.code,
-            },
-            sort_keys=True,
-        )
+        what = {
+            "format": f"{FORMAT_NAME}/{FORMAT_VERSION}",
+            "params": self.params.to_dict(),
+            "prices": self.prices_fingerprint,
+            "dtype": self.dtype,
+            "code": self.code,
+        }
+        if self.backtest:  # absent otherwise, so stores without a backtest keep their fingerprint
+            what["backtest"] = json.loads(self.backtest)
+        blob = json.dumps(what, sort_keys=True)
         return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
 
     def differences(self, attrs: Mapping[str, Any]) -> list[str]:
@@ -191,6 +196,8 @@ class RunIdentity:
                        f"now {_short(self.prices_fingerprint)})")
         if attrs.get("dtype") != self.dtype:
             out.append(f"dtype {attrs.get('dtype')} (now {self.dtype})")
+        if (attrs.get("backtest") or "") != self.backtest:
+            out.append(f"backtest settings {attrs.get('backtest') or 'none'} (now {self.backtest or 'none'})")
         if attrs.get("code_version") != self.code:
             out.append(f"code version {attrs.get('code_version')!r} (now {self.code!r})")
         if not out and attrs.get("fingerprint") != self.fingerprint():
@@ -332,6 +339,17 @@ def create_results(
         lazy = da.zeros((n_sym, n_time), dtype=ft, chunks=(k, max(1, n_time)))
         data_vars[name] = (("symbol", "time"), lazy, {"description": _DESCRIPTIONS[name]})
         encoding[name] = {"compressors": [results_codec(name)], "chunks": (k, max(1, n_time))}
+    if identity.backtest:  # `atc run --backtest`: series on (symbol, time), metrics on symbol, float64
+        from kernels.backtest import BACKTEST_DESCRIPTIONS
+        from kernels.metrics import METRIC_DESCRIPTIONS
+
+        for name, desc in BACKTEST_DESCRIPTIONS.items():
+            lazy = da.zeros((n_sym, n_time), dtype=np.float64, chunks=(k, max(1, n_time)))
+            data_vars[name] = (("symbol", "time"), lazy, {"description": desc})
+            encoding[name] = {"compressors": [results_codec(name)], "chunks": (k, max(1, n_time))}
+        for name, desc in METRIC_DESCRIPTIONS.items():
+            data_vars[name] = (("symbol",), np.full(n_sym, np.nan), {"description": desc})
+            encoding[name] = {"chunks": (k,)}
     flags = sorted(STATUS_FLAGS)
     data_vars["status"] = (("symbol",), np.full(n_sym, NOT_COMPUTED, np.int8), {
         "description": "outcome per symbol",
@@ -365,6 +383,8 @@ def create_results(
         "created": utc_now(),
         "status_codes": json.dumps({str(c): STATUS_FLAGS[c] for c in flags}),
     }
+    if identity.backtest:
+        attrs["backtest"] = identity.backtest
     template = xr.Dataset(data_vars, coords=coords, attrs=attrs)
     token = uuid.uuid4().hex[:12]
     tmp = path.parent / f".{path.name}.tmp-{token}"
@@ -456,15 +476,18 @@ def open_results(path: str | os.PathLike, **kwargs: Any) -> xr.Dataset:
 
 
 def write_chunk(path: str | os.PathLike, index: int, start: int, stop: int, outputs: Mapping[str, np.ndarray],
-                status: np.ndarray, reasons: list[str]) -> None:
+                status: np.ndarray, reasons: list[str],
+                extra: Mapping[str, tuple[tuple[str, ...], np.ndarray]] | None = None) -> None:
     """Write one task's whole symbol chunk ``[start, stop)``: the outputs and ``status``/``reason``
-    by an xarray region write, then mark the chunk done (last, so a done chunk is complete)."""
+    by an xarray region write, then mark the chunk done (last, so a done chunk is complete).
+    ``extra`` holds further variables of the store as ``name: (dims, values)`` (the backtest's)."""
     import zarr
 
     region = {"symbol": slice(start, stop)}
     data = {name: (("symbol", "time"), outputs[name]) for name in OUTPUT_NAMES}
     data["status"] = (("symbol",), np.asarray(status, dtype=np.int8))
     data["reason"] = (("symbol",), np.array(reasons, dtype=object))
+    data.update(extra or {})
     xr.Dataset(data).to_zarr(str(path), region=region, mode="r+", zarr_format=3, consolidated=False)
     done = zarr.open_array(str(path), path="chunk_done", mode="r+", zarr_format=3)
     done[index] = 1

@@ -115,6 +115,32 @@ def _reasons(messages: Mapping[int, str], status: np.ndarray, start: int) -> lis
     return out
 
 
+def backtest_settings(backtest: Any, ds: Any) -> dict[str, Any] | None:
+    """The backtest settings a run records and its tasks use (`atc run --backtest`): those of
+    ``backtest`` (a BacktestParams, or None for no backtest) with ``periods_per_year`` inferred from
+    the price store's time axis unless given."""
+    if backtest is None:
+        return None
+    from kernels.metrics import infer_periods_per_year
+
+    d = backtest.to_dict()
+    if d["periods_per_year"] is None:
+        d["periods_per_year"] = infer_periods_per_year(ds["time"].values)
+    return d
+
+
+def backtest_outputs(close: np.ndarray, res: Any, params: ATCParams, settings: Mapping[str, Any]) -> dict:
+    """Positions, strategy returns, equity and per-symbol metrics of a chunk, as store variables."""
+    from kernels.backtest import BACKTEST_SERIES, BacktestParams, run_backtest
+
+    bt = run_backtest(close, res["Average_Signal"], params,
+                      BacktestParams(fee_bps=settings["fee_bps"], long_only=settings["long_only"]),
+                      periods_per_year=settings["periods_per_year"], ok=np.asarray(res.status) == OK)
+    out: dict[str, Any] = {name: (("symbol", "time"), bt[name]) for name in BACKTEST_SERIES}
+    out.update({name: (("symbol",), values) for name, values in bt.metrics.items()})
+    return out
+
+
 def run_chunk(task: ChunkTask) -> dict[str, Any]:
     """Compute and write one symbol chunk; return a small record of what happened."""
     from kernels import compute_atc
@@ -125,12 +151,14 @@ def run_chunk(task: ChunkTask) -> dict[str, Any]:
     parallel = bool(task.parallel) and _worker_threads() == 1
     res = compute_atc(close, task.params, backend=task.backend, dtype=np.dtype(task.dtype), parallel=parallel,
                       on_bad="status", symbols=symbols)
+    settings = task.options.get("backtest")
+    extra = backtest_outputs(close, res, task.params, settings) if settings else None
     del close
     t2 = time.perf_counter()
     status = np.asarray(res.status, dtype=np.int8)
     reasons = _reasons(res.messages, status, task.start)
     rs.write_chunk(task.results, task.index, task.start, task.stop, {n: res[n] for n in OUTPUT_NAMES}, status,
-                   reasons)
+                   reasons, extra)
     t3 = time.perf_counter()
     codes, counts = np.unique(status, return_counts=True)
     not_ok = [(symbols[i], reasons[i]) for i in np.flatnonzero(status != OK)[:MAX_REPORTED]]
@@ -301,6 +329,12 @@ def _existing_state(results: Any, results_path: Path, identity: rs.RunIdentity, 
     return state
 
 
+def _backtest_json(settings: Mapping[str, Any] | None) -> str:
+    import json
+
+    return json.dumps(dict(settings), sort_keys=True) if settings else ""
+
+
 def preflight(
     prices: str | os.PathLike,
     results: str | os.PathLike,
@@ -310,6 +344,7 @@ def preflight(
     overwrite: bool = False,
     dtype: str = "float64",
     backend: str = "cpu",
+    backtest: Any = None,
 ) -> None:
     """Every check :func:`run_atc` makes before computing, without writing anything: lets the CLI
     refuse (other parameters, changed prices, a store in use, bad options) before it starts a
@@ -319,7 +354,8 @@ def preflight(
     params, dtype, prices_path, results_path = _normalise(params, dtype, backend, prices, results)
     ds = open_prices(prices_path)
     try:
-        identity = rs.RunIdentity(params, str(ds.attrs.get("fingerprint")), dtype, rs.code_version())
+        identity = rs.RunIdentity(params, str(ds.attrs.get("fingerprint")), dtype, rs.code_version(),
+                                  _backtest_json(backtest_settings(backtest, ds)))
         shape = (ds.sizes["symbol"], ds.sizes["time"])
         state = _existing_state(results, results_path, identity, shape, chunk_symbols, overwrite)
         if state is None and chunk_symbols is not None:
@@ -344,9 +380,13 @@ def run_atc(
     report: str | os.PathLike | None = None,
     on_record: Callable[[dict[str, Any]], None] | None = None,
     options: Mapping[str, Any] | None = None,
+    backtest: Any = None,
 ) -> RunSummary:
     """Compute ATC for every symbol of the price store ``prices`` into the results store ``results``
-    on the cluster of ``client``. See the module docstring for resume, refusal and locking."""
+    on the cluster of ``client``. See the module docstring for resume, refusal and locking.
+
+    ``backtest`` (a ``kernels.backtest.BacktestParams``) also backtests ``Average_Signal`` and adds
+    ``position``, ``strategy_return``, ``equity`` and the per-symbol metrics to the store."""
     from pipeline.cluster import kernel_parallel
     from pipeline.store import open_prices
 
@@ -361,7 +401,8 @@ def run_atc(
             price_fp = str(ds.attrs.get("fingerprint"))
             price_k = _price_chunk(ds)
             n_sym, n_time = ds.sizes["symbol"], ds.sizes["time"]
-            identity = rs.RunIdentity(params, price_fp, dtype, rs.code_version())
+            bt_settings = backtest_settings(backtest, ds)
+            identity = rs.RunIdentity(params, price_fp, dtype, rs.code_version(), _backtest_json(bt_settings))
             existed = results_path.exists() or results_path.is_symlink()
             state = _existing_state(results, results_path, identity, (n_sym, n_time), chunk_symbols, overwrite)
             if state is not None:
@@ -386,8 +427,11 @@ def run_atc(
         bounds = rs.chunk_bounds(n_sym, k)
         todo = [c for c in range(len(bounds)) if not done[c]]
         parallel = kernel_parallel(workers)
+        task_options = dict(options or {})
+        if bt_settings is not None:
+            task_options["backtest"] = bt_settings
         tasks = [ChunkTask(prices_path, str(results_path), c, bounds[c][0], bounds[c][1], params, price_fp,
-                           dtype, backend, parallel, dict(options or {})) for c in todo]
+                           dtype, backend, parallel, task_options) for c in todo]
         records, failures = _execute(client, tasks, progress=progress, report=report, on_record=on_record)
         if failures:
             first = failures[0]

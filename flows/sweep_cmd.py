@@ -1,0 +1,246 @@
+"""`atc sweep` (parameter grid -> sweep store of per-symbol backtest metrics, then the best
+combinations) and `atc bench sweep` (the reuse benchmark: a 5 x 5 grid against a single run)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from kernels.errors import ATCUserError
+
+
+def load_grid(path: Path, base_atc=None, base_backtest=None):
+    """A `SweepGrid` from a YAML mapping `parameter: [values...]`; every problem is reported, naming
+    the file and the parameter, before any work starts."""
+    import yaml
+
+    from kernels.sweep import make_grid
+
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ATCUserError(f"{path}: cannot read grid ({exc.strerror or exc})") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ATCUserError(f"{path}:{where} not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
+    try:
+        return make_grid(loaded if loaded is not None else {}, base_atc, base_backtest)
+    except ATCUserError as exc:
+        raise type(exc)(f"{path}: {exc}") from None
+
+
+_SCHEDULER = typer.Option("--scheduler", help="Join the Dask cluster at tcp://HOST:PORT instead of starting a local one.")
+_WORKERS = typer.Option("--workers", help="Worker processes of the local cluster (default: one per core).")
+_THREADS = typer.Option("--threads-per-worker", help="Threads per local worker (default 1).")
+
+
+def sweep(
+    prices: Annotated[Path, typer.Argument(help="Price store (from atc synth / atc ingest).", show_default=False)],
+    store: Annotated[Path, typer.Argument(help="Sweep store to create or resume.", show_default=False,
+                                          metavar="SWEEP")],
+    grid: Annotated[Path, typer.Option("--grid", help="YAML file: parameter -> list of values, e.g. "
+                                       "'La: [0.01, 0.02]'. Any ATC parameter, fee_bps, long_only.")],
+    config: Annotated[Optional[Path], typer.Option("--config", help="YAML file of fixed parameters (ATC and "
+                                                   "backtest) for everything the grid does not sweep.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Fix one parameter, key=value (repeatable).")] = None,
+    periods_per_year: Annotated[Optional[float], typer.Option(
+        "--periods-per-year", help="Bars per year for annualised metrics (default: inferred from the time axis).")] = None,
+    save_signals: Annotated[bool, typer.Option("--save-signals", help="Also store the Average_Signal cube "
+                                               "(combinations x symbols x time).")] = False,
+    rank_by: Annotated[str, typer.Option("--rank-by", help="Metric for the summary table (median over symbols).")] = "sharpe",
+    top: Annotated[int, typer.Option("--top", help="Rows in the summary table.")] = 10,
+    chunk_symbols: Annotated[Optional[int], typer.Option(
+        "--chunk-symbols", help="Symbols per task, a multiple or divisor of the price store's chunk.")] = None,
+    combos_per_task: Annotated[Optional[int], typer.Option(
+        "--combos-per-task", help="Combinations per task (default 256; fewer with --save-signals, to keep a "
+        "task's cube under 64 MiB).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a sweep store computed from another "
+                                            "grid, parameters or prices.")] = False,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Write Dask's performance report (HTML).")] = None,
+    scheduler: Annotated[Optional[str], _SCHEDULER] = None,
+    workers: Annotated[Optional[int], _WORKERS] = None,
+    threads_per_worker: Annotated[Optional[int], _THREADS] = None,
+    dtype: Annotated[str, typer.Option("--dtype", help="float64, or float32 (approximate).")] = "float64",
+    progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress",
+                                                     help="Progress bar (default: on a terminal).")] = None,
+) -> None:
+    """Backtest every combination of a parameter grid on every symbol of PRICES into the sweep store
+    SWEEP (metrics over one dimension per swept parameter x symbol), then print the best
+    combinations. The moving averages and crossovers are computed once per set of lengths and
+    reused for every other parameter. Rerunning the same command resumes an interrupted sweep."""
+    from flows.run_cmd import _announce, load_params
+    from kernels.metrics import METRIC_NAMES
+    from pipeline.cluster import connect
+    from pipeline.sweep import preflight_sweep, run_sweep
+
+    # every refusal before a cluster starts: parameters, grid, options, the stores
+    if rank_by not in METRIC_NAMES:
+        raise ATCUserError(f"--rank-by must be one of {', '.join(METRIC_NAMES)}, got {rank_by!r}")
+    base_atc, base_bt = load_params(config, set_, backtest=True)
+    if periods_per_year is not None:
+        base_bt = base_bt.replace(periods_per_year=periods_per_year)
+    g = load_grid(grid, base_atc, base_bt)
+    preflight_sweep(prices, store, g, save_signals=save_signals, dtype=dtype, chunk_symbols=chunk_symbols,
+                    combos_per_task=combos_per_task, overwrite=overwrite)
+    with connect(scheduler, workers=workers, threads_per_worker=threads_per_worker) as cl:
+        _announce(cl)
+        summary = run_sweep(prices, store, g, client=cl.client, save_signals=save_signals, dtype=dtype,
+                            chunk_symbols=chunk_symbols, combos_per_task=combos_per_task, overwrite=overwrite,
+                            progress=progress, report=report)
+    typer.echo(summary.describe())
+    typer.echo("")
+    typer.echo(summary_table(store, rank_by, top))
+
+
+def summary_table(store: Path, rank_by: str, top: int) -> str:
+    import pandas as pd
+
+    from pipeline.sweep import summarize_sweep
+
+    df = summarize_sweep(store, rank_by, top)
+    with pd.option_context("display.width", 200, "display.max_columns", 50, "display.float_format", "{:.4g}".format):
+        body = df.to_string()
+    return f"Best {len(df)} combinations by median {rank_by} over symbols:\n{body}"
+
+
+# --------------------------------------------------------------------------------------------
+# atc bench sweep
+# --------------------------------------------------------------------------------------------
+
+def warm_kernels(n_combos: int = 2) -> float:
+    """Compile (or load from the disk cache) what run and sweep tasks use; run on every worker."""
+    from kernels import compute_atc
+    from kernels.backtest import BacktestParams, run_backtest
+    from kernels.params import ATCParams
+    from kernels.synthetic import random_walk_panel
+    from kernels.sweep import sweep_panel
+
+    t0 = time.perf_counter()
+    x = random_walk_panel(20, 200, seed=1)
+    res = compute_atc(x, parallel=False)
+    run_backtest(x, res["Average_Signal"], periods_per_year=252)
+    sweep_panel(x, [(ATCParams(La=0.01 * (i + 1)), BacktestParams()) for i in range(n_combos)], parallel=False)
+    return time.perf_counter() - t0
+
+
+def _floats(text: str, name: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ATCUserError(f"{name} wants comma-separated numbers, got {text!r}") from None
+
+
+def bench_sweep(
+    symbols: Annotated[int, typer.Option("--symbols", help="Symbols of the synthetic store.")] = 500,
+    bars: Annotated[int, typer.Option("--bars", help="Bars per symbol.")] = 2000,
+    la: Annotated[str, typer.Option("--la", help="La values of the grid.")] = "0.01,0.02,0.03,0.04,0.05",
+    de: Annotated[str, typer.Option("--de", help="De values of the grid.")] = "0.01,0.02,0.03,0.04,0.05",
+    repeat: Annotated[int, typer.Option("--repeat", help="Timed runs of each kind (best is reported).")] = 1,
+    workers: Annotated[Optional[int], _WORKERS] = None,
+    kernel: Annotated[bool, typer.Option("--kernel/--no-kernel", help="Also time the kernels alone, in this "
+                                         "process (no store, no cluster).")] = True,
+    dir_: Annotated[Optional[Path], typer.Option("--dir", help="Keep the stores here (default: a temporary dir).")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the figures to this JSON file.")] = None,
+) -> None:
+    """The reuse benchmark: an La x De grid (default 5 x 5) with `atc sweep` against a single
+    `atc run` (and `atc run --backtest`) on the same synthetic store and local cluster, end to end;
+    then the same comparison for the kernels alone. Target: the sweep costs <= 4 x a single run."""
+    import numpy as np
+
+    from kernels.backtest import BacktestParams
+    from kernels.params import ATCParams
+    from kernels.sweep import make_grid
+    from pipeline.cluster import connect
+    from pipeline.run import run_atc
+    from pipeline.store import write_prices
+    from pipeline.sweep import run_sweep
+    from pipeline.synth import synth_prices
+
+    grid_spec = {"La": _floats(la, "--la"), "De": _floats(de, "--de")}
+    grid = make_grid(grid_spec)
+    base = Path(tempfile.mkdtemp(prefix="atc-bench-sweep-")) if dir_ is None else dir_
+    base.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Any] = {"symbols": symbols, "bars": bars, "grid": grid_spec, "combinations": grid.size,
+                           "cores": os.cpu_count(), "load_start": os.getloadavg()}
+    best = lambda f: min(f() for _ in range(max(1, repeat)))  # noqa: E731
+    try:
+        prices = base / f"prices-{symbols}x{bars}.zarr"
+        if not prices.exists():
+            write_prices(synth_prices(symbols, bars, seed=0), prices, source=f"bench {symbols}x{bars}")
+        typer.echo(f"atc bench sweep: {symbols} x {bars} synthetic store in {base}; grid "
+                   + " x ".join(f"{k} {v}" for k, v in grid_spec.items()) + f" = {grid.size} combinations")
+        with connect(None, workers=workers, dashboard_address=None) as cl:
+            warm = cl.client.run(warm_kernels)
+            # first run and sweep of a worker pay one-time costs (imports, codecs): not timed
+            run_atc(prices, base / "warm.zarr", client=cl.client, overwrite=True, progress=False)
+            run_sweep(prices, base / "warm-sweep.zarr", make_grid({"La": grid_spec["La"][:1]}), client=cl.client,
+                      overwrite=True, progress=False)
+            typer.echo(f"  {cl.describe()}; kernels warm on every worker ({max(warm.values()):.1f} s), one "
+                       f"untimed run and sweep")
+
+            def timed(fn):
+                def go():
+                    t0 = time.perf_counter()
+                    fn()
+                    return time.perf_counter() - t0
+                return go
+
+            single = best(timed(lambda: run_atc(prices, base / "run.zarr", client=cl.client, overwrite=True,
+                                                progress=False)))
+            single_bt = best(timed(lambda: run_atc(prices, base / "run_bt.zarr", client=cl.client, overwrite=True,
+                                                   progress=False, backtest=BacktestParams())))
+            swept = best(timed(lambda: run_sweep(prices, base / "sweep.zarr", grid, client=cl.client,
+                                                 overwrite=True, progress=False)))
+        e2e = {"run_s": single, "run_backtest_s": single_bt, "sweep_s": swept, "sweep_over_run": swept / single,
+               "sweep_over_run_backtest": swept / single_bt}
+        out["end_to_end"] = e2e
+        typer.echo(f"  end to end: atc run {single:.2f} s, atc run --backtest {single_bt:.2f} s, atc sweep "
+                   f"{swept:.2f} s = {swept / single:.2f} x atc run ({swept / single_bt:.2f} x run --backtest; "
+                   f"{grid.size} separate runs would be {grid.size} x)")
+        if kernel:
+            from kernels import compute_atc
+            from kernels.backtest import run_backtest
+            from kernels.sweep import sweep_panel
+            from pipeline.store import open_prices
+
+            ds = open_prices(prices)
+            close = np.asarray(ds["close"].values, dtype=np.float64)
+            ds.close()
+            warm_kernels()
+            compute_atc(close[:40])  # the parallel variants
+            combos = grid.all_params()
+            sweep_panel(close[:40], combos[:2])
+
+            def one():
+                t0 = time.perf_counter()
+                res = compute_atc(close, on_bad="status")
+                run_backtest(close, res["Average_Signal"], periods_per_year=252, ok=res.status == 0)
+                return time.perf_counter() - t0
+
+            def many():
+                t0 = time.perf_counter()
+                sweep_panel(close, combos, periods_per_year=252)
+                return time.perf_counter() - t0
+
+            k1, kn = best(one), best(many)
+            out["kernel"] = {"single_s": k1, "sweep_s": kn, "sweep_over_single": kn / k1}
+            typer.echo(f"  kernels alone (all cores): compute_atc + backtest {k1:.3f} s, sweep_panel {kn:.3f} s "
+                       f"= {kn / k1:.2f} x")
+        out["load_end"] = os.getloadavg()
+        typer.echo(f"  load average {out['load_start'][0]:.2f} at start, {out['load_end'][0]:.2f} at end "
+                   f"({os.cpu_count()} cores)")
+        if json_out is not None:
+            json_out.write_text(json.dumps(out, indent=2))
+    finally:
+        if dir_ is None:
+            shutil.rmtree(base, ignore_errors=True)

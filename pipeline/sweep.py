@@ -1,0 +1,612 @@
+"""Parameter sweeps on a Dask cluster: price store -> sweep store of per-symbol backtest metrics.
+
+A grid (``kernels.sweep.make_grid``) maps swept parameters to lists of values; every combination
+of the cartesian product is backtested on every symbol. One task covers one symbol chunk x one
+block of combinations (a hyper-rectangle of the grid): it reads its close slice, runs the reuse
+engine ``kernels.sweep.sweep_panel`` (the 54 crossover states once per set of lengths, then every
+combination from them), writes its own region of the store and returns a small record. Memory
+per task is bounded by the block size, whatever the grid size; the client only plans.
+
+Sweep store format (Zarr v3, Blosc, consolidated; ``xarray.open_zarr`` reads it):
+
+* one dimension per swept parameter, in grid order, with the values as its coordinate, then
+  ``symbol`` (and ``time`` for the signal cube);
+* every metric of ``kernels.metrics.METRIC_NAMES`` as a float64 variable on
+  ``(params..., symbol)``, NaN where a symbol could not be computed;
+* ``status`` (int8, same dims): -1 not computed yet, else the ``kernels/status.py`` code of that
+  symbol under that combination (a symbol can be long enough for short lengths only);
+  ``reason`` (string on ``symbol``): bad or missing data, "" otherwise;
+* with ``save_signals``, ``Average_Signal`` on ``(params..., symbol, time)`` in the compute dtype;
+* ``task_done`` (int8 on ``task``): 1 once a task wrote its whole region (written last);
+* chunks ``(block..., chunk_symbols)``: every task writes exactly its own chunks;
+* root attributes ``atc_format`` ("atc-sweep"), ``atc_format_version``, ``grid`` (JSON dims and
+  values), ``params`` (JSON base ATCParams), ``backtest`` (JSON base BacktestParams with the
+  periods per year used), ``prices_fingerprint``, ``prices_path``, ``fingerprint``, ``dtype``,
+  ``save_signals``, ``code_version``, ``chunk_symbols``, ``block_shape``, ``n_tasks``,
+  ``versions``, ``created``, and ``completed`` after a complete run.
+
+Resume and refusal work as for ``atc run``: a rerun of the same command submits only the tasks
+not marked done; a store computed from another grid, other parameters, other prices, dtype or
+code is refused unless ``overwrite``; a lock keeps a second concurrent run out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import os
+import shutil
+import sys
+import time
+import uuid
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from kernels.backtest import BacktestParams
+from kernels.errors import ATCUserError
+from kernels.metrics import HIGHER_IS_BETTER, METRIC_DESCRIPTIONS, METRIC_NAMES, infer_periods_per_year
+from kernels.status import OK, STATUS_NAMES
+from kernels.sweep import SweepGrid
+from pipeline import results as rs
+
+__all__ = ["SweepError", "SweepIdentity", "SweepSummary", "SweepTask", "plan_blocks", "preflight_sweep",
+           "run_sweep", "run_sweep_task", "summarize_sweep"]
+
+FORMAT_NAME = "atc-sweep"
+FORMAT_VERSION = 1
+DEFAULT_COMBOS_PER_TASK = 256
+SIGNAL_BUDGET_BYTES = 64 * 2**20
+"""With --save-signals, combinations per task are capped so that a task's cube stays below this."""
+
+
+class SweepError(rs.ResultsError):
+    """A sweep store cannot be created, resumed or written as asked."""
+
+
+# --------------------------------------------------------------------------------------------
+# Identity and layout
+# --------------------------------------------------------------------------------------------
+
+def _jsonable(v: Any) -> Any:
+    return v.item() if isinstance(v, np.generic) else v
+
+
+@dataclass(frozen=True)
+class SweepIdentity:
+    """Everything the numbers of a sweep store depend on."""
+
+    grid: str  # JSON {"dims": [...], "values": [[...], ...]}
+    params: str  # JSON of the base ATCParams
+    backtest: str  # JSON of the base BacktestParams, periods_per_year resolved
+    prices_fingerprint: str
+    dtype: str
+    save_signals: bool
+    code: str
+
+    @classmethod
+    def of(cls, grid: SweepGrid, ppy: float, prices_fingerprint: str, dtype: str, save_signals: bool):
+        g = {"dims": list(grid.dims), "values": [[_jsonable(v) for v in vals] for vals in grid.values]}
+        bt = grid.base_backtest.to_dict()
+        bt["periods_per_year"] = ppy
+        return cls(json.dumps(g), json.dumps(grid.base_atc.to_dict(), sort_keys=True), json.dumps(bt, sort_keys=True),
+                   prices_fingerprint, dtype, bool(save_signals), rs.code_version())
+
+    def fingerprint(self) -> str:
+        blob = json.dumps({"format": f"{FORMAT_NAME}/{FORMAT_VERSION}", "grid": json.loads(self.grid),
+                           "params": json.loads(self.params), "backtest": json.loads(self.backtest),
+                           "prices": self.prices_fingerprint, "dtype": self.dtype,
+                           "save_signals": self.save_signals, "code": self.code}, sort_keys=True)
+        return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
+
+    def differences(self, attrs: Mapping[str, Any]) -> list[str]:
+        out = []
+        for key, label in (("grid", "a different grid"), ("params", "different base parameters"),
+                           ("backtest", "different backtest settings")):
+            if attrs.get(key) != getattr(self, key):
+                out.append(f"{label} ({attrs.get(key)} -> {getattr(self, key)})")
+        if attrs.get("prices_fingerprint") != self.prices_fingerprint:
+            out.append("a different price store")
+        if attrs.get("dtype") != self.dtype:
+            out.append(f"dtype {attrs.get('dtype')} (now {self.dtype})")
+        if bool(attrs.get("save_signals")) != self.save_signals:
+            out.append(f"save_signals={bool(attrs.get('save_signals'))} (now {self.save_signals})")
+        if attrs.get("code_version") != self.code:
+            out.append(f"code version {attrs.get('code_version')!r} (now {self.code!r})")
+        if not out and attrs.get("fingerprint") != self.fingerprint():
+            out.append("a different sweep fingerprint")
+        return out
+
+
+def block_shape_for(shape: tuple[int, ...], combos_per_task: int) -> tuple[int, ...]:
+    """Block of combinations per task: whole trailing dims while they fit in `combos_per_task`,
+    then part of the next dim, 1 for the leading ones (so each block is a hyper-rectangle)."""
+    out = [1] * len(shape)
+    prod = 1
+    budget = max(1, int(combos_per_task))
+    for i in reversed(range(len(shape))):
+        if prod * shape[i] <= budget:
+            out[i] = shape[i]
+            prod *= shape[i]
+        else:
+            out[i] = max(1, budget // prod)
+            break
+    return tuple(out)
+
+
+def plan_blocks(shape: tuple[int, ...], bshape: tuple[int, ...]) -> list[tuple[tuple[int, int], ...]]:
+    """The blocks of a grid, as ((start, stop) per dim), in C order."""
+    ranges = [[(lo, min(lo + b, n)) for lo in range(0, n, b)] for n, b in zip(shape, bshape)]
+    return list(itertools.product(*ranges))
+
+
+# --------------------------------------------------------------------------------------------
+# The task
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SweepTask:
+    """One task: a symbol chunk x a block of combinations. Small and picklable (paths, not data);
+    `prices`, `prices_fingerprint`, `start`, `stop` as in `pipeline.run.ChunkTask`."""
+
+    prices: str
+    store: str
+    index: int
+    block: tuple[tuple[int, int], ...]
+    start: int
+    stop: int
+    grid: SweepGrid
+    periods_per_year: float
+    prices_fingerprint: str
+    dtype: str = "float64"
+    save_signals: bool = False
+    write_reason: bool = False
+    parallel: bool = False
+
+
+def task_combinations(grid: SweepGrid, block: tuple[tuple[int, int], ...]) -> list:
+    """The (ATCParams, BacktestParams) of a block, in C order of the block."""
+    from kernels.backtest import split_params
+
+    out = []
+    for idx in itertools.product(*(range(lo, hi) for lo, hi in block)):
+        point = {d: grid.values[i][j] for i, (d, j) in enumerate(zip(grid.dims, idx))}
+        out.append(split_params(point, grid.base_atc, grid.base_backtest))
+    return out
+
+
+def run_sweep_task(task: SweepTask) -> dict[str, Any]:
+    """Compute and write one task's region; return a small record."""
+    import zarr
+
+    from kernels.sweep import sweep_panel
+    from pipeline.run import _worker_name, _worker_threads, read_close
+
+    t0 = time.perf_counter()
+    close, symbols = read_close(task)
+    t1 = time.perf_counter()
+    combos = task_combinations(task.grid, task.block)
+    parallel = bool(task.parallel) and _worker_threads() == 1
+    res = sweep_panel(close, combos, periods_per_year=task.periods_per_year, dtype=np.dtype(task.dtype),
+                      parallel=parallel, save_signals=task.save_signals, on_bad="status", symbols=symbols)
+    del close
+    t2 = time.perf_counter()
+    bshape = tuple(hi - lo for lo, hi in task.block)
+    n_s = task.stop - task.start
+    region = tuple(slice(lo, hi) for lo, hi in task.block) + (slice(task.start, task.stop),)
+    g = zarr.open_group(task.store, mode="r+", zarr_format=3, use_consolidated=False)
+    for m, name in enumerate(METRIC_NAMES):
+        g[name][region] = res.metrics[:, m, :].reshape(bshape + (n_s,))
+    g["status"][region] = res.status.reshape(bshape + (n_s,))
+    if task.save_signals:
+        g["Average_Signal"][region + (slice(None),)] = res.average_signal.reshape(bshape + (n_s, -1))
+    if task.write_reason:
+        reasons = [""] * n_s
+        for i, msg in res.messages.items():
+            reasons[i] = f"{STATUS_NAMES.get(int(res.status[0, i]), 'unknown')}: " + msg.replace(
+                f"(index {i})", f"(index {task.start + i})")
+        g["reason"][task.start:task.stop] = np.array(reasons, dtype=object)
+    g["task_done"][task.index] = 1
+    t3 = time.perf_counter()
+    return {"task": task.index, "combinations": len(combos), "symbols": n_s,
+            "ok": int(np.count_nonzero(res.status == OK)), "worker": _worker_name(), "parallel": parallel,
+            "read_s": t1 - t0, "compute_s": t2 - t1, "write_s": t3 - t2}
+
+
+# --------------------------------------------------------------------------------------------
+# The store
+# --------------------------------------------------------------------------------------------
+
+def is_sweep_store(path: Path) -> bool:
+    meta = path / "zarr.json"
+    if not meta.is_file():
+        return False
+    try:
+        return json.loads(meta.read_text()).get("attributes", {}).get("atc_format") == FORMAT_NAME
+    except (OSError, ValueError):
+        return False
+
+
+def _coord(values: tuple) -> np.ndarray:
+    if all(isinstance(v, str) for v in values):
+        return np.array(values, dtype=object)
+    return np.array(values)
+
+
+def create_sweep_store(path: Path, prices: Any, grid: SweepGrid, identity: SweepIdentity, chunk_symbols: int,
+                       bshape: tuple[int, ...], n_tasks: int, *, prices_path: str, replace: bool = False) -> None:
+    """Write the template (metadata, coordinates, nothing computed) beside `path`, then rename it in."""
+    import dask.array as da
+    import xarray as xr
+
+    n_sym, n_time = prices.sizes["symbol"], prices.sizes["time"]
+    shape = grid.shape + (n_sym,)
+    chunks = bshape + (chunk_symbols,)
+    dims = grid.dims + ("symbol",)
+    data_vars: dict[str, Any] = {}
+    encoding: dict[str, dict[str, Any]] = {}
+    for name in METRIC_NAMES:
+        data_vars[name] = (dims, da.zeros(shape, np.float64, chunks=chunks), {"description": METRIC_DESCRIPTIONS[name]})
+        encoding[name] = {"chunks": chunks, "compressors": [rs.results_codec(name)]}
+    data_vars["status"] = (dims, da.zeros(shape, np.int8, chunks=chunks), {
+        "description": "outcome per combination and symbol: -1 not computed yet, "
+                       + ", ".join(f"{c} {n}" for c, n in STATUS_NAMES.items())})
+    encoding["status"] = {"chunks": chunks, "fill_value": rs.NOT_COMPUTED, "compressors": [rs.results_codec("status")]}
+    data_vars["reason"] = (("symbol",), np.full(n_sym, "", dtype=object), {"description": "bad or missing data"})
+    encoding["reason"] = {"chunks": (chunk_symbols,)}
+    if identity.save_signals:
+        ft = np.dtype(identity.dtype)
+        data_vars["Average_Signal"] = (dims + ("time",), da.zeros(shape + (n_time,), ft, chunks=chunks + (n_time,)),
+                                       {"description": "final ATC signal of every combination"})
+        encoding["Average_Signal"] = {"chunks": chunks + (max(1, n_time),),
+                                      "compressors": [rs.results_codec("Average_Signal")]}
+    data_vars["task_done"] = (("task",), np.zeros(n_tasks, np.int8), {"description": "1 once a task's region is written"})
+    encoding["task_done"] = {"chunks": (1,)}
+    coords = {d: _coord(v) for d, v in zip(grid.dims, grid.values)}
+    coords["symbol"] = np.array([str(s) for s in prices["symbol"].values], dtype=object)
+    if identity.save_signals:
+        coords["time"] = prices["time"].values
+    attrs = {
+        "atc_format": FORMAT_NAME, "atc_format_version": FORMAT_VERSION, "grid": identity.grid,
+        "params": identity.params, "backtest": identity.backtest, "prices_fingerprint": identity.prices_fingerprint,
+        "prices_path": str(prices_path), "fingerprint": identity.fingerprint(), "dtype": identity.dtype,
+        "save_signals": int(identity.save_signals), "code_version": identity.code, "chunk_symbols": int(chunk_symbols),
+        "block_shape": json.dumps(list(bshape)), "n_tasks": int(n_tasks),
+        "versions": json.dumps(rs.versions(), sort_keys=True), "created": rs.utc_now(),
+    }
+    template = xr.Dataset(data_vars, coords=coords, attrs=attrs)
+    token = uuid.uuid4().hex[:12]
+    tmp = path.parent / f".{path.name}.tmp-{token}"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=UserWarning)
+            template.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=False, encoding=encoding, compute=False)
+        rs._consolidate(tmp)
+        if path.exists() or path.is_symlink():
+            backup = path.parent / f".{path.name}.old-{token}"
+            os.rename(path, backup)
+            try:
+                os.rename(tmp, path)
+            except BaseException:
+                os.rename(backup, path)
+                raise
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.rename(tmp, path)
+    except OSError as exc:
+        raise SweepError(f"{path}: cannot write sweep store ({exc.strerror or exc})") from exc
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class SweepState:
+    attrs: dict[str, Any]
+    task_done: np.ndarray
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.task_done.all())
+
+
+def read_sweep_state(path: Path) -> SweepState:
+    import zarr
+
+    if not is_sweep_store(path):
+        raise SweepError(f"{path} exists and is not an atc sweep store; choose another path")
+    try:
+        g = zarr.open_group(str(path), mode="r", zarr_format=3, use_consolidated=False)
+        attrs = dict(g.attrs)
+        if attrs.get("atc_format_version") != FORMAT_VERSION:
+            raise SweepError(f"{path}: sweep format version {attrs.get('atc_format_version')!r}, this code writes "
+                             f"{FORMAT_VERSION}; use --overwrite")
+        done = np.asarray(g["task_done"][:]) == 1
+    except SweepError:
+        raise
+    except Exception as exc:
+        raise SweepError(f"{path}: unreadable sweep store ({type(exc).__name__}: {exc}); use --overwrite") from None
+    return SweepState(attrs, done)
+
+
+# --------------------------------------------------------------------------------------------
+# The client side
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class SweepSummary:
+    store: Path
+    n_symbols: int
+    n_combinations: int
+    dims: tuple[str, ...]
+    n_tasks: int
+    computed: int
+    already_done: int
+    action: str
+    fingerprint: str
+    periods_per_year: float
+    seconds: float
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    def describe(self) -> str:
+        verb = {"created": "computed", "overwritten": "recomputed (--overwrite)", "resumed": "resumed",
+                "complete": "already complete"}[self.action]
+        return "\n".join([
+            f"sweep {self.store}: {self.n_combinations} combinations ({' x '.join(self.dims)}) x {self.n_symbols} "
+            f"symbols, {verb}",
+            f"  {self.n_tasks} tasks: {self.computed} computed now, {self.already_done} already done; "
+            f"{self.seconds:.1f} s; {self.periods_per_year:.6g} periods per year",
+            f"  fingerprint {self.fingerprint}",
+        ])
+
+
+def _resolve(grid: SweepGrid, dtype: Any, prices: Any, store: Any) -> tuple[str, str, Path]:
+    from pipeline.run import _abs, _is_url
+
+    if not isinstance(grid, SweepGrid):
+        raise ATCUserError(f"grid must be a SweepGrid (kernels.sweep.make_grid), got {type(grid).__name__}")
+    try:
+        dtype = np.dtype(dtype).name
+    except TypeError:
+        pass
+    if dtype not in rs.DTYPES:
+        raise ATCUserError(f"dtype must be one of {', '.join(rs.DTYPES)}, got {dtype!r}")
+    prices_path = _abs(prices)
+    if _is_url(str(store)):
+        raise ATCUserError(f"{store}: sweep stores are written to local (or shared) paths only")
+    store_path = Path(_abs(store))
+    if not _is_url(prices_path) and Path(prices_path) == store_path:
+        raise ATCUserError(f"{store}: the sweep store cannot be the price store")
+    return dtype, prices_path, store_path
+
+
+def _ppy(grid: SweepGrid, ds: Any) -> float:
+    if grid.base_backtest.periods_per_year is not None:
+        return float(grid.base_backtest.periods_per_year)
+    return infer_periods_per_year(ds["time"].values)
+
+
+@dataclass
+class _Plan:
+    identity: SweepIdentity
+    state: SweepState | None
+    chunk_symbols: int
+    bshape: tuple[int, ...]
+    n_sym: int
+    n_time: int
+    ppy: float
+    price_k: int
+
+
+def _plan(ds: Any, grid: SweepGrid, store: Any, store_path: Path, dtype: str, save_signals: bool,
+          chunk_symbols: int | None, combos_per_task: int | None, overwrite: bool, slots: int) -> _Plan:
+    from pipeline.run import _check_alignment, _price_chunk, default_chunk_symbols
+
+    ppy = _ppy(grid, ds)
+    identity = SweepIdentity.of(grid, ppy, str(ds.attrs.get("fingerprint")), dtype, save_signals)
+    n_sym, n_time = ds.sizes["symbol"], ds.sizes["time"]
+    price_k = _price_chunk(ds)
+    if combos_per_task is not None and combos_per_task < 1:
+        raise SweepError(f"--combos-per-task must be >= 1, got {combos_per_task}")
+    state = None
+    if (store_path.exists() or store_path.is_symlink()) and not overwrite:
+        state = read_sweep_state(store_path)
+        diffs = identity.differences(state.attrs)
+        if diffs:
+            raise SweepError(f"{store}: this sweep store was computed from " + "; ".join(diffs)
+                             + ". Use --overwrite to replace it, or choose another path")
+        k = int(state.attrs["chunk_symbols"])
+        bshape = tuple(json.loads(state.attrs["block_shape"]))
+        if chunk_symbols is not None and int(chunk_symbols) != k:
+            raise SweepError(f"{store}: stored with {k} symbols per chunk, not {chunk_symbols}; rerun without "
+                             f"--chunk-symbols to resume, or use --overwrite")
+        if combos_per_task is not None and block_shape_for(grid.shape, combos_per_task) != bshape:
+            raise SweepError(f"{store}: stored with blocks of {bshape} combinations; rerun without --combos-per-task "
+                             f"to resume, or use --overwrite")
+        return _Plan(identity, state, k, bshape, n_sym, n_time, ppy, price_k)
+    if (store_path.exists() or store_path.is_symlink()) and not is_sweep_store(store_path):
+        raise SweepError(f"{store} exists and is not an atc sweep store; refusing to overwrite it")
+    k = default_chunk_symbols(price_k, n_sym, slots) if chunk_symbols is None else int(chunk_symbols)
+    _check_alignment(k, price_k)
+    k = min(k, max(1, n_sym))
+    if combos_per_task is None:
+        combos_per_task = DEFAULT_COMBOS_PER_TASK
+        if save_signals:
+            per_combo = k * n_time * np.dtype(dtype).itemsize
+            combos_per_task = max(1, min(combos_per_task, SIGNAL_BUDGET_BYTES // max(1, per_combo)))
+    return _Plan(identity, None, k, block_shape_for(grid.shape, combos_per_task), n_sym, n_time, ppy, price_k)
+
+
+def preflight_sweep(prices: Any, store: Any, grid: SweepGrid, *, save_signals: bool = False, dtype: str = "float64",
+                    chunk_symbols: int | None = None, combos_per_task: int | None = None,
+                    overwrite: bool = False) -> None:
+    """Every check `run_sweep` makes before computing, without writing anything (the CLI calls it
+    before it starts a cluster)."""
+    from pipeline.store import open_prices
+
+    dtype, prices_path, store_path = _resolve(grid, dtype, prices, store)
+    ds = open_prices(prices_path)
+    try:
+        _plan(ds, grid, store, store_path, dtype, save_signals, chunk_symbols, combos_per_task, overwrite, 1)
+    finally:
+        ds.close()
+    with rs.ResultsLock(store_path):
+        pass
+
+
+def run_sweep(prices: Any, store: Any, grid: SweepGrid, *, client: Any, save_signals: bool = False,
+              dtype: str = "float64", chunk_symbols: int | None = None, combos_per_task: int | None = None,
+              overwrite: bool = False, progress: bool | None = None, report: Any = None,
+              on_record: Callable[[dict[str, Any]], None] | None = None) -> SweepSummary:
+    """Backtest every combination of `grid` on every symbol of `prices` into the sweep store `store`."""
+    from pipeline.cluster import kernel_parallel
+    from pipeline.run import RunError
+    from pipeline.store import open_prices
+
+    t_start = time.perf_counter()
+    dtype, prices_path, store_path = _resolve(grid, dtype, prices, store)
+    lock = rs.ResultsLock(store_path)
+    lock.acquire()
+    try:
+        workers = client.scheduler_info(n_workers=-1).get("workers", {})
+        slots = sum(int(w.get("nthreads", 1)) for w in workers.values())
+        ds = open_prices(prices_path)
+        try:
+            plan = _plan(ds, grid, store, store_path, dtype, save_signals, chunk_symbols, combos_per_task, overwrite,
+                         slots)
+            blocks = plan_blocks(grid.shape, plan.bshape)
+            bounds = rs.chunk_bounds(plan.n_sym, plan.chunk_symbols)
+            n_tasks = len(blocks) * len(bounds)
+            if plan.state is None:
+                existed = store_path.exists() or store_path.is_symlink()
+                create_sweep_store(store_path, ds, grid, plan.identity, plan.chunk_symbols, plan.bshape, n_tasks,
+                                   prices_path=prices_path, replace=overwrite)
+                action = "overwritten" if existed else "created"
+                done = np.zeros(n_tasks, bool)
+            else:
+                done = plan.state.task_done
+                action = "complete" if plan.state.complete else "resumed"
+        finally:
+            ds.close()
+        parallel = kernel_parallel(workers)
+        fp = plan.identity.prices_fingerprint
+        tasks = []
+        for b, block in enumerate(blocks):
+            for c, (lo, hi) in enumerate(bounds):
+                i = b * len(bounds) + c
+                if not done[i]:
+                    tasks.append(SweepTask(prices_path, str(store_path), i, block, lo, hi, grid, plan.ppy, fp, dtype,
+                                           save_signals, b == 0, parallel))
+        records, failures = _execute(client, tasks, progress, report, on_record)
+        if failures:
+            first = failures[0]
+            raise RunError(f"{len(failures)} of {len(tasks)} sweep tasks failed (first: task {first[0]}: "
+                              f"{first[1]}); the finished tasks are saved in {store}: rerun the same command "
+                              f"to compute the rest")
+        state = read_sweep_state(store_path)
+        if not state.complete:  # pragma: no cover
+            raise RunError(f"{store}: {int((~state.task_done).sum())} tasks are not marked done; rerun")
+        if action != "complete" or "completed" not in state.attrs:
+            import zarr
+
+            g = zarr.open_group(str(store_path), mode="r+", zarr_format=3, use_consolidated=False)
+            g.attrs.update({"completed": rs.utc_now()})
+            rs._consolidate(store_path)
+        return SweepSummary(store_path, plan.n_sym, grid.size, grid.dims, n_tasks, len(tasks), n_tasks - len(tasks),
+                            action, plan.identity.fingerprint(), plan.ppy, time.perf_counter() - t_start, records)
+    finally:
+        lock.release()
+
+
+def _execute(client: Any, tasks: list[SweepTask], progress: bool | None, report: Any,
+             on_record: Callable[[dict[str, Any]], None] | None) -> tuple[list[dict], list[tuple[int, str]]]:
+    from contextlib import nullcontext
+
+    from distributed import as_completed, performance_report
+    from tqdm import tqdm
+
+    if progress is None:
+        progress = sys.stderr.isatty()
+    records: list[dict] = []
+    failures: list[tuple[int, str]] = []
+    token = uuid.uuid4().hex[:8]
+    with performance_report(filename=str(report)) if report else nullcontext():
+        futures = {client.submit(run_sweep_task, t, key=f"atc-sweep-{t.index:07d}-{token}", pure=False): t
+                   for t in tasks}
+        bar = tqdm(total=len(tasks), unit="task", desc="atc sweep", disable=not progress, file=sys.stderr,
+                   dynamic_ncols=True)
+        try:
+            for f in as_completed(list(futures)):
+                t = futures.pop(f)
+                if f.status == "error":
+                    exc = f.exception()
+                    failures.append((t.index, f"{type(exc).__name__}: {exc}"))
+                else:
+                    rec = f.result()
+                    records.append(rec)
+                    if on_record is not None:
+                        on_record(rec)
+                f.release()
+                bar.update(1)
+        except BaseException:
+            client.cancel(list(futures))
+            raise
+        finally:
+            bar.close()
+    failures.sort()
+    return records, failures
+
+
+# --------------------------------------------------------------------------------------------
+# Summary: the best combinations
+# --------------------------------------------------------------------------------------------
+
+SUMMARY_METRICS = ("sharpe", "cagr", "max_drawdown", "win_rate", "n_trades", "exposure")
+
+
+def summarize_sweep(store: Any, rank_by: str = "sharpe", top: int = 10):
+    """The `top` combinations of a sweep store by the median over symbols of `rank_by` (best first;
+    lower is better for ann_volatility and max_drawdown), as a pandas DataFrame: the swept values,
+    the medians of `rank_by` and of a few other metrics, and the number of symbols computed.
+    Combinations whose median is NaN (no symbol with a finite value) come last. Reads one block of
+    combinations at a time, so memory is bounded by the block size x the number of symbols."""
+    import pandas as pd
+    import zarr
+
+    if rank_by not in METRIC_NAMES:
+        raise ATCUserError(f"--rank-by must be one of {', '.join(METRIC_NAMES)}, got {rank_by!r}")
+    path = Path(store)
+    state = read_sweep_state(path)
+    grid = json.loads(state.attrs["grid"])
+    dims, values = grid["dims"], grid["values"]
+    shape = tuple(len(v) for v in values)
+    bshape = tuple(json.loads(state.attrs["block_shape"]))
+    g = zarr.open_group(str(path), mode="r", zarr_format=3, use_consolidated=False)
+    shown = [rank_by] + [m for m in SUMMARY_METRICS if m != rank_by]
+    med = {m: np.full(shape, np.nan) for m in shown}
+    n_ok = np.zeros(shape, np.int64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=RuntimeWarning)  # all-NaN medians
+        for block in plan_blocks(shape, bshape):
+            region = tuple(slice(lo, hi) for lo, hi in block)
+            for m in shown:
+                med[m][region] = np.nanmedian(np.asarray(g[m][region + (slice(None),)]), axis=-1)
+            n_ok[region] = (np.asarray(g["status"][region + (slice(None),)]) == OK).sum(axis=-1)
+    key = med[rank_by].reshape(-1)
+    sign = -1.0 if HIGHER_IS_BETTER[rank_by] else 1.0
+    order = np.lexsort((np.arange(key.size), sign * np.nan_to_num(key, nan=0.0), np.isnan(key)))[:max(0, top)]
+    rows = []
+    for flat in order:
+        idx = np.unravel_index(int(flat), shape)
+        row = {d: values[i][j] for i, (d, j) in enumerate(zip(dims, idx))}
+        for m in shown:
+            row[f"median {m}"] = med[m][idx]
+        row["symbols ok"] = int(n_ok[idx])
+        rows.append(row)
+    return pd.DataFrame(rows, index=pd.RangeIndex(1, len(rows) + 1, name="rank"))

@@ -1,0 +1,191 @@
+"""`atc run --backtest` and `atc sweep` on an in-process Dask cluster: a sweep combination equals the
+run with those parameters, the store layout, resume after interruption, refusals, bad grids."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+from flows.cli import main
+from kernels import ATCParams, compute_atc
+from kernels import status as st
+from kernels.backtest import BACKTEST_SERIES, BacktestParams, run_backtest
+from kernels.metrics import METRIC_NAMES, infer_periods_per_year
+from kernels.sweep import make_grid, sweep_panel
+from pipeline import results as rs
+from pipeline.cluster import connect
+from pipeline.run import run_atc
+from pipeline.store import open_prices, write_prices
+from pipeline.sweep import SweepError, run_sweep, summarize_sweep
+from pipeline.synth import synth_prices
+
+N_SYM, N_BARS, CHUNK = 24, 260, 8
+BASE = ATCParams(ema_len=12, hma_len=14, wma_len=10, dema_len=16, lsma_len=12, kama_len=10)
+GRID = {"La": [0.02, 0.5], "De": [0.0, 1.0, 3.0], "long_threshold": [0.1, 0.25], "fee_bps": [0, 20]}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with connect(None, workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cl:
+        yield cl
+
+
+@pytest.fixture(scope="module")
+def prices(tmp_path_factory):
+    p = tmp_path_factory.mktemp("sweep") / "prices.zarr"
+    write_prices(synth_prices(N_SYM, N_BARS, seed=5), p, chunk_symbols=CHUNK)
+    return p
+
+
+@pytest.fixture(scope="module")
+def close(prices):
+    ds = open_prices(prices)
+    out = (ds["close"].values, infer_periods_per_year(ds["time"].values))
+    ds.close()
+    return out
+
+
+@pytest.fixture(scope="module")
+def swept(cluster, prices, tmp_path_factory):
+    store = tmp_path_factory.mktemp("sw") / "sweep.zarr"
+    grid = make_grid(GRID, BASE)
+    summary = run_sweep(prices, store, grid, client=cluster.client, combos_per_task=6, save_signals=True)
+    return store, grid, summary
+
+
+def test_store_layout_and_values(swept, close):
+    store, grid, summary = swept
+    # blocks of (1, 1, 2, 2) combinations (whole trailing dims up to 6 combinations) x 3 symbol chunks
+    assert (summary.action, summary.n_tasks, summary.computed) == ("created", 6 * 3, 18)
+    ds = xr.open_zarr(store)
+    assert ds["sharpe"].dims == ("La", "De", "long_threshold", "fee_bps", "symbol")
+    assert ds["Average_Signal"].dims == ("La", "De", "long_threshold", "fee_bps", "symbol", "time")
+    assert list(ds["De"].values) == [0.0, 1.0, 3.0] and ds["symbol"].size == N_SYM
+    assert set(METRIC_NAMES) <= set(ds.data_vars) and (ds["task_done"].values == 1).all()
+    assert ds.attrs["atc_format"] == "atc-sweep" and json.loads(ds.attrs["grid"])["dims"] == list(GRID)
+    x, ppy = close
+    exp = sweep_panel(x, grid.all_params(), periods_per_year=ppy, save_signals=True, parallel=False)
+    shape = grid.shape + (N_SYM,)
+    for m, name in enumerate(METRIC_NAMES):
+        assert np.array_equal(ds[name].values, exp.metrics[:, m].reshape(shape), equal_nan=True), name
+    np.testing.assert_array_equal(ds["status"].values, exp.status.reshape(shape))
+    assert np.array_equal(ds["Average_Signal"].values, exp.average_signal.reshape(shape + (N_BARS,)), equal_nan=True)
+    assert (ds["status"].values == st.OK).mean() > 0.9
+
+
+def test_a_sweep_combination_equals_atc_run_backtest(cluster, prices, swept, tmp_path):
+    store, grid, _ = swept
+    point = {"La": 0.5, "De": 1.0, "long_threshold": 0.25, "fee_bps": 20.0}
+    p, b = grid.params(int(np.ravel_multi_index((1, 1, 1, 1), grid.shape)))
+    assert (p.La, p.De, p.long_threshold, b.fee_bps) == tuple(point.values())
+    res = tmp_path / "r.zarr"
+    run_atc(prices, res, p, client=cluster.client, backtest=b)
+    r = xr.open_zarr(res)
+    s = xr.open_zarr(store).sel(**point)
+    for name in METRIC_NAMES:
+        assert np.array_equal(r[name].values, s[name].values, equal_nan=True), name
+    assert np.array_equal(r["Average_Signal"].values, s["Average_Signal"].values, equal_nan=True)
+    np.testing.assert_array_equal(r["status"].values, s["status"].values)
+    # and the run's series are the backtest of its own signal
+    x = open_prices(prices)["close"].values
+    exp = compute_atc(x, p, parallel=False, on_bad="status")
+    bt = run_backtest(x, exp["Average_Signal"], p, b, periods_per_year=json.loads(r.attrs["backtest"])["periods_per_year"])
+    for name in BACKTEST_SERIES:
+        assert np.array_equal(r[name].values, bt[name], equal_nan=True), name
+    assert json.loads(r.attrs["backtest"])["fee_bps"] == 20.0
+
+
+def test_resume_after_interruption(cluster, prices, swept, tmp_path):
+    import shutil
+
+    store, grid, _ = swept
+    copy = tmp_path / "sweep.zarr"
+    shutil.copytree(store, copy)
+    g = zarr.open_group(str(copy), mode="r+", use_consolidated=False)
+    # as if the run had died: two tasks not marked done, one of them half written
+    g["task_done"][1] = 0
+    g["task_done"][7] = 0
+    g["sharpe"][0, 0, :, :, 8:16] = 99.0  # task 1: block 0, symbol chunk 1
+    g["status"][0, 0, :, :, 8:16] = rs.NOT_COMPUTED
+    records = []
+    s = run_sweep(prices, copy, grid, client=cluster.client, save_signals=True, on_record=records.append)
+    assert (s.action, s.computed, s.already_done) == ("resumed", 2, 16)
+    assert sorted(r["task"] for r in records) == [1, 7]
+    a, b = xr.open_zarr(copy), xr.open_zarr(store)
+    for name in ("sharpe", "status", "Average_Signal"):
+        assert np.array_equal(a[name].values, b[name].values, equal_nan=True), name
+    again = run_sweep(prices, copy, grid, client=cluster.client, save_signals=True)
+    assert (again.action, again.computed) == ("complete", 0)
+
+
+def test_refusals(cluster, prices, swept, tmp_path):
+    store, grid, _ = swept
+    before = (store / "zarr.json").read_text()
+    other = make_grid({**GRID, "De": [0.0, 1.0]}, BASE)
+    with pytest.raises(SweepError, match="a different grid.*--overwrite"):
+        run_sweep(prices, store, other, client=cluster.client, save_signals=True)
+    with pytest.raises(SweepError, match="save_signals=True"):
+        run_sweep(prices, store, grid, client=cluster.client)
+    with pytest.raises(SweepError, match="stored with 8 symbols per chunk, not 4"):
+        run_sweep(prices, store, grid, client=cluster.client, save_signals=True, chunk_symbols=4)
+    assert (store / "zarr.json").read_text() == before
+    with pytest.raises(rs.ResultsError, match="not aligned"):
+        run_sweep(prices, tmp_path / "x.zarr", grid, client=cluster.client, chunk_symbols=5)
+    assert not (tmp_path / "x.zarr").exists()
+
+
+def test_summary_ranks_by_median(swept):
+    store, grid, _ = swept
+    df = summarize_sweep(store, "sharpe", top=5)
+    ds = xr.open_zarr(store)
+    med = ds["sharpe"].median("symbol", skipna=True).values.reshape(-1)
+    assert list(df.columns[:4]) == list(GRID) and len(df) == 5
+    np.testing.assert_allclose(df["median sharpe"].values, np.sort(med)[::-1][:5])
+    low = summarize_sweep(store, "max_drawdown", top=3)["median max_drawdown"].values
+    assert (np.diff(low) >= 0).all()  # lower is better
+
+
+def test_cli_sweep_and_bad_grids(cluster, prices, tmp_path, capsys):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("De: [0.0, 2.0]\nlong_only: [false, true]\n")
+    store = tmp_path / "s.zarr"
+    argv = ["sweep", str(prices), str(store), "--grid", str(grid), "--set", "ema_len=12", "--set", "fee_bps=5",
+            "--rank-by", "cagr", "--top", "3", "--scheduler", cluster.address, "--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"4 combinations (De x long_only) x {N_SYM} symbols, computed" in out
+    assert "Best 3 combinations by median cagr" in out and "median cagr" in out
+    ds = xr.open_zarr(store)
+    assert json.loads(ds.attrs["backtest"])["fee_bps"] == 5.0 and json.loads(ds.attrs["params"])["ema_len"] == 12
+    assert main(argv) == 0 and "already complete" in capsys.readouterr().out
+
+    bad = {
+        "emalen: [10]\n": "unknown parameter 'emalen'",
+        "La: []\n": "La has an empty list",
+        "De: [1, 500]\n": "De=500 is invalid",
+        "La: [0.1\n": "not valid YAML",
+        "- La\n": "must map parameter names",
+    }
+    for text, msg in bad.items():
+        grid.write_text(text)
+        target = tmp_path / "never.zarr"
+        assert main(["sweep", str(prices), str(target), "--grid", str(grid), "--scheduler", "tcp://127.0.0.1:1"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {grid}") and msg in err and err.count("\n") == 1, err
+        assert not target.exists()
+    grid.write_text("La: [0.1]\n")
+    assert main(["sweep", str(prices), str(tmp_path / "n.zarr"), "--grid", str(grid), "--rank-by", "luck"]) == 2
+    assert "--rank-by must be one of" in capsys.readouterr().err
+
+
+def test_cli_run_backtest_refusals(prices, tmp_path, capsys):
+    res = tmp_path / "r.zarr"
+    assert main(["run", str(prices), str(res), "--set", "fee_bps=3", "--scheduler", "tcp://127.0.0.1:1"]) == 2
+    assert "add --backtest" in capsys.readouterr().err
+    assert main(["run", str(prices), str(res), "--backtest", "--set", "fee_bps=-3"]) == 2
+    assert "fee_bps must be" in capsys.readouterr().err
+    assert not res.exists()
