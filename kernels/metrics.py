@@ -100,28 +100,36 @@ def symbol_metrics(pos, ret, eq, close, n, fee, ppy, out):
     m = n - 1
     e_end = eq[n - 1]
     out[0] = e_end - 1.0  # total_return
-    # max drawdown (E_0 = 1 is the first peak)
+    # one pass: max drawdown (E_0 = 1 is the first peak), trades, exposure, sums of the returns
     peak = eq[0]
     mdd = 0.0
+    n_trades = 0
+    closed = 0
+    wins = 0
+    held = 0
+    growth = 1.0
+    keep2 = (1.0 - fee) * (1.0 - fee)
+    s = 0.0
+    dn = 0.0
+    if pos[0] != 0.0:
+        n_trades += 1
     for t in range(n):
         e = eq[t]
         if e > peak:
             peak = e
-        dd = 1.0 - e / peak
-        if dd > mdd:
-            mdd = dd
-    out[5] = mdd
-    # trades
-    n_trades = 0
-    closed = 0
-    wins = 0
-    growth = 1.0
-    keep2 = (1.0 - fee) * (1.0 - fee)
-    if pos[0] != 0.0:
-        n_trades += 1
-    for t in range(1, n):
+        elif e < peak:
+            dd = 1.0 - e / peak
+            if dd > mdd:
+                mdd = dd
+        if t == 0:
+            continue
+        r = ret[t]
+        s += r
+        if r < 0.0:
+            dn += r * r
         p_prev = pos[t - 1]
         if p_prev != 0.0:
+            held += 1
             x0 = np.float64(close[t - 1])
             growth = growth * (1.0 + p_prev * ((np.float64(close[t]) - x0) / x0))
         if pos[t] != p_prev:
@@ -132,38 +140,27 @@ def symbol_metrics(pos, ret, eq, close, n, fee, ppy, out):
             if pos[t] != 0.0:
                 n_trades += 1
                 growth = 1.0
+    out[5] = mdd
     out[7] = n_trades
     if closed > 0:
         out[8] = wins / closed
     out[10] = np.float64(close[n - 1]) / np.float64(close[0]) - 1.0  # buy_hold_return
     if m == 0:
         return
-    # exposure
-    held = 0
-    for t in range(1, n):
-        if pos[t - 1] != 0.0:
-            held += 1
-    out[9] = held / m
-    # CAGR
-    if ppy == ppy:
+    out[9] = held / m  # exposure
+    if ppy == ppy:  # CAGR and Calmar
         if e_end > 0.0:
             out[1] = e_end ** (ppy / m) - 1.0
         else:
             out[1] = -1.0
-        out[6] = safe_ratio(out[1], mdd)  # calmar
+        out[6] = safe_ratio(out[1], mdd)
     if m < 2:
         return
-    s = 0.0
-    for t in range(1, n):
-        s += ret[t]
     mean = s / m
     ss = 0.0
-    dn = 0.0
     for t in range(1, n):
         d = ret[t] - mean
         ss += d * d
-        if ret[t] < 0.0:
-            dn += ret[t] * ret[t]
     std = math.sqrt(ss / (m - 1))
     down = math.sqrt(dn / m)
     root = math.sqrt(ppy)  # NaN if ppy is NaN
