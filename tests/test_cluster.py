@@ -249,14 +249,18 @@ def test_second_concurrent_run_refuses(ext, prices, clean, tmp_path, capsys):
 
             _wait(holder, RUN_TIMEOUT, "the first run to hold the lock")
             assert proc.poll() is None, proc.communicate()
-            assert main(["run", str(prices), str(res), "--scheduler", ext.address, "--no-progress"]) == 2
-            err = capsys.readouterr().err
-            assert f"is being written by another atc run (pid {proc.pid} on " in err
-            assert "wait for that run to finish or stop it" in err
-            from pipeline.results import ResultsLockedError
+            os.kill(proc.pid, signal.SIGSTOP)  # keep it mid-run, however slow this machine is
+            try:
+                assert main(["run", str(prices), str(res), "--scheduler", ext.address, "--no-progress"]) == 2
+                err = capsys.readouterr().err
+                assert f"is being written by another atc run (pid {proc.pid} on " in err
+                assert "wait for that run to finish or stop it" in err
+                from pipeline.results import ResultsLockedError
 
-            with pytest.raises(ResultsLockedError):
-                run_atc(prices, res, client=ext.client)
+                with pytest.raises(ResultsLockedError):
+                    run_atc(prices, res, client=ext.client)
+            finally:
+                os.kill(proc.pid, signal.SIGCONT)
             out, err = proc.communicate(timeout=RUN_TIMEOUT)
         finally:
             if proc.poll() is None:
