@@ -33,10 +33,10 @@ def _as_panel(a, name: str) -> np.ndarray:
     return np.ascontiguousarray(arr.reshape(1, -1) if arr.ndim == 1 else arr)
 
 
-def _symbol_label(i: int, symbols) -> str:
+def _symbol_label(i: int, symbols, offset: int = 0) -> str:
     if symbols is None:
-        return f"symbol index {i}"
-    return f"symbol {symbols[i]!r} (index {i})"
+        return f"symbol index {i + offset}"
+    return f"symbol {symbols[i]!r} (index {i + offset})"
 
 
 def _bad_reason(v: float, t: int) -> str:
@@ -86,7 +86,7 @@ def growth_factors(params: ATCParams, t_max: int, ft) -> np.ndarray:
 
 def compute_atc(close, params: ATCParams | None = None, *, backend: str = "cpu", dtype=np.float64,
                 src=None, parallel: bool = True, on_bad: str = "raise", symbols=None,
-                lanes: int | None = None) -> st.ATCResult:
+                index_offset: int = 0, lanes: int | None = None) -> st.ATCResult:
     """The 13 ATC outputs of ATC_SPEC.md for one series `(n_bars,)` or a panel `(n_symbols, n_bars)`.
 
     Each symbol is computed as if alone from its first valid close (leading/trailing NaN allowed).
@@ -98,6 +98,8 @@ def compute_atc(close, params: ATCParams | None = None, *, backend: str = "cpu",
     `close`, as in the pandas API; by default both are `close`. `parallel=False` keeps the kernel on
     the calling thread (for Dask workers that run several tasks at once). `lanes` overrides the
     number of symbols per SIMD block (a tuning knob for benchmarks; results do not depend on it).
+    `symbols` (names) and `index_offset` (position of this panel's first row in a larger universe,
+    e.g. a store chunk) only make messages name symbols the way the user knows them.
     `backend`: "cpu" (Numba), "cuda" (numba-cuda on a GPU, or its simulator when
     NUMBA_ENABLE_CUDASIM=1; same numbers as "cpu"; `parallel` and `lanes` do not apply) or "auto"
     (the GPU when a real one is usable, else the CPU).
@@ -126,7 +128,8 @@ def compute_atc(close, params: ATCParams | None = None, *, backend: str = "cpu",
         mismatch = np.isnan(src_panel) != np.isnan(panel)
         if mismatch.any():
             i, t = np.argwhere(mismatch)[0]
-            raise ATCInputError(f"{_symbol_label(int(i), symbols)}: src and close differ in missing bars at bar {t}")
+            raise ATCInputError(
+                f"{_symbol_label(int(i), symbols, index_offset)}: src and close differ in missing bars at bar {t}")
 
     from kernels.cpu import build_cpu_kernel, line_tables, scan_spans
 
@@ -140,7 +143,7 @@ def compute_atc(close, params: ATCParams | None = None, *, backend: str = "cpu",
     for i in np.flatnonzero(bad >= 0):
         t = int(bad[i])
         v = panel[i, t] if not (panel[i, t] > 0 and np.isfinite(panel[i, t])) else src_panel[i, t]
-        msg = f"{_symbol_label(int(i), symbols)} has {_bad_reason(float(v), t)}"
+        msg = f"{_symbol_label(int(i), symbols, index_offset)} has {_bad_reason(float(v), t)}"
         if on_bad == "raise":
             raise ATCInputError(msg)
         status[i] = st.BAD_DATA
@@ -148,11 +151,11 @@ def compute_atc(close, params: ATCParams | None = None, *, backend: str = "cpu",
     for i in np.flatnonzero((bad < 0) & (lens < need)):
         if lens[i] == 0:
             status[i] = st.NO_DATA
-            messages[int(i)] = f"{_symbol_label(int(i), symbols)} has no valid close"
+            messages[int(i)] = f"{_symbol_label(int(i), symbols, index_offset)} has no valid close"
         else:
             status[i] = st.INSUFFICIENT_HISTORY
-            messages[int(i)] = (f"{_symbol_label(int(i), symbols)}: insufficient history, {int(lens[i])} "
-                                f"valid bars < {need} needed")
+            messages[int(i)] = (f"{_symbol_label(int(i), symbols, index_offset)}: insufficient history, "
+                                f"{int(lens[i])} valid bars < {need} needed")
 
     ok = np.flatnonzero(status == st.OK)
     # longest first: blocks then hold symbols of similar length and waste little padding

@@ -106,11 +106,9 @@ def read_close(task: ChunkTask) -> tuple[np.ndarray, list[str]]:
     return close, symbols
 
 
-def _reasons(messages: Mapping[int, str], status: np.ndarray, start: int) -> list[str]:
+def _reasons(messages: Mapping[int, str], status: np.ndarray) -> list[str]:
     out = [""] * status.size
     for i, msg in messages.items():
-        # the kernel numbers symbols within the chunk; the store's reader wants the global index
-        msg = msg.replace(f"(index {i})", f"(index {start + i})")
         out[i] = f"{STATUS_NAMES.get(int(status[i]), 'unknown')}: {msg}"
     return out
 
@@ -150,13 +148,13 @@ def run_chunk(task: ChunkTask) -> dict[str, Any]:
     t1 = time.perf_counter()
     parallel = bool(task.parallel) and _worker_threads() == 1
     res = compute_atc(close, task.params, backend=task.backend, dtype=np.dtype(task.dtype), parallel=parallel,
-                      on_bad="status", symbols=symbols)
+                      on_bad="status", symbols=symbols, index_offset=task.start)
     settings = task.options.get("backtest")
     extra = backtest_outputs(close, res, task.params, settings) if settings else None
     del close
     t2 = time.perf_counter()
     status = np.asarray(res.status, dtype=np.int8)
-    reasons = _reasons(res.messages, status, task.start)
+    reasons = _reasons(res.messages, status)
     rs.write_chunk(task.results, task.index, task.start, task.stop, {n: res[n] for n in OUTPUT_NAMES}, status,
                    reasons, extra)
     t3 = time.perf_counter()

@@ -129,3 +129,10 @@ def test_integer_prices_are_accepted():
     x = np.round(_panel()[0] * 100).astype(np.int64)
     res = compute_atc(x)
     np.testing.assert_array_equal(res["EMA_S"], compute_atc(x.astype(float))["EMA_S"])
+
+
+def test_messages_can_number_symbols_in_a_larger_universe():
+    panel = _panel()
+    panel[1, 50] = -1.0
+    res = compute_atc(panel, on_bad="status", symbols=list("abcd"), index_offset=200)
+    assert "symbol 'b' (index 201)" in res.messages[1]
