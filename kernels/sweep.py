@@ -375,13 +375,14 @@ def _stage_of(prev, cur) -> int:
 
 def sweep_panel(close, combos: Sequence[tuple[ATCParams, BacktestParams]], *, periods_per_year: float = float("nan"),
                 dtype=np.float64, parallel: bool = True, save_signals: bool = False, on_bad: str = "status",
-                symbols=None, lanes: int | None = None) -> SweepResult:
+                symbols=None, index_offset: int = 0, lanes: int | None = None) -> SweepResult:
     """Metrics of every `(ATCParams, BacktestParams)` combination for every symbol of `close`.
 
     `close` is `(n_symbols, n_bars)` (or one series). Symbol status follows `compute_atc` per
     combination; `on_bad="raise"` raises `ATCInputError` for a symbol with bad data instead of marking
     it BAD_DATA. `periods_per_year` is used where a combination's `BacktestParams.periods_per_year`
-    is None. `parallel=False` keeps the work on the calling thread.
+    is None. `parallel=False` keeps the work on the calling thread. `symbols` and `index_offset`
+    only make messages name symbols as in `compute_atc`.
     """
     from kernels.api import _as_panel, _bad_reason, _symbol_label
     from kernels.cpu import line_tables, scan_spans
@@ -410,14 +411,14 @@ def sweep_panel(close, combos: Sequence[tuple[ATCParams, BacktestParams]], *, pe
     base_status = np.full(n_sym, st.OK, np.int8)
     for i in np.flatnonzero(bad >= 0):
         t = int(bad[i])
-        msg = f"{_symbol_label(int(i), symbols)} has {_bad_reason(float(panel[i, t]), t)}"
+        msg = f"{_symbol_label(int(i), symbols, index_offset)} has {_bad_reason(float(panel[i, t]), t)}"
         if on_bad == "raise":
             raise ATCInputError(msg)
         base_status[i] = st.BAD_DATA
         messages[int(i)] = msg
     base_status[(bad < 0) & (lens == 0)] = st.NO_DATA
     for i in np.flatnonzero(base_status == st.NO_DATA):
-        messages[int(i)] = f"{_symbol_label(int(i), symbols)} has no valid close"
+        messages[int(i)] = f"{_symbol_label(int(i), symbols, index_offset)} has no valid close"
     candidate = base_status == st.OK
 
     status = np.empty((n_c, n_sym), np.int8)

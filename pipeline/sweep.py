@@ -193,7 +193,8 @@ def run_sweep_task(task: SweepTask) -> dict[str, Any]:
     combos = task_combinations(task.grid, task.block)
     parallel = bool(task.parallel) and _worker_threads() == 1
     res = sweep_panel(close, combos, periods_per_year=task.periods_per_year, dtype=np.dtype(task.dtype),
-                      parallel=parallel, save_signals=task.save_signals, on_bad="status", symbols=symbols)
+                      parallel=parallel, save_signals=task.save_signals, on_bad="status", symbols=symbols,
+                      index_offset=task.start)
     del close
     t2 = time.perf_counter()
     bshape = tuple(hi - lo for lo, hi in task.block)
@@ -208,8 +209,7 @@ def run_sweep_task(task: SweepTask) -> dict[str, Any]:
     if task.write_reason:
         reasons = [""] * n_s
         for i, msg in res.messages.items():
-            reasons[i] = f"{STATUS_NAMES.get(int(res.status[0, i]), 'unknown')}: " + msg.replace(
-                f"(index {i})", f"(index {task.start + i})")
+            reasons[i] = f"{STATUS_NAMES.get(int(res.status[0, i]), 'unknown')}: {msg}"
         g["reason"][task.start:task.stop] = np.array(reasons, dtype=object)
     g["task_done"][task.index] = 1
     t3 = time.perf_counter()

@@ -83,6 +83,11 @@ def test_bad_data_raise_option():
     x = _panel()
     with pytest.raises(ATCInputError, match="index 11"):
         sweep_panel(x, [(SHORT, BacktestParams())], on_bad="raise", parallel=False)
+    res = sweep_panel(x, [(SHORT, BacktestParams())], parallel=False, symbols=[f"S{i}" for i in range(20)],
+                      index_offset=100)
+    assert res.messages[11] == ("symbol 'S11' (index 111) has a missing close (NaN) inside its history at bar 100 "
+                                "(gaps are forward-filled at ingest)")
+    assert res.messages[9] == "symbol 'S9' (index 109) has no valid close"
 
 
 @pytest.mark.parametrize("grid,match", [

@@ -189,3 +189,19 @@ def test_cli_run_backtest_refusals(prices, tmp_path, capsys):
     assert main(["run", str(prices), str(res), "--backtest", "--set", "fee_bps=-3"]) == 2
     assert "fee_bps must be" in capsys.readouterr().err
     assert not res.exists()
+
+
+def test_bad_symbol_gets_status_and_reason_for_every_combination(cluster, prices, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad.zarr"
+    shutil.copytree(prices, bad)
+    zarr.open_array(str(bad / "close"), mode="r+")[10, 50] = -2.0
+    store = tmp_path / "s.zarr"
+    run_sweep(bad, store, make_grid({"De": [0.0, 1.0], "La": [0.02, 0.1]}, BASE), client=cluster.client,
+              combos_per_task=2)
+    ds = xr.open_zarr(store)
+    assert (ds["status"].sel(symbol="SYN0010").values == st.BAD_DATA).all()
+    assert np.isnan(ds["sharpe"].sel(symbol="SYN0010").values).all()
+    assert ds["reason"].values[10] == "bad data: symbol 'SYN0010' (index 10) has a close <= 0 (-2.0) at bar 50"
+    assert (ds["reason"].values[:10] == "").all() and (ds["status"].values[..., :10] == st.OK).all()
