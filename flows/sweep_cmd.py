@@ -158,7 +158,6 @@ def bench_sweep(
     import numpy as np
 
     from kernels.backtest import BacktestParams
-    from kernels.params import ATCParams
     from kernels.sweep import make_grid
     from pipeline.cluster import connect
     from pipeline.run import run_atc

@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from types import FunctionType, SimpleNamespace
 
 import numpy as np
 from numba import njit as _njit
 from numba import prange
 
-from kernels.jitcache import cached_compilation
+from kernels.jitcache import KernelSet
 from kernels.steps import build_steps
 
 ANCHOR = 256
@@ -80,15 +79,14 @@ def isqrt(n: int) -> int:
 # They read `ft`, the float constants and the step functions from globals that build_cpu_kernel
 # supplies per float type; called directly from Python they would fail by design.
 
-_KERNELS: list[tuple[str, dict]] = []
+_KERNELS = KernelSet()
+_kernel = _KERNELS.kernel
 
-
-def _kernel(**options):
-    """Mark a module-level function as part of the block kernel (compiled per float type)."""
-    def mark(fn):
-        _KERNELS.append((fn.__name__, options))
-        return fn
-    return mark
+# Names the kernel functions read as globals, bound per float type by `_float_env` when
+# build_cpu_kernel compiles them; at module level they are only placeholders.
+ft = NAN = ZERO = ONE = AM = None
+ema_step = dema_value = weighted_slide = wma_value = hma_diff = lsma_value = kama_step = None
+cross_step = equity_step = start_equity = round2 = cut = ratio_or_zero = None
 
 
 @_kernel()
@@ -446,26 +444,10 @@ def _float_env(ft) -> dict:
 def build_cpu_kernel(dtype_name: str):
     """Compile the fused block kernel for one float type; inner pieces are exposed for tests.
 
-    The kernel functions below are written once at module level and re-bound, per float type, to
-    a globals dict holding that type's constants and step functions (instead of closures: Numba's
-    disk cache keys on closure contents, which differ in every process, so closures would never
-    hit the cache). Compiled code is cached on disk (kernels.jitcache): only the first process
-    compiles.
+    Compiled code is cached on disk (kernels.jitcache): only the first process compiles.
     """
     ft = np.dtype(dtype_name).type
-    env = dict(globals())
-    env.update(_float_env(ft))
-    ns = SimpleNamespace(lanes=LANES[dtype_name], ft=ft)
-    with cached_compilation() as cache:
-        for name, options in _KERNELS:
-            fn = globals()[name]
-            rebound = FunctionType(fn.__code__, env, name, fn.__defaults__, fn.__closure__)
-            rebound.__qualname__ = fn.__qualname__
-            rebound.__module__ = fn.__module__
-            rebound.__doc__ = fn.__doc__
-            env[name] = _njit(cache=cache, **options)(rebound)
-            setattr(ns, name, env[name])
-    return ns
+    return _KERNELS.compile(globals(), _float_env(ft), lanes=LANES[dtype_name], ft=ft)
 
 
 def line_tables(params, ft):

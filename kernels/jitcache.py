@@ -74,3 +74,43 @@ def cached_compilation():
         yield True
     finally:
         config.CACHE_DIR = old
+
+
+class KernelSet:
+    """Module-level kernel functions compiled once per float type, disk-cached.
+
+    Kernel code is written once at module level and reads `ft`, float constants and step
+    functions as globals. `compile` re-binds each function to a globals dict holding one float
+    type's values (instead of closures: Numba's disk cache keys on closure contents, which differ
+    in every process, so closures would never hit the cache), in registration order, so a kernel
+    calling another gets the same float type's version.
+    """
+
+    def __init__(self) -> None:
+        self._entries: list[tuple[str, dict]] = []
+
+    def kernel(self, **options):
+        """Register the decorated function (Numba options such as parallel=True)."""
+        def mark(fn):
+            self._entries.append((fn.__name__, options))
+            return fn
+        return mark
+
+    def compile(self, module_globals: dict, env: dict, **attrs):
+        from types import FunctionType, SimpleNamespace
+
+        from numba import njit
+
+        scope = dict(module_globals)
+        scope.update(env)
+        ns = SimpleNamespace(**attrs)
+        with cached_compilation() as cache:
+            for name, options in self._entries:
+                fn = module_globals[name]
+                rebound = FunctionType(fn.__code__, scope, name, fn.__defaults__, fn.__closure__)
+                rebound.__qualname__ = fn.__qualname__
+                rebound.__module__ = fn.__module__
+                rebound.__doc__ = fn.__doc__
+                scope[name] = njit(cache=cache, **options)(rebound)
+                setattr(ns, name, scope[name])
+        return ns

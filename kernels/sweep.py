@@ -32,17 +32,17 @@ import itertools
 import math
 from dataclasses import dataclass, fields
 from functools import lru_cache
-from types import FunctionType, SimpleNamespace
+from types import SimpleNamespace
 from typing import Any, Iterable, Mapping, Sequence
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from kernels import status as st
-from kernels.backtest import BACKTEST_FIELDS, BacktestParams, simulate, split_params
+from kernels.backtest import BacktestParams, simulate, split_params
 from kernels.errors import ATCInputError, ATCUserError
-from kernels.jitcache import cached_compilation
+from kernels.jitcache import KernelSet
 from kernels.metrics import N_METRICS, symbol_metrics
 from kernels.params import FAMILIES, ATCParamError, ATCParams
 from kernels.params import _coerce as _coerce_atc
@@ -170,14 +170,12 @@ def make_grid(grid: Mapping[str, Any], base_atc: ATCParams | None = None,
 # read `ft`, NAN/ZERO/ONE, the step functions of kernels.steps and the CPU kernel's `family_pass`,
 # `layer2_and_average` and `gather` from the globals supplied there.
 
-_KERNELS: list[tuple[str, dict]] = []
+_KERNELS = KernelSet()
+_kernel = _KERNELS.kernel
 
-
-def _kernel(**options):
-    def mark(fn):
-        _KERNELS.append((fn.__name__, options))
-        return fn
-    return mark
+# globals bound per float type by build_sweep_kernel; placeholders at module level
+ft = NAN = ZERO = ONE = None
+equity_step = start_equity = round2 = family_pass = gather = layer2_and_average = None
 
 
 @_kernel()
@@ -312,20 +310,9 @@ def build_sweep_kernel(dtype_name: str) -> SimpleNamespace:
 
     ft = np.dtype(dtype_name).type
     base = cpu.build_cpu_kernel(dtype_name)
-    env = dict(globals())
-    env.update(cpu._float_env(ft))
+    env = cpu._float_env(ft)
     env.update(family_pass=base.family_pass, layer2_and_average=base.layer2_and_average, gather=base.gather)
-    ns = SimpleNamespace(lanes=cpu.LANES[dtype_name], ft=ft)
-    with cached_compilation() as cache:
-        for name, options in _KERNELS:
-            fn = globals()[name]
-            rebound = FunctionType(fn.__code__, env, name, fn.__defaults__, fn.__closure__)
-            rebound.__qualname__ = fn.__qualname__
-            rebound.__module__ = fn.__module__
-            rebound.__doc__ = fn.__doc__
-            env[name] = njit(cache=cache, **options)(rebound)
-            setattr(ns, name, env[name])
-    return ns
+    return _KERNELS.compile(globals(), env, lanes=cpu.LANES[dtype_name], ft=ft)
 
 
 # --------------------------------------------------------------------------- the engine
@@ -361,7 +348,7 @@ def _sort_key(item) -> tuple:
 
 
 def _stage_of(prev, cur) -> int:
-    (pp, pb), (cp, cb) = prev, cur
+    (pp, _), (cp, _) = prev, cur
     if _length_key(pp) != _length_key(cp):
         return 0
     if (pp.La, pp.cutout) != (cp.La, cp.cutout):

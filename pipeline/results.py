@@ -34,10 +34,8 @@ import fcntl
 import hashlib
 import json
 import os
-import shutil
 import socket
 import sys
-import uuid
 import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -48,6 +46,7 @@ import numpy as np
 import xarray as xr
 
 from kernels.errors import ATCUserError
+from pipeline.atomic import atomic_directory
 from kernels.params import FAMILIES, OUTPUT_NAMES, ATCParams
 from kernels.status import STATUS_NAMES
 
@@ -386,30 +385,16 @@ def create_results(
     if identity.backtest:
         attrs["backtest"] = identity.backtest
     template = xr.Dataset(data_vars, coords=coords, attrs=attrs)
-    token = uuid.uuid4().hex[:12]
-    tmp = path.parent / f".{path.name}.tmp-{token}"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    write_template(template, path, encoding, error=ResultsError, what="results store")
+
+
+def write_template(template: xr.Dataset, path: Path, encoding: dict, *, error: type[Exception], what: str) -> None:
+    """Write a store's metadata (lazy arrays are not computed) atomically, then consolidate it."""
+    with atomic_directory(path, error=error, what=what) as tmp:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=UserWarning)
             template.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=False, encoding=encoding, compute=False)
         _consolidate(tmp)
-        if path.exists() or path.is_symlink():
-            backup = path.parent / f".{path.name}.old-{token}"
-            os.rename(path, backup)
-            try:
-                os.rename(tmp, path)
-            except BaseException:
-                os.rename(backup, path)
-                raise
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.rename(tmp, path)
-    except OSError as exc:
-        raise ResultsError(f"{path}: cannot write results store ({exc.strerror or exc})") from exc
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _consolidate(path: str | os.PathLike) -> None:

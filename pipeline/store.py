@@ -22,8 +22,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
-import uuid
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,6 +34,7 @@ import pandas as pd
 import xarray as xr
 
 from kernels.errors import ATCUserError
+from pipeline.atomic import atomic_directory
 
 __all__ = [
     "PRICE_VARS",
@@ -633,36 +632,15 @@ def check_target(path: str | os.PathLike, *, overwrite: bool = False, append: bo
 
 def _write_atomic(ds: xr.Dataset, path: Path, chunk_symbols: int, *, replace: bool) -> None:
     """Write ``ds`` into a temporary sibling of ``path`` and rename it into place."""
-    token = uuid.uuid4().hex[:12]
-    tmp = path.parent / f".{path.name}.tmp-{token}"
     n_time = ds.sizes["time"]
     encoding: dict[str, dict[str, Any]] = {}
     for v in ds.data_vars:
         chunks = (chunk_symbols, max(1, n_time)) if ds[v].ndim == 2 else (chunk_symbols,)
         encoding[v] = {"compressors": [blosc_codec()], "chunks": chunks}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_directory(path, error=StoreError, what="store", replace=replace) as tmp:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=UserWarning)
             ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=False, encoding=encoding)
-        if path.exists() or path.is_symlink():
-            if not replace:
-                raise StoreError(f"{path} appeared while writing; not replacing it")
-            backup = path.parent / f".{path.name}.old-{token}"
-            os.rename(path, backup)
-            try:
-                os.rename(tmp, path)
-            except BaseException:
-                os.rename(backup, path)
-                raise
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.rename(tmp, path)
-    except OSError as exc:
-        raise StoreError(f"{path}: cannot write store ({exc.strerror or exc})") from exc
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _summary(path: Path, ds: xr.Dataset, action: str, chunk_symbols: int, **kw: Any) -> StoreSummary:

@@ -35,9 +35,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import math
-import os
-import shutil
 import sys
 import time
 import uuid
@@ -48,7 +45,6 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from kernels.backtest import BacktestParams
 from kernels.errors import ATCUserError
 from kernels.metrics import HIGHER_IS_BETTER, METRIC_DESCRIPTIONS, METRIC_NAMES, infer_periods_per_year
 from kernels.status import OK, STATUS_NAMES
@@ -280,30 +276,7 @@ def create_sweep_store(path: Path, prices: Any, grid: SweepGrid, identity: Sweep
         "versions": json.dumps(rs.versions(), sort_keys=True), "created": rs.utc_now(),
     }
     template = xr.Dataset(data_vars, coords=coords, attrs=attrs)
-    token = uuid.uuid4().hex[:12]
-    tmp = path.parent / f".{path.name}.tmp-{token}"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", category=UserWarning)
-            template.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=False, encoding=encoding, compute=False)
-        rs._consolidate(tmp)
-        if path.exists() or path.is_symlink():
-            backup = path.parent / f".{path.name}.old-{token}"
-            os.rename(path, backup)
-            try:
-                os.rename(tmp, path)
-            except BaseException:
-                os.rename(backup, path)
-                raise
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.rename(tmp, path)
-    except OSError as exc:
-        raise SweepError(f"{path}: cannot write sweep store ({exc.strerror or exc})") from exc
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    rs.write_template(template, path, encoding, error=SweepError, what="sweep store")
 
 
 @dataclass(frozen=True)

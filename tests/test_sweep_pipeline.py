@@ -13,7 +13,7 @@ import zarr
 from flows.cli import main
 from kernels import ATCParams, compute_atc
 from kernels import status as st
-from kernels.backtest import BACKTEST_SERIES, BacktestParams, run_backtest
+from kernels.backtest import BACKTEST_SERIES, run_backtest
 from kernels.metrics import METRIC_NAMES, infer_periods_per_year
 from kernels.sweep import make_grid, sweep_panel
 from pipeline import results as rs

@@ -1,0 +1,49 @@
+"""Atomic creation and replacement of store directories (DESIGN.md: write beside, then rename).
+
+Every store (prices, results, sweeps) is written completely into a hidden sibling directory and
+renamed into place, so a failure at any point (bad data, full disk, Ctrl-C) leaves the previous
+store, or nothing, behind. Replacing moves the old directory aside first and puts it back if the
+final rename fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def atomic_directory(path: Path, *, error: type[Exception], what: str, replace: bool = True) -> Iterator[Path]:
+    """Yield a temporary sibling of `path` to write into; on success rename it to `path`.
+
+    `replace=False` refuses to replace a directory that appeared at `path` meanwhile. OS errors
+    become `error(...)` naming the path and `what` was being written.
+    """
+    path = Path(path)
+    token = uuid.uuid4().hex[:12]
+    tmp = path.parent / f".{path.name}.tmp-{token}"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield tmp
+        if path.exists() or path.is_symlink():
+            if not replace:
+                raise error(f"{path} appeared while writing; not replacing it")
+            backup = path.parent / f".{path.name}.old-{token}"
+            os.rename(path, backup)
+            try:
+                os.rename(tmp, path)
+            except BaseException:
+                os.rename(backup, path)
+                raise
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.rename(tmp, path)
+    except OSError as exc:
+        raise error(f"{path}: cannot write {what} ({exc.strerror or exc})") from exc
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
