@@ -66,7 +66,8 @@ def load_params(config: Path | None = None, sets: list[str] | None = None, *, ba
 # atc run
 # --------------------------------------------------------------------------------------------
 
-_WORKERS = typer.Option("--workers", help="Worker processes of the local cluster (default: one per core).")
+_WORKERS = typer.Option("--workers", help="Worker processes of the local cluster (default: one per core). Beside "
+                        "local GPU workers (--backend auto): the CPU workers (default: one per remaining core).")
 _THREADS = typer.Option(
     "--threads-per-worker",
     help="Threads per local worker (default 1). With more than one, every task runs the serial kernel.",
@@ -103,7 +104,15 @@ def run(
     workers: Annotated[Optional[int], _WORKERS] = None,
     threads_per_worker: Annotated[Optional[int], _THREADS] = None,
     dtype: Annotated[str, typer.Option("--dtype", help="float64, or float32 (approximate, half the size).")] = "float64",
-    backend: Annotated[str, typer.Option("--backend", help="Kernel backend (cpu).")] = "cpu",
+    backend: Annotated[str, typer.Option(
+        "--backend", help="auto: GPU tasks on GPU workers (local GPUs via dask-cuda, or workers started with "
+        "--resources GPU=1), CPU tasks on the others, all CPU if there are none; cpu; cuda: GPU workers only.")
+    ] = "auto",
+    gpu_chunk_symbols: Annotated[
+        Optional[int],
+        typer.Option("--gpu-chunk-symbols", help="Symbols per GPU task, a multiple of the results store's chunk "
+                     "(default: about 16 million symbol-bars).", show_default=False),
+    ] = None,
     progress: Annotated[
         Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar (default: on a terminal).")
     ] = None,
@@ -135,11 +144,14 @@ def run(
     # refusals (missing prices, other parameters, a store in use, bad options) before a cluster starts
     preflight(prices, results, params, chunk_symbols=chunk_symbols, overwrite=overwrite, dtype=dtype, backend=backend,
               backtest=bt)
-    with connect(scheduler, workers=workers, threads_per_worker=threads_per_worker) as cl:
+    if gpu_chunk_symbols is not None and gpu_chunk_symbols < 1:
+        raise ATCUserError(f"--gpu-chunk-symbols must be >= 1, got {gpu_chunk_symbols}")
+    with connect(scheduler, workers=workers, threads_per_worker=threads_per_worker, backend=backend) as cl:
         _announce(cl)
         summary = run_atc(prices, results, params, client=cl.client, chunk_symbols=chunk_symbols,
                           overwrite=overwrite, dtype=dtype, backend=backend, progress=progress, report=report,
-                          backtest=bt)
+                          backtest=bt, gpu_chunk_symbols=gpu_chunk_symbols,
+                          on_notice=lambda m: typer.echo(f"notice: {m}"))
     typer.echo(summary.describe())
     if report is not None:
         typer.echo(f"  performance report: {report}")
@@ -150,6 +162,8 @@ def _announce(cl) -> None:
 
     kernel = "parallel kernel per worker" if kernel_parallel(cl.workers()) else "serial kernel per worker thread"
     typer.echo(f"{cl.describe()} ({kernel})")
+    if cl.notice:
+        typer.echo(f"notice: {cl.notice}")
     if cl.dashboard_link:
         typer.echo(f"dashboard: {cl.dashboard_link}")
 

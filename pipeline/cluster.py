@@ -15,6 +15,12 @@ the worker processes. The local default (N single-threaded workers for N cores) 
 kind: serial kernels, one per core, no nested thread pools, and one worker's compression and
 file writes overlap another's compute. The task re-checks on the worker that it has one thread
 before running a parallel kernel.
+
+GPU workers are workers that declare the Dask resource ``GPU`` (:func:`gpu_workers`): external ones
+started with ``--resources GPU=1``, or, for a local cluster with ``backend`` auto/cuda on a machine
+with NVIDIA GPUs (:func:`local_gpu_count`), dask-cuda's ``LocalCUDACluster`` (one worker per GPU,
+imported only then) plus, for ``auto``, single-threaded CPU workers on the remaining cores
+(:func:`add_workers`). ``pipeline.run`` routes the tasks (see its docstring).
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ from typing import Any, Iterator
 
 from kernels.errors import ATCUserError
 
-__all__ = ["ClusterError", "ClusterInfo", "connect", "default_local_shape", "kernel_parallel", "scheduler_address"]
+__all__ = ["ClusterError", "ClusterInfo", "add_workers", "connect", "default_local_shape", "gpu_workers",
+           "kernel_parallel", "local_gpu_count", "scheduler_address"]
 
 DEFAULT_DASHBOARD = "127.0.0.1:8787"
 CONNECT_TIMEOUT_S = 30
@@ -47,6 +54,7 @@ class ClusterInfo:
     cluster: Any  # the LocalCluster we started, or None when joining an existing one
     address: str
     dashboard_link: str | None
+    notice: str | None = None  # e.g. GPUs found but dask-cuda missing: the local cluster is CPU-only
 
     @property
     def local(self) -> bool:
@@ -60,7 +68,9 @@ class ClusterInfo:
         threads = sorted({w.get("nthreads", 0) for w in ws.values()})
         kind = "local cluster" if self.local else "cluster"
         t = "/".join(str(x) for x in threads) or "?"
-        return f"{kind} {self.address}: {len(ws)} workers x {t} threads"
+        gpus = len(gpu_workers(ws))
+        with_gpu = f", {gpus} with resource GPU" if gpus else ""
+        return f"{kind} {self.address}: {len(ws)} workers x {t} threads{with_gpu}"
 
 
 def default_local_shape() -> tuple[int, int]:
@@ -100,6 +110,121 @@ def kernel_parallel(workers: dict[str, dict]) -> bool:
     return len(set(hosts)) == len(hosts)
 
 
+def gpu_workers(workers: dict[str, dict]) -> dict[str, int]:
+    """The workers (address -> GPU tasks at once) that declare the Dask resource ``GPU``."""
+    out = {}
+    for addr, w in workers.items():
+        n = (w.get("resources") or {}).get("GPU", 0)
+        if n and n > 0:
+            out[addr] = max(1, int(n))
+    return out
+
+
+def local_gpu_count() -> int:
+    """NVIDIA GPUs on this machine that this process may use (``CUDA_VISIBLE_DEVICES`` applies),
+    found with NVML (``pynvml``, a dask-cuda dependency) or ``nvidia-smi -L``: no numba.cuda
+    import, no CUDA context. 0 when neither finds one; the CUDA simulator never counts."""
+    n = None
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            n = int(pynvml.nvmlDeviceGetCount())
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no pynvml, no driver
+        import shutil
+        import subprocess
+
+        smi = shutil.which("nvidia-smi")
+        if smi:
+            try:
+                out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10, check=False).stdout
+                n = sum(1 for line in out.splitlines() if line.startswith("GPU "))
+            except (OSError, subprocess.SubprocessError):
+                n = None
+    if not n:
+        return 0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return n
+    ids = []
+    for d in visible.split(","):  # CUDA stops at the first invalid entry ("", "-1")
+        d = d.strip()
+        if not d or d.startswith("-"):
+            break
+        ids.append(d)
+    return min(n, len(ids))
+
+
+#: Worker options of a local cluster's spec that a worker of another kind may share (not, e.g.,
+#: dask-cuda's CUDA_VISIBLE_DEVICES, CUDA-context preload, device spilling or RMM plugins).
+_SHARED_WORKER_OPTIONS = ("memory_limit", "host", "services", "dashboard_address", "dashboard", "interface",
+                          "protocol", "security", "silence_logs")
+
+
+def add_workers(cluster: Any, n: int, *, nthreads: int = 1, resources: dict[str, float] | None = None,
+                prefix: str = "cpu", wait: bool = True) -> list[str]:
+    """Start ``n`` more workers of another kind (``nthreads`` threads, ``resources``) on a running
+    local cluster (a ``SpecCluster``: ``LocalCluster``, dask-cuda's ``LocalCUDACluster``): CPU
+    workers beside GPU workers, or a worker with a fake ``GPU`` resource in tests. They share only
+    the cluster's generic worker options and run in processes (a ``Nanny``) unless the cluster's
+    workers are in-process. Returns their names."""
+    from distributed import Nanny, Worker
+
+    base = cluster.new_spec
+    cls = Worker if base["cls"] is Worker else Nanny
+    options = {k: v for k, v in base.get("options", {}).items() if k in _SHARED_WORKER_OPTIONS}
+    options["nthreads"] = int(nthreads)
+    if resources:
+        options["resources"] = dict(resources)
+    names = []
+    i = 0
+    while len(names) < n:
+        name = f"{prefix}-{i}"
+        i += 1
+        if name in cluster.worker_spec:
+            continue
+        cluster.worker_spec[name] = {"cls": cls, "options": dict(options)}
+        names.append(name)
+    cluster.scale(len(cluster.worker_spec))  # starts the specs not running yet
+    if wait and names:
+        cluster.sync(cluster._correct_state)
+    return names
+
+
+def _gpu_cluster(n_gpu: int, n_cpu: int, threads: int, backend: str, dashboard_address: str | None,
+                 notices: list[str]) -> Any:
+    """dask-cuda's LocalCUDACluster (one single-threaded worker per GPU, resource GPU=1) plus
+    ``n_cpu`` CPU workers; None (with a notice) when dask-cuda is missing and ``backend`` is auto."""
+    try:
+        from dask_cuda import LocalCUDACluster
+    except Exception as exc:  # ImportError, or a dask-cuda built for another distributed
+        if backend == "cuda":
+            raise ClusterError(f"--backend cuda on a local cluster needs dask-cuda ({type(exc).__name__}: {exc}); "
+                               "pip install dask-cuda, or join a cluster with GPU workers (--scheduler)") from None
+        notices.append(f"{n_gpu} GPU(s) found but dask-cuda cannot be imported ({type(exc).__name__}); the local "
+                       "cluster is CPU-only (pip install dask-cuda to use them)")
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cluster = LocalCUDACluster(
+            threads_per_worker=1,
+            resources={"GPU": 1},
+            host="127.0.0.1",
+            dashboard_address=dashboard_address if dashboard_address else None,
+            silence_logs=logging.ERROR,
+        )
+        try:
+            if n_cpu:
+                add_workers(cluster, n_cpu, nthreads=threads, prefix="cpu")
+        except BaseException:
+            cluster.close()
+            raise
+    return cluster
+
+
 @contextmanager
 def connect(
     scheduler: str | None = None,
@@ -110,12 +235,20 @@ def connect(
     dashboard_address: str | None = DEFAULT_DASHBOARD,
     resources: dict[str, float] | None = None,
     connect_timeout: float = CONNECT_TIMEOUT_S,
+    backend: str = "cpu",
 ) -> Iterator[ClusterInfo]:
     """A client on a new local cluster, or on the existing cluster at ``scheduler``; both are
-    closed on exit (a joined cluster itself keeps running)."""
+    closed on exit (a joined cluster itself keeps running).
+
+    ``backend`` shapes a local cluster only: "cpu" starts CPU workers; "auto" starts, when this
+    machine has NVIDIA GPUs, one GPU worker per GPU (dask-cuda) plus ``workers`` CPU workers (default:
+    one per remaining core), else CPU workers; "cuda" starts only the GPU workers and refuses a
+    machine without GPUs. A joined cluster is used as it is (its workers declare ``GPU`` or not)."""
     from distributed import Client, LocalCluster
 
     address = scheduler_address(scheduler)
+    if backend not in ("auto", "cpu", "cuda"):
+        raise ClusterError(f"backend must be one of auto, cpu, cuda, got {backend!r}")
     if address is not None:
         if workers is not None or threads_per_worker is not None:
             raise ClusterError("--workers and --threads-per-worker shape the local cluster; they do not apply "
@@ -139,25 +272,39 @@ def connect(
     t = t_default if threads_per_worker is None else int(threads_per_worker)
     if n < 1 or t < 1:
         raise ClusterError(f"--workers and --threads-per-worker must be >= 1, got {n} and {t}")
-    kwargs: dict[str, Any] = {}
-    if processes:  # in-process workers talk over inproc://, which has no host
-        kwargs["host"] = "127.0.0.1"
-    if resources:
-        kwargs["resources"] = dict(resources)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # e.g. "Port 8787 is already in use": another port is used
-        cluster = LocalCluster(
-            n_workers=n,
-            threads_per_worker=t,
-            processes=processes,
-            dashboard_address=dashboard_address if dashboard_address else None,
-            silence_logs=logging.ERROR,
-            **kwargs,
-        )
+    n_gpu = local_gpu_count() if backend in ("auto", "cuda") else 0
+    if backend == "cuda" and not n_gpu:
+        raise ClusterError("--backend cuda: no NVIDIA GPU on this machine (NVML and nvidia-smi found none); use "
+                           "--backend auto or cpu, or join a cluster with GPU workers (--scheduler)")
+    if backend == "cuda" and workers is not None:
+        raise ClusterError("--workers sets the CPU workers of a local cluster; --backend cuda runs only on "
+                           "the GPU workers (one per GPU): use --backend auto for GPU and CPU workers")
+    notices: list[str] = []
+    cluster = None
+    if n_gpu:
+        n_cpu = 0 if backend == "cuda" else (n if workers is not None else max(0, n_default - n_gpu))
+        cluster = _gpu_cluster(n_gpu, n_cpu, t, backend, dashboard_address, notices)
+    if cluster is None:
+        kwargs: dict[str, Any] = {}
+        if processes:  # in-process workers talk over inproc://, which has no host
+            kwargs["host"] = "127.0.0.1"
+        if resources:
+            kwargs["resources"] = dict(resources)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Port 8787 is already in use": another port is used
+            cluster = LocalCluster(
+                n_workers=n,
+                threads_per_worker=t,
+                processes=processes,
+                dashboard_address=dashboard_address if dashboard_address else None,
+                silence_logs=logging.ERROR,
+                **kwargs,
+            )
     try:
         client = Client(cluster)
         try:
-            yield ClusterInfo(client, cluster, cluster.scheduler_address, _dashboard(client))
+            yield ClusterInfo(client, cluster, cluster.scheduler_address, _dashboard(client),
+                              "; ".join(notices) or None)
         finally:
             client.close()
     finally:

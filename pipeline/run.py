@@ -14,6 +14,16 @@ second concurrent run refuse at once.
 Extension points: :class:`ChunkTask` carries the parameters, a backend name and an ``options``
 mapping (room for e.g. backtest settings), and :data:`BACKEND_SUBMIT` maps a backend to the
 ``client.submit`` keywords its tasks need (a GPU backend adds ``resources={"GPU": 1}``).
+
+GPU routing (``backend`` "auto" or "cuda"; :func:`plan_routes`): workers that declare the Dask
+resource ``GPU`` get the GPU tasks, submitted as futures with ``resources={"GPU": 1}`` (not
+annotations, which graph optimisation can drop), each covering several consecutive store chunks
+(written chunk by chunk, so regions never overlap). In a mixed cluster the other workers keep
+taking single-chunk CPU tasks, restricted (loosely) to them; the client hands chunks out as tasks
+finish, GPU tasks from the front and CPU tasks from the back, so both kinds stay busy whatever
+their speeds. Every task names its backend ("cpu" or "cuda"), never "auto": a CPU worker must not
+probe CUDA. "auto" without GPU workers runs on the CPU with a one-line notice; "cuda" without them
+is refused before any work.
 """
 
 from __future__ import annotations
@@ -33,11 +43,16 @@ from kernels.params import OUTPUT_NAMES, ATCParams
 from kernels.status import OK, STATUS_NAMES
 from pipeline import results as rs
 
-__all__ = ["BACKEND_SUBMIT", "ChunkTask", "RunError", "RunSummary", "default_chunk_symbols", "preflight", "run_atc",
-           "run_chunk"]
+__all__ = ["BACKENDS", "BACKEND_SUBMIT", "ChunkTask", "Route", "RunError", "RunSummary", "default_chunk_symbols",
+           "plan_routes", "preflight", "run_atc", "run_chunk"]
 
 #: backend name -> extra ``client.submit`` keywords for its tasks.
-BACKEND_SUBMIT: dict[str, dict[str, Any]] = {"cpu": {}}
+BACKEND_SUBMIT: dict[str, dict[str, Any]] = {"cpu": {}, "cuda": {"resources": {"GPU": 1}}}
+#: What a run accepts: "auto" picks per worker kind (see the module docstring).
+BACKENDS = ("auto", "cpu", "cuda")
+#: Default size of a GPU task, in symbol-bars (rounded down to whole store chunks, at least one):
+#: ~1.9 GB of float64 inputs and outputs on the GPU worker's host side.
+GPU_TASK_SYMBOL_BARS = 1 << 24
 #: Non-ok symbols a task reports back by name (the store has every reason).
 MAX_REPORTED = 5
 
@@ -65,6 +80,16 @@ class ChunkTask:
     backend: str = "cpu"
     parallel: bool = False
     options: Mapping[str, Any] = field(default_factory=dict)
+    #: Symbols per store chunk when the task spans several consecutive chunks ``index, index + 1, ...``
+    #: (a GPU task); 0: the task is the one chunk ``index``.
+    chunk_symbols: int = 0
+
+    def parts(self) -> list[tuple[int, int, int]]:
+        """(chunk index, start, stop) of every store chunk the task writes."""
+        k = self.chunk_symbols
+        if not k or self.stop - self.start <= k:
+            return [(self.index, self.start, self.stop)]
+        return [(self.index + j, a, min(a + k, self.stop)) for j, a in enumerate(range(self.start, self.stop, k))]
 
 
 def _worker_threads() -> int:
@@ -155,13 +180,17 @@ def run_chunk(task: ChunkTask) -> dict[str, Any]:
     t2 = time.perf_counter()
     status = np.asarray(res.status, dtype=np.int8)
     reasons = _reasons(res.messages, status)
-    rs.write_chunk(task.results, task.index, task.start, task.stop, {n: res[n] for n in OUTPUT_NAMES}, status,
-                   reasons, extra)
+    parts = task.parts()
+    for index, a, b in parts:  # one region write per store chunk: regions of tasks never overlap
+        sl = slice(a - task.start, b - task.start)
+        rs.write_chunk(task.results, index, a, b, {n: res[n][sl] for n in OUTPUT_NAMES}, status[sl], reasons[sl],
+                       {n: (dims, v[sl]) for n, (dims, v) in extra.items()} if extra else None)
     t3 = time.perf_counter()
     codes, counts = np.unique(status, return_counts=True)
     not_ok = [(symbols[i], reasons[i]) for i in np.flatnonzero(status != OK)[:MAX_REPORTED]]
     return {
         "chunk": task.index,
+        "chunks": [p[0] for p in parts],
         "start": task.start,
         "stop": task.stop,
         "counts": {int(c): int(n) for c, n in zip(codes, counts)},
@@ -199,6 +228,8 @@ class RunSummary:
     seconds: float
     kernel_parallel: bool
     records: list[dict[str, Any]] = field(default_factory=list)
+    backends: dict[str, int] = field(default_factory=dict)  # chunks computed now per backend
+    notice: str | None = None  # e.g. "auto" found no GPU worker
 
     def task_seconds(self) -> dict[str, float]:
         return {k: float(sum(r[k] for r in self.records)) for k in ("read_s", "compute_s", "write_s")}
@@ -212,6 +243,8 @@ class RunSummary:
             f"{self.already_done} already done; {self.seconds:.1f} s",
             "  status: " + ", ".join(f"{n} {name}" for name, n in self.status_counts.items() if n),
         ]
+        if self.backends.get("cuda"):
+            lines.insert(2, "  backends: " + ", ".join(f"{n} chunks on {b}" for b, n in sorted(self.backends.items())))
         for sym, why in self.problems:
             lines.append(f"    {sym}: {why}")
         lines.append(f"  fingerprint {self.fingerprint}")
@@ -285,8 +318,8 @@ def _normalise(params: ATCParams | None, dtype: Any, backend: str, prices: Any, 
     params = ATCParams() if params is None else params
     if not isinstance(params, ATCParams):
         raise ATCUserError(f"params must be an ATCParams, got {type(params).__name__}")
-    if backend not in BACKEND_SUBMIT:
-        raise ATCUserError(f"backend must be one of {', '.join(BACKEND_SUBMIT)}, got {backend!r}")
+    if backend not in BACKENDS:
+        raise ATCUserError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     try:
         dtype = np.dtype(dtype).name
     except TypeError:
@@ -325,6 +358,72 @@ def _existing_state(results: Any, results_path: Path, identity: rs.RunIdentity, 
             f"{results}: stored with {state.chunk_symbols} symbols per chunk, not {chunk_symbols}; "
             f"rerun without --chunk-symbols to resume, or use --overwrite")
     return state
+
+
+@dataclass(frozen=True)
+class Route:
+    """How one kind of task is submitted: its backend, store chunks per task, how many may be in
+    flight at once (None: all at once) and its extra ``client.submit`` keywords."""
+
+    backend: str
+    chunks_per_task: int = 1
+    in_flight: int | None = None
+    submit: Mapping[str, Any] = field(default_factory=dict)
+    from_back: bool = False  # takes chunks from the end of the to-do list (CPU beside GPU)
+
+
+def route_kinds(backend: str, workers: Mapping[str, Mapping]) -> tuple[list[str], str | None]:
+    """The task backends a run uses on these workers, and a notice for the user (or None).
+    Raises ``ATCBackendError`` for "cuda" without a GPU worker."""
+    from kernels.api import ATCBackendError
+    from pipeline.cluster import gpu_workers
+
+    if backend == "cpu":
+        return ["cpu"], None
+    gpus = gpu_workers(dict(workers))
+    if not gpus:
+        if backend == "cuda":
+            raise ATCBackendError(f"--backend cuda: none of the cluster's {len(workers)} workers has the resource "
+                                  "GPU (start GPU workers with --resources GPU=1, or use --backend auto or cpu)")
+        return ["cpu"], "no GPU worker in the cluster (none declares the resource GPU): every task runs on the CPU"
+    if backend == "cuda" or len(gpus) == len(workers):
+        return ["cuda"], None
+    return ["cuda", "cpu"], None
+
+
+def plan_routes(backend: str, workers: Mapping[str, Mapping], *, n_todo: int, chunk_symbols: int, n_time: int,
+                gpu_chunk_symbols: int | None = None) -> tuple[list[Route], str | None]:
+    """Routes of a run (see the module docstring) and its notice. GPU tasks cover
+    ``gpu_chunk_symbols // chunk_symbols`` store chunks (default: about GPU_TASK_SYMBOL_BARS
+    symbol-bars, and at most half of the to-do chunks per GPU so that every GPU gets two tasks)."""
+    from pipeline.cluster import gpu_workers
+
+    kinds, notice = route_kinds(backend, workers)
+    if kinds == ["cpu"]:
+        return [Route("cpu", 1, None, dict(BACKEND_SUBMIT["cpu"]))], notice
+    gpus = gpu_workers(dict(workers))
+    slots = sum(gpus.values())
+    if gpu_chunk_symbols is not None:
+        g = _gpu_group(gpu_chunk_symbols, chunk_symbols)
+    else:
+        g = max(1, GPU_TASK_SYMBOL_BARS // max(1, chunk_symbols * n_time))
+        g = max(1, min(g, n_todo // (2 * slots)))
+    if kinds == ["cuda"]:
+        return [Route("cuda", g, None, dict(BACKEND_SUBMIT["cuda"]))], notice
+    cpus = {a: w for a, w in workers.items() if a not in gpus}
+    cpu_threads = sum(max(1, int(w.get("nthreads", 1))) for w in cpus.values())
+    return [Route("cuda", g, slots, dict(BACKEND_SUBMIT["cuda"])),
+            Route("cpu", 1, 2 * cpu_threads,
+                  {**BACKEND_SUBMIT["cpu"], "workers": sorted(cpus), "allow_other_workers": True}, from_back=True),
+            ], notice
+
+
+def _gpu_group(gpu_chunk_symbols: int, chunk_symbols: int) -> int:
+    g = int(gpu_chunk_symbols)
+    if g < 1 or g % chunk_symbols:
+        raise rs.ResultsError(f"--gpu-chunk-symbols {gpu_chunk_symbols} must be a multiple of the results store's "
+                              f"chunk of {chunk_symbols} symbols")
+    return g // chunk_symbols
 
 
 def _backtest_json(settings: Mapping[str, Any] | None) -> str:
@@ -379,9 +478,13 @@ def run_atc(
     on_record: Callable[[dict[str, Any]], None] | None = None,
     options: Mapping[str, Any] | None = None,
     backtest: Any = None,
+    gpu_chunk_symbols: int | None = None,
+    on_notice: Callable[[str], None] | None = None,
 ) -> RunSummary:
     """Compute ATC for every symbol of the price store ``prices`` into the results store ``results``
-    on the cluster of ``client``. See the module docstring for resume, refusal and locking.
+    on the cluster of ``client``. See the module docstring for resume, refusal, locking and the
+    routing of ``backend`` "auto"/"cuda" to GPU workers (``gpu_chunk_symbols``: symbols per GPU
+    task, a multiple of the store's chunk). ``on_notice`` receives one-line notices (default: stderr).
 
     ``backtest`` (a ``kernels.backtest.BacktestParams``) also backtests ``Average_Signal`` and adds
     ``position``, ``strategy_return``, ``equity`` and the per-symbol metrics to the store."""
@@ -394,6 +497,9 @@ def run_atc(
     lock.acquire()
     try:
         workers = client.scheduler_info(n_workers=-1).get("workers", {})
+        kinds, notice = route_kinds(backend, workers)  # refuses "cuda" without GPU workers, before any work
+        if notice:
+            (on_notice or _stderr)(notice)
         ds = open_prices(prices_path)
         try:
             price_fp = str(ds.attrs.get("fingerprint"))
@@ -405,6 +511,8 @@ def run_atc(
             state = _existing_state(results, results_path, identity, (n_sym, n_time), chunk_symbols, overwrite)
             if state is not None:
                 k = state.chunk_symbols
+                if gpu_chunk_symbols is not None and "cuda" in kinds:
+                    _gpu_group(gpu_chunk_symbols, k)
                 done = state.chunk_done
                 action = "complete" if state.complete else "resumed"
             else:
@@ -415,8 +523,10 @@ def run_atc(
                     k = int(chunk_symbols)
                 _check_alignment(k, price_k)
                 k = min(k, max(1, n_sym))
-                rs.create_results(results_path, ds, identity, k, prices_path=prices_path, backend=backend,
-                                  replace=overwrite)
+                if gpu_chunk_symbols is not None and "cuda" in kinds:
+                    _gpu_group(gpu_chunk_symbols, k)
+                rs.create_results(results_path, ds, identity, k, prices_path=prices_path,
+                                  backend="+".join(sorted(kinds)), replace=overwrite)
                 action = "overwritten" if existed else "created"
                 done = np.zeros(len(rs.chunk_bounds(n_sym, k)), bool)
         finally:
@@ -428,14 +538,21 @@ def run_atc(
         task_options = dict(options or {})
         if bt_settings is not None:
             task_options["backtest"] = bt_settings
-        tasks = [ChunkTask(prices_path, str(results_path), c, bounds[c][0], bounds[c][1], params, price_fp,
-                           dtype, backend, parallel, task_options) for c in todo]
-        records, failures = _execute(client, tasks, progress=progress, report=report, on_record=on_record)
+        routes, _ = plan_routes(backend, workers, n_todo=len(todo), chunk_symbols=k, n_time=n_time,
+                                gpu_chunk_symbols=gpu_chunk_symbols)
+
+        def make_task(task_backend: str, chunks: list[int]) -> ChunkTask:
+            return ChunkTask(prices_path, str(results_path), chunks[0], bounds[chunks[0]][0], bounds[chunks[-1]][1],
+                             params, price_fp, dtype, task_backend, parallel, task_options,
+                             k if len(chunks) > 1 else 0)
+
+        feed = _Feed(todo, routes, make_task)
+        records, failures = _execute(client, feed, progress=progress, report=report, on_record=on_record)
         if failures:
             first = failures[0]
             saved = len(bounds) - len(failures)
             raise RunError(
-                f"{len(failures)} of {len(tasks)} chunks failed (first: chunk {first[0]}, symbols "
+                f"{len(failures)} of {len(todo)} chunks failed (first: chunk {first[0]}, symbols "
                 f"{bounds[first[0]][0]}..{bounds[first[0]][1] - 1}: {first[1]}); the {saved} finished chunks "
                 f"are saved in {results}: rerun the same command to compute the rest")
         state = rs.read_state(results_path)
@@ -451,17 +568,56 @@ def run_atc(
             })
         return RunSummary(
             results=results_path, prices=prices_path, n_symbols=n_sym, n_time=n_time, n_chunks=len(bounds),
-            chunk_symbols=k, computed=len(tasks), already_done=len(bounds) - len(tasks), action=action,
+            chunk_symbols=k, computed=len(todo), already_done=len(bounds) - len(todo), action=action,
             fingerprint=identity.fingerprint(), status_counts=counts, problems=problems,
             seconds=time.perf_counter() - t_start, kernel_parallel=parallel, records=records,
+            backends=_chunks_per_backend(records), notice=notice,
         )
     finally:
         lock.release()
 
 
-def _execute(client: Any, tasks: list[ChunkTask], *, progress: bool | None, report: Any,
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _chunks_per_backend(records: list[dict[str, Any]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in records:
+        out[r["backend"]] = out.get(r["backend"], 0) + len(r.get("chunks") or [r["chunk"]])
+    return out
+
+
+class _Feed:
+    """The chunks still to submit, handed out per route: a GPU route takes runs of up to
+    ``chunks_per_task`` consecutive chunks from the front, a CPU route beside it single chunks from
+    the back (a single route takes them in order)."""
+
+    def __init__(self, todo: list[int], routes: list[Route], make_task: Callable[[str, list[int]], ChunkTask]):
+        from collections import deque
+
+        self.todo = deque(sorted(todo))
+        self.routes = routes
+        self.n_chunks = len(self.todo)
+        self._make = make_task
+
+    def next(self, route: Route) -> ChunkTask | None:
+        if not self.todo:
+            return None
+        if route.from_back:
+            chunks = [self.todo.pop()]
+        else:
+            chunks = [self.todo.popleft()]
+            while len(chunks) < route.chunks_per_task and self.todo and self.todo[0] == chunks[-1] + 1:
+                chunks.append(self.todo.popleft())
+        return self._make(route.backend, chunks)
+
+
+def _execute(client: Any, feed: _Feed, *, progress: bool | None, report: Any,
              on_record: Callable[[dict[str, Any]], None] | None) -> tuple[list[dict], list[tuple[int, str]]]:
-    """Submit one task per chunk, follow them with a progress bar, collect the small records."""
+    """Submit the feed's tasks (each route keeps at most its ``in_flight`` tasks submitted, and gets
+    the next one when one of its own finishes), follow them with a progress bar (in chunks), collect
+    the small records; failures are (chunk, message) for every chunk of a failed task."""
     from contextlib import nullcontext
 
     from distributed import as_completed, performance_report
@@ -474,26 +630,39 @@ def _execute(client: Any, tasks: list[ChunkTask], *, progress: bool | None, repo
     ctx = performance_report(filename=str(report)) if report else nullcontext()
     token = uuid.uuid4().hex[:8]
     with ctx:
-        futures = {}
-        for t in tasks:
-            f = client.submit(run_chunk, t, key=f"atc-chunk-{t.index:06d}-{token}", pure=False,
-                              **BACKEND_SUBMIT[t.backend])
-            futures[f] = t
-        bar = tqdm(total=len(tasks), unit="chunk", desc="atc run", disable=not progress, file=sys.stderr,
+        futures: dict[Any, tuple[ChunkTask, Route]] = {}
+        pending = as_completed()
+
+        def submit(route: Route) -> bool:
+            t = feed.next(route)
+            if t is None:
+                return False
+            f = client.submit(run_chunk, t, key=f"atc-chunk-{t.index:06d}-{token}", pure=False, **route.submit)
+            futures[f] = (t, route)
+            pending.add(f)
+            return True
+
+        for route in feed.routes:
+            n = 0
+            while (route.in_flight is None or n < route.in_flight) and submit(route):
+                n += 1
+        bar = tqdm(total=feed.n_chunks, unit="chunk", desc="atc run", disable=not progress, file=sys.stderr,
                    dynamic_ncols=True)
         try:
-            for f in as_completed(list(futures)):
-                t = futures.pop(f)
+            for f in pending:
+                t, route = futures.pop(f)
+                parts = t.parts()
                 if f.status == "error":
                     exc = f.exception()
-                    failures.append((t.index, f"{type(exc).__name__}: {exc}"))
+                    failures.extend((index, f"{type(exc).__name__}: {exc}") for index, _, _ in parts)
                 else:
                     rec = f.result()
                     records.append(rec)
                     if on_record is not None:
                         on_record(rec)
                 f.release()
-                bar.update(1)
+                bar.update(len(parts))
+                submit(route)
         except BaseException:
             client.cancel(list(futures))
             raise
