@@ -74,6 +74,12 @@ SLICE_SYMBOLS: int | None = None
 SIMULATOR = bool(cuda_config.ENABLE_CUDASIM)
 """True when numba.cuda runs its (pure Python, slow) simulator instead of a GPU."""
 
+SIMULATOR_THREADS_PER_BLOCK = 1
+"""Block size under the simulator. It runs every thread of a block as a Python thread while the
+launching thread polls them in a loop that competes for the GIL (profiled: ~70% of samples in the
+poll); with 128 threads a 3-symbol test took minutes. The kernels use no shared memory or
+synchronisation, so one thread per block computes the same thing without the contention."""
+
 _KERNEL_OPTS = {} if SIMULATOR else {"lto": False}
 """lto=False: NVVM's PTX (compiled with -fma=0) is what runs; the simulator's jit takes no `lto`."""
 
@@ -405,7 +411,7 @@ def build_cuda_kernels(dtype_name: str, sq_slots: int, allow_fma: bool = False) 
     def launch(d_x, d_p, d_col0, d_nbars, consts, d_out, stream=0):
         """Run both kernels on device arrays (no transfers, no synchronisation)."""
         m = d_x.shape[0]
-        tpb = THREADS_PER_BLOCK
+        tpb = SIMULATOR_THREADS_PER_BLOCK if SIMULATOR else THREADS_PER_BLOCK
         with _FmaOff(not allow_fma and not SIMULATOR):
             family_kernel[(6 * m + tpb - 1) // tpb, tpb, stream](
                 d_x, d_p, d_col0, d_nbars, consts.growth, consts.lens, consts.coef, consts.cutout,
