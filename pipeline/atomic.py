@@ -47,3 +47,19 @@ def atomic_directory(path: Path, *, error: type[Exception], what: str, replace: 
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def store_format(path: Path) -> str | None:
+    """The `atc_format` attribute of the Zarr store at `path` (None: not an atc store).
+
+    Used to refuse overwriting a directory that is not the kind of store being written.
+    """
+    import json
+
+    meta = Path(path) / "zarr.json"
+    if not meta.is_file():
+        return None
+    try:
+        return json.loads(meta.read_text()).get("attributes", {}).get("atc_format")
+    except (OSError, ValueError):
+        return None

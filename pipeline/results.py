@@ -46,7 +46,7 @@ import numpy as np
 import xarray as xr
 
 from kernels.errors import ATCUserError
-from pipeline.atomic import atomic_directory
+from pipeline.atomic import atomic_directory, store_format
 from kernels.params import FAMILIES, OUTPUT_NAMES, ATCParams
 from kernels.status import STATUS_NAMES
 
@@ -293,13 +293,7 @@ def _read_holder(fd: int) -> str:
 # --------------------------------------------------------------------------------------------
 
 def is_results_store(path: Path) -> bool:
-    meta = path / "zarr.json"
-    if not meta.is_file():
-        return False
-    try:
-        return json.loads(meta.read_text()).get("attributes", {}).get("atc_format") == FORMAT_NAME
-    except (OSError, ValueError):
-        return False
+    return store_format(path) == FORMAT_NAME
 
 
 def create_results(

@@ -34,7 +34,7 @@ import pandas as pd
 import xarray as xr
 
 from kernels.errors import ATCUserError
-from pipeline.atomic import atomic_directory
+from pipeline.atomic import atomic_directory, store_format
 
 __all__ = [
     "PRICE_VARS",
@@ -600,15 +600,7 @@ def _now() -> str:
 
 
 def _is_price_store(path: Path) -> bool:
-    meta = path / "zarr.json"
-    if not meta.is_file():
-        return False
-    try:
-        import json
-
-        return json.loads(meta.read_text()).get("attributes", {}).get("atc_format") == FORMAT_NAME
-    except (OSError, ValueError):
-        return False
+    return store_format(path) == FORMAT_NAME
 
 
 def check_target(path: str | os.PathLike, *, overwrite: bool = False, append: bool = False) -> Path:

@@ -50,6 +50,7 @@ from kernels.metrics import HIGHER_IS_BETTER, METRIC_DESCRIPTIONS, METRIC_NAMES,
 from kernels.status import OK, STATUS_NAMES
 from kernels.sweep import SweepGrid
 from pipeline import results as rs
+from pipeline.atomic import store_format
 
 __all__ = ["SweepError", "SweepIdentity", "SweepSummary", "SweepTask", "plan_blocks", "preflight_sweep",
            "run_sweep", "run_sweep_task", "summarize_sweep"]
@@ -219,13 +220,7 @@ def run_sweep_task(task: SweepTask) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 def is_sweep_store(path: Path) -> bool:
-    meta = path / "zarr.json"
-    if not meta.is_file():
-        return False
-    try:
-        return json.loads(meta.read_text()).get("attributes", {}).get("atc_format") == FORMAT_NAME
-    except (OSError, ValueError):
-        return False
+    return store_format(path) == FORMAT_NAME
 
 
 def _coord(values: tuple) -> np.ndarray:

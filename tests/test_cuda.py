@@ -1,10 +1,9 @@
 """CUDA backend (kernels/cuda.py) against the CPU backend: every output, every parameter variant.
 
 Without a GPU this runs under numba-cuda's simulator: the switch must be set before numba.cuda is
-first imported, so this module sets NUMBA_ENABLE_CUDASIM=1 at collection (unless numba.cuda is
-already loaded) and restores the environment afterwards, so subprocesses of other tests do not
-inherit it. The simulator runs the kernels as plain Python, one thread per CUDA thread: panels are
-tiny. On a machine with a GPU, run the same tests for real with
+first imported, which tests/conftest.py does for the whole session (and restores the environment,
+so subprocesses of other tests do not inherit it). The simulator runs the kernels as plain Python:
+panels are tiny. On a machine with a GPU, run the same tests for real with
 
     NUMBA_ENABLE_CUDASIM=0 python -m pytest tests/test_cuda.py      (or scripts/gpu_check.sh)
 
@@ -21,16 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-if "numba.cuda" not in sys.modules:
-    _saved = os.environ.get("NUMBA_ENABLE_CUDASIM")
-    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
-    try:
-        import numba.cuda  # noqa: F401  (reads the switch now, once)
-    except ImportError:
-        pass
-    finally:
-        if _saved is None:
-            os.environ.pop("NUMBA_ENABLE_CUDASIM", None)
+# numba.cuda is already loaded in simulator mode by tests/conftest.py (unless NUMBA_ENABLE_CUDASIM=0)
 try:  # a module global: the simulator swaps the `cuda` globals of kernel functions
     from numba import cuda
 except ImportError:

@@ -20,16 +20,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-if "numba.cuda" not in sys.modules:
-    _saved = os.environ.get("NUMBA_ENABLE_CUDASIM")
-    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
-    try:
-        import numba.cuda  # noqa: F401  (reads the switch now, once)
-    except ImportError:
-        pass
-    finally:
-        if _saved is None:
-            os.environ.pop("NUMBA_ENABLE_CUDASIM", None)
+# numba.cuda is already loaded in simulator mode by tests/conftest.py (unless NUMBA_ENABLE_CUDASIM=0)
 
 from flows.cli import main  # noqa: E402
 from kernels import ATCParams  # noqa: E402
