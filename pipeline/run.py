@@ -320,19 +320,31 @@ def _normalise(params: ATCParams | None, dtype: Any, backend: str, prices: Any, 
         raise ATCUserError(f"params must be an ATCParams, got {type(params).__name__}")
     if backend not in BACKENDS:
         raise ATCUserError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    prices_path, results_path = resolve_output(prices, results, "results store")
+    return params, resolve_dtype(dtype), prices_path, results_path
+
+
+def resolve_dtype(dtype: Any) -> str:
+    """The float type's name, or a clear error (shared by `atc run` and `atc sweep`)."""
     try:
         dtype = np.dtype(dtype).name
     except TypeError:
         pass
     if dtype not in rs.DTYPES:
         raise ATCUserError(f"dtype must be one of {', '.join(rs.DTYPES)}, got {dtype!r}")
+    return dtype
+
+
+def resolve_output(prices: Any, out: Any, what: str) -> tuple[str, Path]:
+    """Absolute price-store location and output path; an output must be a local path and must
+    not be the price store itself."""
     prices_path = _abs(prices)
-    if _is_url(str(results)):
-        raise ATCUserError(f"{results}: results stores are written to local (or shared) paths only")
-    results_path = Path(_abs(results))
-    if not _is_url(prices_path) and Path(prices_path) == results_path:
-        raise ATCUserError(f"{results}: the results store cannot be the price store")
-    return params, dtype, prices_path, results_path
+    if _is_url(str(out)):
+        raise ATCUserError(f"{out}: {what}s are written to local (or shared) paths only")
+    out_path = Path(_abs(out))
+    if not _is_url(prices_path) and Path(prices_path) == out_path:
+        raise ATCUserError(f"{out}: the {what} cannot be the price store")
+    return prices_path, out_path
 
 
 def _existing_state(results: Any, results_path: Path, identity: rs.RunIdentity, shape: tuple[int, int],

@@ -335,23 +335,12 @@ class SweepSummary:
 
 
 def _resolve(grid: SweepGrid, dtype: Any, prices: Any, store: Any) -> tuple[str, str, Path]:
-    from pipeline.run import _abs, _is_url
+    from pipeline.run import resolve_dtype, resolve_output
 
     if not isinstance(grid, SweepGrid):
         raise ATCUserError(f"grid must be a SweepGrid (kernels.sweep.make_grid), got {type(grid).__name__}")
-    try:
-        dtype = np.dtype(dtype).name
-    except TypeError:
-        pass
-    if dtype not in rs.DTYPES:
-        raise ATCUserError(f"dtype must be one of {', '.join(rs.DTYPES)}, got {dtype!r}")
-    prices_path = _abs(prices)
-    if _is_url(str(store)):
-        raise ATCUserError(f"{store}: sweep stores are written to local (or shared) paths only")
-    store_path = Path(_abs(store))
-    if not _is_url(prices_path) and Path(prices_path) == store_path:
-        raise ATCUserError(f"{store}: the sweep store cannot be the price store")
-    return dtype, prices_path, store_path
+    prices_path, store_path = resolve_output(prices, store, "sweep store")
+    return resolve_dtype(dtype), prices_path, store_path
 
 
 def _ppy(grid: SweepGrid, ds: Any) -> float:
