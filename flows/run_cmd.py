@@ -21,24 +21,13 @@ def load_params(config: Path | None = None, sets: list[str] | None = None, *, ba
 
     With ``backtest``, the backtest settings (``fee_bps``, ``long_only``, ``periods_per_year``) are
     accepted too and the result is ``(ATCParams, BacktestParams)``."""
-    import yaml
+    from flows.yaml_file import load_yaml_file
 
     from kernels.params import ATCParams
 
     values: dict[str, Any] = {}
     if config is not None:
-        try:
-            text = Path(config).read_text()
-        except OSError as exc:
-            raise ATCUserError(f"{config}: cannot read config ({exc.strerror or exc})") from None
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark is not None else ""
-            raise ATCUserError(f"{config}:{where} not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
-        if loaded is None:
-            loaded = {}
+        loaded = load_yaml_file(config, "config")
         if not isinstance(loaded, dict):
             raise ATCUserError(f"{config}: expected a mapping of ATC parameters (e.g. 'ema_len: 30'), "
                                f"got {type(loaded).__name__}")
@@ -213,7 +202,7 @@ def demo(
     typer.echo(f"    res = xr.open_zarr({str(results)!r})")
     typer.echo("    res['Average_Signal'].sel(symbol='SYN0000').to_series().tail()")
     typer.echo("    res['status'].to_series().value_counts()")
-    typer.echo(f"Run it on your own data: atc ingest CSV_DIR prices.zarr && atc run prices.zarr results.zarr")
+    typer.echo("Run it on your own data: atc ingest CSV_DIR prices.zarr && atc run prices.zarr results.zarr")
     typer.echo(f"(demo done in {time.perf_counter() - t0:.1f} s)")
 
 

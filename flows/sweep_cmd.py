@@ -19,22 +19,13 @@ from kernels.errors import ATCUserError
 def load_grid(path: Path, base_atc=None, base_backtest=None):
     """A `SweepGrid` from a YAML mapping `parameter: [values...]`; every problem is reported, naming
     the file and the parameter, before any work starts."""
-    import yaml
+    from flows.yaml_file import load_yaml_file
 
     from kernels.sweep import make_grid
 
+    loaded = load_yaml_file(path, "grid")
     try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ATCUserError(f"{path}: cannot read grid ({exc.strerror or exc})") from None
-    try:
-        loaded = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ATCUserError(f"{path}:{where} not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
-    try:
-        return make_grid(loaded if loaded is not None else {}, base_atc, base_backtest)
+        return make_grid(loaded, base_atc, base_backtest)
     except ATCUserError as exc:
         raise type(exc)(f"{path}: {exc}") from None
 
