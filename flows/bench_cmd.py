@@ -77,8 +77,14 @@ def bench_kernel(
     cpu_beside: Annotated[bool, typer.Option("--cpu/--no-cpu", help="cuda: also time the CPU backend on the same panels.")] = True,
     fma_compare: Annotated[bool, typer.Option("--fma-compare/--no-fma-compare", help="cuda: also time kernels compiled with FMA contraction.")] = True,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the figures to this JSON file.")] = None,
+    holes: Annotated[str, typer.Option("--holes", help="cpu: shares of times without a bar (NaN closes at random places), comma-separated; each is timed in the same run.")] = "0,0.3",
 ) -> None:
-    """Time the full 13-output ATC computation on synthetic random walks."""
+    """Time the full 13-output ATC computation on synthetic random walks.
+
+    With holes, a share of each symbol's times has no bar (a NaN close, computed on the symbol's
+    own compacted bars): `M symbol-bars/s` counts panel cells (symbols x times), `own` only the
+    bars the symbols have.
+    """
     import numba
 
     from kernels import compute_atc
@@ -92,19 +98,30 @@ def bench_kernel(
         raise ATCUserError(f"--backend must be cpu or cuda, got {backend!r}")
     sizes = sizes or DEFAULT_SIZES
     dtypes = dtypes or DEFAULT_DTYPES
+    try:
+        shares = [float(h) for h in holes.split(",") if h.strip()]
+    except ValueError:
+        raise ATCUserError(f"--holes wants shares between 0 and 1, comma-separated, got {holes!r}") from None
+    if not shares or any(not 0.0 <= h < 1.0 for h in shares):
+        raise ATCUserError(f"--holes wants shares between 0 and 1 (0 <= share < 1), got {holes!r}")
     rows = []
     typer.echo(f"atc bench kernel: backend={backend}, numba threads={numba.get_num_threads() if threads else 1}")
     for name in [d.strip() for d in dtypes.split(",") if d.strip()]:
         dtype = np.dtype(name)
         compute_atc(random_walk_panel(4, 200), backend=backend, dtype=dtype, parallel=threads, lanes=lanes)
         for n_sym, n_bars in _parse_sizes(sizes):
-            panel = random_walk_panel(n_sym, n_bars, seed=0)
-            run = lambda: compute_atc(panel, backend=backend, dtype=dtype, parallel=threads, lanes=lanes)  # noqa: E731
-            secs = _time_best(run, max(1, repeat))
-            rate = n_sym * n_bars / secs
-            rows.append({"backend": backend, "dtype": name, "symbols": n_sym, "bars": n_bars,
-                         "seconds": secs, "symbol_bars_per_s": rate})
-            typer.echo(f"  {name:8s} {n_sym:6d} x {n_bars:<6d} {secs:8.3f} s  {rate / 1e6:8.2f} M symbol-bars/s")
+            for share in shares:
+                panel = random_walk_panel(n_sym, n_bars, seed=0)
+                if share:
+                    panel[np.random.default_rng(1).random(panel.shape) < share] = np.nan
+                own = int(np.count_nonzero(~np.isnan(panel)))
+                run = lambda: compute_atc(panel, backend=backend, dtype=dtype, parallel=threads, lanes=lanes)  # noqa: E731
+                secs = _time_best(run, max(1, repeat))
+                rate = n_sym * n_bars / secs
+                rows.append({"backend": backend, "dtype": name, "symbols": n_sym, "bars": n_bars, "holes": share,
+                             "seconds": secs, "symbol_bars_per_s": rate, "own_bars_per_s": own / secs})
+                typer.echo(f"  {name:8s} {n_sym:6d} x {n_bars:<6d} holes {share:4.0%} {secs:8.3f} s  "
+                           f"{rate / 1e6:8.2f} M symbol-bars/s  ({own / secs / 1e6:.2f} M own bars/s)")
     ref = _reference_rate() if reference else None
     if ref is not None:
         typer.echo(f"  reference (tests/reference.py, 1 x 600): {ref:,.0f} symbol-bars/s")

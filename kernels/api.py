@@ -40,8 +40,6 @@ def _symbol_label(i: int, symbols, offset: int = 0) -> str:
 
 
 def _bad_reason(v: float, t: int) -> str:
-    if np.isnan(v):
-        return f"a missing close (NaN) inside its history at bar {t} (gaps are forward-filled at ingest)"
     if np.isinf(v):
         return f"an infinite close at bar {t}"
     return f"a close <= 0 ({v!r}) at bar {t}"
@@ -89,10 +87,12 @@ def compute_atc(close, params: ATCParams | None = None, *, backend: str = "cpu",
                 index_offset: int = 0, lanes: int | None = None) -> st.ATCResult:
     """The 13 ATC outputs of ATC_SPEC.md for one series `(n_bars,)` or a panel `(n_symbols, n_bars)`.
 
-    Each symbol is computed as if alone from its first valid close (leading/trailing NaN allowed).
-    Symbols that are too short get NaN outputs and status INSUFFICIENT_HISTORY; symbols with an
-    interior NaN, an infinite close or a close <= 0 raise `ATCInputError` naming symbol and bar, or,
-    with `on_bad="status"`, get NaN outputs and status BAD_DATA so the rest of a batch completes.
+    A NaN close is a time at which the symbol has no bar (ATC_SPEC.md section 7): each symbol is
+    computed exactly as if alone on its own bars (its non-NaN closes, compacted) and its outputs are
+    placed back at its own times, NaN at every other time. Symbols with too few bars of their own
+    get NaN outputs and status INSUFFICIENT_HISTORY; symbols with an infinite close or a close <= 0
+    raise `ATCInputError` naming symbol and bar, or, with `on_bad="status"`, get NaN outputs and
+    status BAD_DATA so the rest of a batch completes.
 
     `src` (same shape as `close`) feeds the moving averages and crossovers while returns come from
     `close`, as in the pandas API; by default both are `close`. `parallel=False` keeps the kernel on
@@ -131,11 +131,11 @@ def compute_atc(close, params: ATCParams | None = None, *, backend: str = "cpu",
             raise ATCInputError(
                 f"{_symbol_label(int(i), symbols, index_offset)}: src and close differ in missing bars at bar {t}")
 
-    from kernels.cpu import build_cpu_kernel, line_tables, scan_spans
+    from kernels.cpu import build_cpu_kernel, line_tables, scan_bars
 
-    starts, lens, bad = scan_spans(panel)
+    starts, ends, lens, bad = scan_bars(panel)
     if src is not None:
-        _, _, bad_src = scan_spans(src_panel)
+        bad_src = scan_bars(src_panel)[3]
         bad = np.where(bad >= 0, bad, bad_src)
     need = max(params.min_bars, params.cutout + 1)
     status = np.full(n_sym, st.OK, np.int8)
@@ -155,7 +155,7 @@ def compute_atc(close, params: ATCParams | None = None, *, backend: str = "cpu",
         else:
             status[i] = st.INSUFFICIENT_HISTORY
             messages[int(i)] = (f"{_symbol_label(int(i), symbols, index_offset)}: insufficient history, "
-                                f"{int(lens[i])} valid bars < {need} needed")
+                                f"{int(lens[i])} bars of its own < {need} needed")
 
     ok = np.flatnonzero(status == st.OK)
     # longest first: blocks then hold symbols of similar length and waste little padding
@@ -166,7 +166,7 @@ def compute_atc(close, params: ATCParams | None = None, *, backend: str = "cpu",
         growth = growth_factors(params, int(lens[order].max()), ft)
         line_lens, coef = line_tables(params, ft)
         weights = np.array([params.weight(f) for f in FAMILIES], ft)
-        args = (panel, src_panel, src is None, order, starts, lens, growth, line_lens, coef, weights,
+        args = (panel, src_panel, src is None, order, starts, ends, lens, growth, line_lens, coef, weights,
                 params.cutout, ft.type(1.0 - params.dec), ft.type(params.short_threshold),
                 ft.type(params.long_threshold), params.strategy_mode, out)
         if use == "cuda":

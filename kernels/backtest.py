@@ -1,6 +1,6 @@
 """Backtests of ATC's `Average_Signal`: positions, strategy returns and equity (Numba).
 
-Conventions (one symbol, its own bar index t = 0..n-1 from its first valid close, as in ATC_SPEC.md):
+Conventions (one symbol, its own bar index t = 0..n-1 over its own bars, as in ATC_SPEC.md):
 
 * **Direction** (the state machine of the original indicator): `d_0 = 0`; for t >= 1
   `d_t = +1` if `avg_t > long_threshold and avg_{t-1} <= long_threshold` (crosses above),
@@ -23,8 +23,10 @@ Conventions (one symbol, its own bar index t = 0..n-1 from its first valid close
   floored: a short that loses more than 100% in one bar takes equity to or below zero (the
   metrics then report a CAGR of -1, see `kernels.metrics`).
 
-Outside a symbol's valid span, and for symbols whose ATC status is not OK, every series and metric
-is NaN. `simulate` is the one implementation of these rules; `atc run --backtest` and every
+A NaN close is a time at which the symbol has no bar (ATC_SPEC.md section 7): t counts only the
+symbol's own bars, a position is held from one own bar to the next, and returns run between
+consecutive own bars. At times without a bar, and for symbols whose ATC status is not OK, every
+series and metric is NaN. `simulate` is the one implementation of these rules; `atc run --backtest` and every
 combination of `atc sweep` call it, so the two agree bit for bit.
 """
 
@@ -39,7 +41,7 @@ import numpy as np
 from numba import njit
 
 from kernels.errors import ATCUserError
-from kernels.metrics import METRIC_NAMES, symbol_metrics
+from kernels.metrics import METRIC_NAMES, per_symbol, symbol_metrics
 from kernels.params import ATCParamError, ATCParams
 
 BACKTEST_SERIES: tuple[str, ...] = ("position", "strategy_return", "equity")
@@ -187,14 +189,23 @@ def simulate(avg, close, n, long_thr, short_thr, long_only, fee, pos, ret, eq):
 
 
 @njit(cache=True)
-def backtest_panel(avg, close, starts, lens, ok, long_thr, short_thr, long_only, fee, ppy,
+def backtest_panel(avg, close, starts, ends, ok, long_thr, short_thr, long_only, fee, ppy,
                    pos_out, ret_out, eq_out, metrics_out):
     """`simulate` + `symbol_metrics` for every symbol of a panel `(n_symbols, n_bars)`.
 
-    Symbol i's history is `[starts[i], starts[i] + lens[i])`; symbols with `ok[i] == False` and all
-    bars outside a history get NaN. `metrics_out` is `(n_metrics, n_symbols)`.
+    Symbol i's own bars are its non-NaN closes in `[starts[i], ends[i])` (a NaN close is a time
+    without a bar of that symbol): they are compacted, simulated and measured as one series, so a
+    position is held from one own bar to the next and returns run between consecutive own bars;
+    the series are placed back at the symbol's own times. Symbols with `ok[i] == False` and every
+    time without a bar get NaN; `ppy[i]` is symbol i's periods per year. `metrics_out` is
+    `(n_metrics, n_symbols)`.
     """
     n_sym, n_bars = close.shape
+    a = np.empty(n_bars)
+    x = np.empty(n_bars)
+    p = np.empty(n_bars)
+    r = np.empty(n_bars)
+    e = np.empty(n_bars)
     for i in range(n_sym):
         for t in range(n_bars):
             pos_out[i, t] = np.nan
@@ -202,15 +213,25 @@ def backtest_panel(avg, close, starts, lens, ok, long_thr, short_thr, long_only,
             eq_out[i, t] = np.nan
         for m in range(metrics_out.shape[0]):
             metrics_out[m, i] = np.nan
-        if not ok[i] or lens[i] == 0:
+        if not ok[i]:
             continue
-        s0 = starts[i]
-        n = lens[i]
-        p = pos_out[i, s0:s0 + n]
-        r = ret_out[i, s0:s0 + n]
-        e = eq_out[i, s0:s0 + n]
-        simulate(avg[i, s0:s0 + n], close[i, s0:s0 + n], n, long_thr, short_thr, long_only, fee, p, r, e)
-        symbol_metrics(p, r, e, close[i, s0:s0 + n], n, fee, ppy, metrics_out[:, i])
+        n = 0
+        for t in range(starts[i], ends[i]):
+            if not np.isnan(close[i, t]):
+                a[n] = avg[i, t]
+                x[n] = close[i, t]
+                n += 1
+        if n == 0:
+            continue
+        simulate(a, x, n, long_thr, short_thr, long_only, fee, p, r, e)
+        symbol_metrics(p, r, e, x, n, fee, ppy[i], metrics_out[:, i])
+        n = 0
+        for t in range(starts[i], ends[i]):
+            if not np.isnan(close[i, t]):
+                pos_out[i, t] = p[n]
+                ret_out[i, t] = r[n]
+                eq_out[i, t] = e[n]
+                n += 1
 
 
 class BacktestResult(dict):
@@ -228,13 +249,16 @@ def run_backtest(close, average_signal, atc_params: ATCParams | None = None,
                  ok=None) -> BacktestResult:
     """Backtest `average_signal` (from `compute_atc`) on `close`, both `(n_bars,)` or `(n_symbols, n_bars)`.
 
+    A NaN close is a time without a bar of that symbol: each symbol trades on its own bars only.
     Thresholds come from `atc_params` (the ones the signal was computed with). Periods per year:
-    `backtest_params.periods_per_year`, else `periods_per_year`, else NaN (annualised metrics NaN).
-    `ok` (bool per symbol, e.g. `result.status == 0`) marks the symbols to trade; by default every
-    symbol whose `average_signal` is finite over its whole span.
+    `backtest_params.periods_per_year`, else `periods_per_year` (a number, or one per symbol as
+    `kernels.metrics.periods_per_year_by_symbol` gives), else NaN (annualised metrics NaN); the
+    result's `periods_per_year` is one value per symbol. `ok` (bool per symbol, e.g.
+    `result.status == 0`) marks the symbols to trade; by default every symbol whose
+    `average_signal` is finite at all its own bars.
     """
     from kernels.api import _as_panel
-    from kernels.cpu import scan_spans
+    from kernels.cpu import scan_bars
 
     atc_params = ATCParams() if atc_params is None else atc_params
     bt = BacktestParams() if backtest_params is None else backtest_params
@@ -243,23 +267,28 @@ def run_backtest(close, average_signal, atc_params: ATCParams | None = None,
     avg = _as_panel(average_signal, "average_signal")
     if avg.shape != panel.shape:
         raise ATCUserError(f"average_signal has shape {np.shape(average_signal)}, close {np.shape(close)}")
-    starts, lens, bad = scan_spans(panel)
+    starts, ends, lens, bad = scan_bars(panel)
+    own = ~np.isnan(panel)
     if ok is None:
-        ok = np.array([bad[i] < 0 and lens[i] > 0 and np.isfinite(avg[i, starts[i]:starts[i] + lens[i]]).all()
+        ok = np.array([bad[i] < 0 and lens[i] > 0 and np.isfinite(avg[i][own[i]]).all()
                        for i in range(panel.shape[0])], bool)
     else:
         ok = np.asarray(ok, bool).reshape(-1) & (bad < 0)
     ppy = bt.periods_per_year if bt.periods_per_year is not None else periods_per_year
-    ppy = float("nan") if ppy is None else float(ppy)
+    try:
+        ppy = per_symbol(ppy, panel.shape[0])
+    except ValueError as exc:
+        raise ATCUserError(str(exc)) from None
     shape = panel.shape
     pos, ret, eq = (np.empty(shape) for _ in range(3))
     metrics = np.empty((len(METRIC_NAMES), shape[0]))
-    backtest_panel(avg, panel, starts, lens, ok, float(atc_params.long_threshold),
+    backtest_panel(avg, panel, starts, ends, ok, float(atc_params.long_threshold),
                    float(atc_params.short_threshold), bt.long_only, bt.fee, ppy, pos, ret, eq, metrics)
     series = {"position": pos, "strategy_return": ret, "equity": eq}
     if one_d:
         series = {k: v[0] for k, v in series.items()}
         mets = {name: metrics[m, 0] for m, name in enumerate(METRIC_NAMES)}
+        ppy = ppy[0]
     else:
         mets = {name: metrics[m] for m, name in enumerate(METRIC_NAMES)}
     return BacktestResult(series, mets, ppy)

@@ -2,8 +2,9 @@
 
 Why it is laid out this way (measured, see docs/PERFORMANCE.md):
 
-* Symbols are processed in blocks of `lanes`. Each symbol of a block is copied so that its own first
-  valid bar is row 0 of a `(time, lane)` buffer; every lane then shares the local bar index `t`, so
+* Symbols are processed in blocks of `lanes`. Each symbol's own bars (its non-NaN closes: a NaN is a
+  time without a bar of that symbol) are copied, compacted, to rows 0.. of a `(time, lane)` buffer
+  and the outputs are scattered back to its own times; every lane then shares its own bar index `t`, so
   warm-up ranges, the cutout and the growth factor `exp(lam*(t-cutout))` are the same for all lanes
   and the innermost loop over lanes has no data-dependent control flow (LLVM vectorises it). A lane
   whose history ends early is padded with its last close; its padded bars are never written out.
@@ -40,35 +41,39 @@ LANES = {"float64": 16, "float32": 32}
 
 
 @_njit(cache=True)
-def scan_spans(close):
-    """First valid bar, number of valid bars and first bad bar (-1 if none) of every symbol.
+def scan_bars(close):
+    """Where each symbol's own bars are: first and one-past-last column, number of own bars, and
+    the first bad column (-1 if none).
 
-    A bad bar is a NaN inside the valid span, a close <= 0 or an infinite close (spec section 7).
-    Serial on purpose: it is a few percent of the kernel's time, and a parallel region here would
-    be entered by every thread of a multi-threaded Dask worker even with `parallel=False`.
+    A NaN close is a time without a bar of that symbol (spec section 7), not an error; a bad bar is
+    a close <= 0 or an infinite close. Serial on purpose: it is a few percent of the kernel's time,
+    and a parallel region here would be entered by every thread of a multi-threaded Dask worker
+    even with `parallel=False`.
     """
     n_sym, n_bars = close.shape
     starts = np.zeros(n_sym, np.int64)
-    lengths = np.zeros(n_sym, np.int64)
+    ends = np.zeros(n_sym, np.int64)
+    counts = np.zeros(n_sym, np.int64)
     bad = np.full(n_sym, -1, np.int64)
     for i in range(n_sym):
         first = -1
         last = -1
+        n = 0
         for t in range(n_bars):
-            if not np.isnan(close[i, t]):
+            v = close[i, t]
+            if not np.isnan(v):
                 if first < 0:
                     first = t
                 last = t
+                n += 1
+                if bad[i] < 0 and (not (v > 0.0) or np.isinf(v)):
+                    bad[i] = t
         if first < 0:
             continue
         starts[i] = first
-        lengths[i] = last - first + 1
-        for t in range(first, last + 1):
-            v = close[i, t]
-            if not (v > 0.0) or np.isinf(v):
-                bad[i] = t
-                break
-    return starts, lengths, bad
+        ends[i] = last + 1
+        counts[i] = n
+    return starts, ends, counts, bad
 
 
 def isqrt(n: int) -> int:
@@ -355,15 +360,22 @@ def process_block(x, p, r, T, nb, growth, lens, coef, weights, cutout, keep, sho
 
 
 @_kernel()
-def gather(panel, syms, starts, lens_sym, nk, T, buf):
+def gather(panel, syms, starts, ends, nk, T, buf):
+    """Copy each symbol's own bars (its non-NaN closes, in order) to row 0.. of its lane.
+
+    This is where a symbol's series is compacted (spec section 7): the kernel never sees a time
+    at which the symbol has no bar. A lane shorter than the block is padded with its last close.
+    """
     nb = buf.shape[1]
     for k in range(nb):
         if k < nk:
             i = syms[k]
-            s0 = starts[i]
-            n = lens_sym[i]
-            for t in range(n):
-                buf[t, k] = panel[i, s0 + t]
+            n = 0
+            for t in range(starts[i], ends[i]):
+                v = panel[i, t]
+                if not np.isnan(v):
+                    buf[n, k] = v
+                    n += 1
             for t in range(n, T):
                 buf[t, k] = buf[n - 1, k]
         else:
@@ -372,23 +384,31 @@ def gather(panel, syms, starts, lens_sym, nk, T, buf):
 
 
 @_kernel()
-def scatter(obuf, out, syms, starts, lens_sym, nk):
-    n_bars = out.shape[2]
-    for c in range(13):
-        for k in range(nk):
-            i = syms[k]
-            s0 = starts[i]
-            n = lens_sym[i]
-            for t in range(s0):
-                out[c, i, t] = NAN
-            for t in range(n):
-                out[c, i, s0 + t] = obuf[c, t, k]
-            for t in range(s0 + n, n_bars):
-                out[c, i, t] = NAN
+def scatter_row(vals, out_row, panel_row, s0, e0):
+    """Place one symbol's compacted values back at its own times, NaN at every other time."""
+    for t in range(s0):
+        out_row[t] = NAN
+    n = 0
+    for t in range(s0, e0):
+        if np.isnan(panel_row[t]):
+            out_row[t] = NAN
+        else:
+            out_row[t] = vals[n]
+            n += 1
+    for t in range(e0, out_row.shape[0]):
+        out_row[t] = NAN
 
 
 @_kernel()
-def process_chunk(c, n_chunks, nb, close, src, same_src, order, starts, lens_sym, growth, lens,
+def scatter(obuf, out, panel, syms, starts, ends, nk):
+    for c in range(13):
+        for k in range(nk):
+            i = syms[k]
+            scatter_row(obuf[c, :, k], out[c, i], panel[i], starts[i], ends[i])
+
+
+@_kernel()
+def process_chunk(c, n_chunks, nb, close, src, same_src, order, starts, ends, lens_sym, growth, lens,
                   coef, weights, cutout, keep, short_thr, long_thr, strategy, out):
     n_valid = order.shape[0]
     n_blocks = (n_valid + nb - 1) // nb
@@ -406,26 +426,26 @@ def process_chunk(c, n_chunks, nb, close, src, same_src, order, starts, lens_sym
         T = 0
         for k in range(nk):
             T = max(T, lens_sym[syms[k]])
-        gather(src, syms, starts, lens_sym, nk, T, x)
+        gather(src, syms, starts, ends, nk, T, x)
         if not same_src:
-            gather(close, syms, starts, lens_sym, nk, T, p)
+            gather(close, syms, starts, ends, nk, T, p)
         process_block(x, p, r, T, nb, growth, lens, coef, weights, cutout, keep, short_thr,
                       long_thr, strategy, obuf)
-        scatter(obuf, out, syms, starts, lens_sym, nk)
+        scatter(obuf, out, close, syms, starts, ends, nk)
 
 
 @_kernel()
-def run_serial(nb, close, src, same_src, order, starts, lens_sym, growth, lens, coef, weights,
+def run_serial(nb, close, src, same_src, order, starts, ends, lens_sym, growth, lens, coef, weights,
                cutout, keep, short_thr, long_thr, strategy, out):
-    process_chunk(0, 1, nb, close, src, same_src, order, starts, lens_sym, growth, lens, coef,
+    process_chunk(0, 1, nb, close, src, same_src, order, starts, ends, lens_sym, growth, lens, coef,
                   weights, cutout, keep, short_thr, long_thr, strategy, out)
 
 
 @_kernel(parallel=True)
-def run_parallel(n_chunks, nb, close, src, same_src, order, starts, lens_sym, growth, lens,
+def run_parallel(n_chunks, nb, close, src, same_src, order, starts, ends, lens_sym, growth, lens,
                  coef, weights, cutout, keep, short_thr, long_thr, strategy, out):
     for c in prange(n_chunks):
-        process_chunk(c, n_chunks, nb, close, src, same_src, order, starts, lens_sym, growth,
+        process_chunk(c, n_chunks, nb, close, src, same_src, order, starts, ends, lens_sym, growth,
                       lens, coef, weights, cutout, keep, short_thr, long_thr, strategy, out)
 
 

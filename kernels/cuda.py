@@ -24,7 +24,8 @@ Layout
   HMA ring, the host-computed growth factors and the same summation orders. All arithmetic is the
   step functions of `kernels.steps`, compiled as device functions.
 * Host side: only the symbols with status OK are sent, in the caller's order (longest first), in
-  slices of symbols that fit in device memory, trimmed to the slice's columns.
+  slices of symbols that fit in device memory, trimmed to the slice's columns; a slice with times
+  where a symbol has no bar (NaN inside its span) is compacted on the host and scattered back.
 
 Floating-point contraction
 --------------------------
@@ -460,14 +461,31 @@ def symbols_per_slice(width: int, itemsize: int, two_inputs: bool, n_symbols: in
     return max(1, m)
 
 
-def run_panel(panel, src_panel, same_src, order, starts, lens, growth, line_lens, coef, weights,
+def _own_bars(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, column, position in the row's compacted series) of every own bar (`mask` True)."""
+    rows, cols = np.nonzero(mask)
+    return rows, cols, np.cumsum(mask, axis=1)[rows, cols] - 1
+
+
+def _compact(sub: np.ndarray, own, width: int, ft) -> np.ndarray:
+    """Each row's own bars moved left, in order: the symbols' compacted series."""
+    rows, cols, pos = own
+    h = np.ones((sub.shape[0], width), ft)
+    h[rows, pos] = sub[rows, cols]
+    return h
+
+
+def run_panel(panel, src_panel, same_src, order, starts, ends, lens, growth, line_lens, coef, weights,
               cutout, keep, short_thr, long_thr, strategy, out, *, max_symbols=None,
               allow_fma: bool | None = None) -> None:
     """Fill out[:, order, :] (13, n_symbols, n_bars) for the symbols in `order` (all status OK).
 
     Called by `kernels.api.compute_atc` after validation, with the same arguments the CPU kernel
     gets. Symbols go to the device in slices of at most `max_symbols` (and what fits in memory),
-    each trimmed to the columns its symbols span.
+    each trimmed to the columns its symbols span. A slice where some symbol has no bar at some time
+    inside its span (a NaN close, spec section 7) is compacted on the host first (each row's own
+    bars moved left) and its outputs are placed back at the symbols' own times afterwards: the
+    device kernels always see gap-free series.
     """
     ft = np.dtype(out.dtype)
     allow = ALLOW_FMA if allow_fma is None else bool(allow_fma)
@@ -476,7 +494,6 @@ def run_panel(panel, src_panel, same_src, order, starts, lens, growth, line_lens
     consts = device_constants(growth, line_lens, coef, weights, cutout, keep, short_thr, long_thr,
                               strategy, stream=stream)
     order = np.asarray(order, np.int64)
-    ends = starts + lens
     width_all = int(ends[order].max() - starts[order].min())
     m = symbols_per_slice(width_all, ft.itemsize, not same_src, len(order),
                           SLICE_SYMBOLS if max_symbols is None else max_symbols)
@@ -484,25 +501,38 @@ def run_panel(panel, src_panel, same_src, order, starts, lens, growth, line_lens
         idx = order[lo:lo + m]
         c_lo = int(starts[idx].min())
         c_hi = int(ends[idx].max())
-        h_x = np.ascontiguousarray(src_panel[idx, c_lo:c_hi], dtype=ft)
-        d_x = cuda.to_device(h_x, stream=stream)
-        if same_src:
-            d_p = d_x
+        holes = bool(np.any(lens[idx] != ends[idx] - starts[idx]))
+        if holes:
+            own = _own_bars(~np.isnan(panel[idx, c_lo:c_hi]))
+            width = int(lens[idx].max())
+            h_x = _compact(src_panel[idx, c_lo:c_hi], own, width, ft)
+            h_p = None if same_src else _compact(panel[idx, c_lo:c_hi], own, width, ft)
+            col0 = np.zeros(len(idx), np.int64)
         else:
-            d_p = cuda.to_device(np.ascontiguousarray(panel[idx, c_lo:c_hi], dtype=ft), stream=stream)
-        d_col0 = cuda.to_device((starts[idx] - c_lo).astype(np.int64), stream=stream)
+            width = c_hi - c_lo
+            h_x = np.ascontiguousarray(src_panel[idx, c_lo:c_hi], dtype=ft)
+            h_p = None if same_src else np.ascontiguousarray(panel[idx, c_lo:c_hi], dtype=ft)
+            col0 = (starts[idx] - c_lo).astype(np.int64)
+        d_x = cuda.to_device(h_x, stream=stream)
+        d_p = d_x if same_src else cuda.to_device(h_p, stream=stream)
+        d_col0 = cuda.to_device(col0, stream=stream)
         d_n = cuda.to_device(lens[idx].astype(np.int64), stream=stream)
-        d_out = cuda.device_array((N_OUT, len(idx), c_hi - c_lo), ft, stream=stream)
+        d_out = cuda.device_array((N_OUT, len(idx), width), ft, stream=stream)
         kern.launch(d_x, d_p, d_col0, d_n, consts, d_out, stream)
-        if d_out.shape == out.shape and np.array_equal(idx, np.arange(out.shape[1])):
+        if not holes and d_out.shape == out.shape and np.array_equal(idx, np.arange(out.shape[1])):
             d_out.copy_to_host(out, stream=stream)  # the whole panel in order: no host-side copy
             stream.synchronize()
-        else:
-            h_out = d_out.copy_to_host(stream=stream)
-            stream.synchronize()
-            out[:, idx, c_lo:c_hi] = h_out
-            out[:, idx, :c_lo] = np.nan
-            out[:, idx, c_hi:] = np.nan
+            continue
+        h_out = d_out.copy_to_host(stream=stream)
+        stream.synchronize()
+        if holes:
+            rows, cols, pos = own
+            placed = np.full((N_OUT, len(idx), c_hi - c_lo), np.nan, ft)
+            placed[:, rows, cols] = h_out[:, rows, pos]
+            h_out = placed
+        out[:, idx, c_lo:c_hi] = h_out
+        out[:, idx, :c_lo] = np.nan
+        out[:, idx, c_hi:] = np.nan
 
 
 class DevicePanel:

@@ -183,3 +183,33 @@ def infer_periods_per_year(times) -> float:
     if not span > 0:
         return float("nan")
     return float((len(t) - 1) / (span / (DAYS_PER_YEAR * 86400.0)))
+
+
+def periods_per_year_by_symbol(times, close) -> np.ndarray:
+    """Bars per year of every symbol from its own bars: `infer_periods_per_year` of the times at
+    which its close is not NaN (a NaN close is a time without a bar of that symbol).
+
+    A monthly symbol in a store whose time axis is the union with daily ones gets about 12, not the
+    axis' figure. `close` is `(n_symbols, n_times)` on `times`.
+    """
+    t = np.asarray(times)
+    panel = np.asarray(close)
+    if panel.ndim == 1:
+        panel = panel.reshape(1, -1)
+    out = np.full(panel.shape[0], np.nan)
+    for i in range(panel.shape[0]):
+        out[i] = infer_periods_per_year(t[~np.isnan(panel[i])])
+    return out
+
+
+def per_symbol(ppy, n_symbols: int) -> np.ndarray:
+    """Periods per year as one float64 per symbol: a scalar (or None = unknown, NaN) for every
+    symbol, or an array with one value per symbol."""
+    if ppy is None:
+        return np.full(n_symbols, np.nan)
+    arr = np.asarray(ppy, np.float64)
+    if arr.ndim == 0:
+        return np.full(n_symbols, float(arr))
+    if arr.shape != (n_symbols,):
+        raise ValueError(f"periods_per_year has shape {arr.shape}; expected a number or one per symbol ({n_symbols})")
+    return np.ascontiguousarray(arr)

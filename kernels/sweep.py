@@ -43,7 +43,7 @@ from kernels import status as st
 from kernels.backtest import BacktestParams, simulate, split_params
 from kernels.errors import ATCInputError, ATCUserError
 from kernels.jitcache import KernelSet
-from kernels.metrics import N_METRICS, symbol_metrics
+from kernels.metrics import N_METRICS, per_symbol, symbol_metrics
 from kernels.params import FAMILIES, ATCParamError, ATCParams
 from kernels.params import _coerce as _coerce_atc
 
@@ -212,7 +212,7 @@ def layer1_from_signals(sig, r, T, nb, cutout, keep, fsig, e, num, den):
             fsig[t, k] = round2(num[k] / den[k])
 
 @_kernel()
-def sweep_chunk(ch, n_chunks, nb, close, order, starts, lens_sym, stage, out_idx, gidx, growth,
+def sweep_chunk(ch, n_chunks, nb, close, order, starts, ends, lens_sym, stage, out_idx, gidx, growth,
                 lens, coef, cutout, keep, weights, short_ft, long_ft, strategy, short64, long64,
                 long_only, fee, need, ppy, m_out, save, avg_out):
     """Blocks ch, ch + n_chunks, ... of the symbols in `order`, every combination of one length group.
@@ -228,6 +228,7 @@ def sweep_chunk(ch, n_chunks, nb, close, order, starts, lens_sym, stage, out_idx
         return
     t_max = growth.shape[1]
     x = np.empty((t_max, nb), ft)
+    xc = np.empty((t_max, nb), np.float64)  # the closes for the backtest, in full precision
     R = np.empty((t_max, nb), ft)
     r = np.empty((t_max, nb), ft)
     sig = np.zeros((6, 9, t_max, nb), np.int8)
@@ -241,7 +242,6 @@ def sweep_chunk(ch, n_chunks, nb, close, order, starts, lens_sym, stage, out_idx
     no_ma = np.zeros((1, 1, 1), ft)
     lane_len = np.zeros(nb, np.int64)
     lane_sym = np.zeros(nb, np.int64)
-    lane_start = np.zeros(nb, np.int64)
     for b in range(ch, n_blocks, n_chunks):
         lo = b * nb
         nk = min(nb, n_valid - lo)
@@ -251,9 +251,9 @@ def sweep_chunk(ch, n_chunks, nb, close, order, starts, lens_sym, stage, out_idx
             i = syms[k]
             lane_sym[k] = i
             lane_len[k] = lens_sym[i]
-            lane_start[k] = starts[i]
             T = max(T, lens_sym[i])
-        gather(close, syms, starts, lens_sym, nk, T, x)
+        gather(close, syms, starts, ends, nk, T, x)
+        gather(close, syms, starts, ends, nk, T, xc)
         for k in range(nb):
             R[0, k] = NAN
         for t in range(1, T):
@@ -285,20 +285,18 @@ def sweep_chunk(ch, n_chunks, nb, close, order, starts, lens_sym, stage, out_idx
                 if n < need[c]:
                     continue
                 i = lane_sym[k]
-                s0 = lane_start[k]
-                xs = close[i, s0:s0 + n]
+                xs = xc[:n, k]
                 simulate(obuf[12, :, k], xs, n, long64[c], short64[c], long_only[c], fee[c], pos, ret, eq)
-                symbol_metrics(pos, ret, eq, xs, n, fee[c], ppy, m_out[oc, :, i])
+                symbol_metrics(pos, ret, eq, xs, n, fee[c], ppy[i], m_out[oc, :, i])
                 if save:
-                    for t in range(n):
-                        avg_out[oc, i, s0 + t] = obuf[12, t, k]
+                    scatter_row(obuf[12, :, k], avg_out[oc, i], close[i], starts[i], ends[i])
 
 @_kernel(parallel=True)
-def run_parallel(n_chunks, nb, close, order, starts, lens_sym, stage, out_idx, gidx, growth,
+def run_parallel(n_chunks, nb, close, order, starts, ends, lens_sym, stage, out_idx, gidx, growth,
                  lens, coef, cutout, keep, weights, short_ft, long_ft, strategy, short64, long64,
                  long_only, fee, need, ppy, m_out, save, avg_out):
     for ch in prange(n_chunks):
-        sweep_chunk(ch, n_chunks, nb, close, order, starts, lens_sym, stage, out_idx, gidx, growth,
+        sweep_chunk(ch, n_chunks, nb, close, order, starts, ends, lens_sym, stage, out_idx, gidx, growth,
                     lens, coef, cutout, keep, weights, short_ft, long_ft, strategy, short64,
                     long64, long_only, fee, need, ppy, m_out, save, avg_out)
 
@@ -311,7 +309,8 @@ def build_sweep_kernel(dtype_name: str) -> SimpleNamespace:
     ft = np.dtype(dtype_name).type
     base = cpu.build_cpu_kernel(dtype_name)
     env = cpu._float_env(ft)
-    env.update(family_pass=base.family_pass, layer2_and_average=base.layer2_and_average, gather=base.gather)
+    env.update(family_pass=base.family_pass, layer2_and_average=base.layer2_and_average, gather=base.gather,
+               scatter_row=base.scatter_row)
     return _KERNELS.compile(globals(), env, lanes=cpu.LANES[dtype_name], ft=ft)
 
 
@@ -367,12 +366,14 @@ def sweep_panel(close, combos: Sequence[tuple[ATCParams, BacktestParams]], *, pe
 
     `close` is `(n_symbols, n_bars)` (or one series). Symbol status follows `compute_atc` per
     combination; `on_bad="raise"` raises `ATCInputError` for a symbol with bad data instead of marking
-    it BAD_DATA. `periods_per_year` is used where a combination's `BacktestParams.periods_per_year`
-    is None. `parallel=False` keeps the work on the calling thread. `symbols` and `index_offset`
+    it BAD_DATA. `periods_per_year` (a number, or one per symbol, e.g. from
+    `kernels.metrics.periods_per_year_by_symbol`) is used where a combination's
+    `BacktestParams.periods_per_year` is None. A NaN close is a time without a bar of that symbol:
+    signals, positions and metrics use each symbol's own bars only (as `compute_atc`). `parallel=False` keeps the work on the calling thread. `symbols` and `index_offset`
     only make messages name symbols as in `compute_atc`.
     """
     from kernels.api import _as_panel, _bad_reason, _symbol_label
-    from kernels.cpu import line_tables, scan_spans
+    from kernels.cpu import line_tables, scan_bars
 
     combos = list(combos)
     for c in combos:
@@ -388,12 +389,15 @@ def sweep_panel(close, combos: Sequence[tuple[ATCParams, BacktestParams]], *, pe
     if len(ppys - {None}) > 1:
         raise ATCUserError("all combinations of a sweep must share periods_per_year")
     ppy = next(iter(ppys - {None}), None)
-    ppy = float(periods_per_year) if ppy is None else float(ppy)
 
     panel = _as_panel(close, "close")
     n_sym, n_bars = panel.shape
+    try:
+        ppy = per_symbol(periods_per_year if ppy is None else ppy, n_sym)
+    except ValueError as exc:
+        raise ATCUserError(str(exc)) from None
     n_c = len(combos)
-    starts, lens, bad = scan_spans(panel)
+    starts, ends, lens, bad = scan_bars(panel)
     messages: dict[int, str] = {}
     base_status = np.full(n_sym, st.OK, np.int8)
     for i in np.flatnonzero(bad >= 0):
@@ -454,7 +458,7 @@ def sweep_panel(close, combos: Sequence[tuple[ATCParams, BacktestParams]], *, pe
         P = [combos[i][0] for i in grp]
         B = [combos[i][1] for i in grp]
         args = (
-            nb, panel, order, starts, lens, stage, np.array(grp, np.int64), gidx, growth, line_lens, coef,
+            nb, panel, order, starts, ends, lens, stage, np.array(grp, np.int64), gidx, growth, line_lens, coef,
             np.array([p.cutout for p in P], np.int64),
             np.array([1.0 - p.dec for p in P], ft),
             np.array([[p.weight(f) for f in FAMILIES] for p in P], ft),

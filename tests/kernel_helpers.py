@@ -41,11 +41,11 @@ def assert_matches_reference(fast: dict, close: np.ndarray, params: dict, *, all
         return
     first = int(bad[0])
     if allow_ties:
-        valid = np.flatnonzero(~np.isnan(close))
-        span = close[valid[0]:valid[-1] + 1]
-        ties = reference_tie_bars(span, **{k: v for k, v in params.items() if k.endswith("_len") or k == "robustness"})
-        local = first - valid[0]
-        if 0 <= local < len(ties) and ties[local]:
+        own = np.flatnonzero(~np.isnan(close))  # the symbol's own bars (spec section 7)
+        ties = reference_tie_bars(close[own], **{k: v for k, v in params.items()
+                                                 if k.endswith("_len") or k == "robustness"})
+        local = int(np.searchsorted(own, first))
+        if local < len(own) and own[local] == first and ties[local]:
             return
     details = {name: (fast[name][first], ref[name][first]) for name in OUTPUT_NAMES
                if not (np.isnan(fast[name][first]) and np.isnan(ref[name][first]))

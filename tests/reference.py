@@ -487,19 +487,10 @@ def reference_tie_bars(close_valid, rel: float = 1e-12, **params) -> np.ndarray:
     return ties
 
 
-def _valid_span(close: np.ndarray) -> tuple[int, int] | None:
-    """Spec section 7: the symbol's valid span runs from its first to its last non-NaN close.
-    Returns (start, stop) with stop exclusive, or None if every close is NaN."""
-    start = None
-    stop = None
-    for i in range(len(close)):
-        if not math.isnan(float(close[i])):
-            if start is None:
-                start = i
-            stop = i + 1
-    if start is None:
-        return None
-    return start, stop
+def _own_bars(close: np.ndarray) -> np.ndarray:
+    """Spec section 7: "A NaN close means the symbol has no bar at that time. A symbol's series is
+    its non-NaN closes in time order." Returns the positions of the symbol's own bars."""
+    return np.array([i for i in range(len(close)) if not math.isnan(float(close[i]))], dtype=np.int64)
 
 
 def reference_atc(
@@ -527,13 +518,14 @@ def reference_atc(
 ) -> dict[str, np.ndarray]:
     """The full ATC of one symbol (spec sections 1-7), float64.
 
-    `close` is the symbol's row of a panel on the shared time axis; leading and trailing NaN
-    mark bars outside its valid span, where all 13 outputs are NaN.
+    `close` is the symbol's row of a panel on the shared time axis; a NaN close is a time at which
+    the symbol has no bar (section 7): the symbol is computed on its compacted series (its non-NaN
+    closes in order) and the outputs are placed back at its own times, NaN everywhere else.
 
     Order of checks (parameters first, then data, then history length):
       1. parameter errors (lengths < 1, weights <= 0, long <= short, cutout < 0) -> ValueError;
-      2. an interior NaN, a non-finite close or a close <= 0 inside the span -> ValueError
-         naming the bar (both the position in `close` and the symbol's own bar index t);
+      2. an infinite close or a close <= 0 -> ValueError naming the bar (both the position in
+         `close` and the symbol's own bar index t);
       3. fewer than max(all 54 lengths) + 2 valid bars -> all outputs NaN (no exception);
       4. cutout >= n (the symbol's number of valid bars) -> ValueError (spec: 0 <= cutout < n).
     """
@@ -557,28 +549,22 @@ def reference_atc(
 
     outputs = {name: np.full(N, NAN) for name in OUTPUT_NAMES}
 
-    # Section 7: valid span; leading/trailing NaN are outside it.
-    span = _valid_span(close)
-    if span is None:
-        return outputs  # no valid bar at all: insufficient history
-    start, stop = span
+    # Section 7: the symbol's own bars are its non-NaN closes; its bar index t counts only them.
+    own = _own_bars(close)
+    if len(own) == 0:
+        return outputs  # no bar at all: insufficient history
 
-    # Section 7: "a kernel given an interior NaN or a close <= 0 raises a clear error naming
-    # the symbol and the bar."
-    for i in range(start, stop):
+    # Section 7: "A close <= 0 or an infinite close is bad data: a clear error naming the symbol
+    # and the time."
+    for t, i in enumerate(own):
         v = float(close[i])
-        if math.isnan(v):
-            raise ValueError(
-                f"interior NaN close at bar {i} (symbol bar index t={i - start}); "
-                "gaps must be forward-filled at ingest"
-            )
         if not math.isfinite(v) or v <= 0.0:
             raise ValueError(
-                f"invalid close {v!r} at bar {i} (symbol bar index t={i - start}); "
+                f"invalid close {v!r} at bar {i} (symbol bar index t={t}); "
                 "closes must be finite and > 0"
             )
 
-    x = close[start:stop].copy()
+    x = close[own].copy()
     n = len(x)
 
     # Section 7: "A symbol needs at least max(all 54 lengths) + 2 valid bars; a shorter one ...
@@ -648,7 +634,7 @@ def reference_atc(
         avg[t] = ratio if math.isfinite(ratio) else 0.0
 
     # Section 6: "strategy_mode: Average_Signal becomes [0.0, Average_Signal_0, ...,
-    # Average_Signal_{n-2}]" -- within the symbol's valid span.
+    # Average_Signal_{n-2}]" -- on the symbol's own bars.
     if p["strategy_mode"]:
         shifted = np.zeros(n)
         for t in range(1, n):
@@ -656,7 +642,7 @@ def reference_atc(
         avg = shifted
 
     for fam in FAMILIES:
-        outputs[f"{fam}_Signal"][start:stop] = family_signal[fam]
-        outputs[f"{fam}_S"][start:stop] = family_S[fam]
-    outputs["Average_Signal"][start:stop] = avg
+        outputs[f"{fam}_Signal"][own] = family_signal[fam]
+        outputs[f"{fam}_S"][own] = family_S[fam]
+    outputs["Average_Signal"][own] = avg
     return outputs

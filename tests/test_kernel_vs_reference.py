@@ -45,6 +45,9 @@ def test_ragged_panel_matches_reference(params):
     panel[2, n_bars - 55:] = np.nan  # early end
     panel[3, :20] = np.nan          # both
     panel[3, n_bars - 10:] = np.nan
+    holes = np.random.default_rng(n_bars).random(n_bars) < 0.3
+    panel[4, holes] = np.nan        # times without a bar of its own (spec section 7)
+    panel[2, 100:130] = np.nan      # a halt
     res = compute_atc(panel, p)
     assert (res.status == 0).all()
     for i in range(panel.shape[0]):
@@ -78,14 +81,19 @@ def scenarios(draw):
     trail = draw(st.integers(0, 15))
     vol = draw(st.sampled_from([0.002, 0.01, 0.05]))
     seed = draw(st.integers(0, 2**31))
-    return params, n_valid, lead, trail, vol, seed
+    holes = draw(st.sampled_from([0.0, 0.1, 0.4]))  # share of times inside the span without a bar
+    return params, n_valid, lead, trail, vol, seed, holes
 
 
 @given(scenarios())
 def test_random_parameters_match_reference(case):
-    params, n_valid, lead, trail, vol, seed = case
-    series = np.full(lead + n_valid + trail, np.nan)
-    series[lead:lead + n_valid] = random_walk_panel(1, n_valid, seed=seed, vol=vol)[0]
+    params, n_valid, lead, trail, vol, seed, holes = case
+    rng = np.random.default_rng(seed)
+    n_gaps = int(round(n_valid * holes / (1 - holes)))
+    inside = np.ones(n_valid + n_gaps, bool)
+    inside[1 + rng.choice(n_valid + n_gaps - 2, n_gaps, replace=False)] = False  # first and last are bars
+    series = np.full(lead + len(inside) + trail, np.nan)
+    series[lead + np.flatnonzero(inside)] = random_walk_panel(1, n_valid, seed=seed, vol=vol)[0]
     res = compute_atc(series, ATCParams(**params))
     assert int(res.status) == 0
     assert_matches_reference(res, series, params)

@@ -23,7 +23,9 @@ def _panel():
     x[5, 120:] = np.nan  # delisting
     x[7, :137] = np.nan  # 23 bars: enough for ema_len=10 without cutout only
     x[9, :] = np.nan  # no data
-    x[11, 100] = np.nan  # a gap: bad data
+    x[11, 100] = -1.0  # bad data
+    x[13, 60:75] = np.nan  # no bars for a while (a trading halt): computed on its own bars
+    x[15, ::3] = np.nan  # every third time without a bar
     return x
 
 
@@ -85,8 +87,7 @@ def test_bad_data_raise_option():
         sweep_panel(x, [(SHORT, BacktestParams())], on_bad="raise", parallel=False)
     res = sweep_panel(x, [(SHORT, BacktestParams())], parallel=False, symbols=[f"S{i}" for i in range(20)],
                       index_offset=100)
-    assert res.messages[11] == ("symbol 'S11' (index 111) has a missing close (NaN) inside its history at bar 100 "
-                                "(gaps are forward-filled at ingest)")
+    assert res.messages[11] == "symbol 'S11' (index 111) has a close <= 0 (-1.0) at bar 100"
     assert res.messages[9] == "symbol 'S9' (index 109) has no valid close"
 
 
