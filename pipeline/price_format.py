@@ -1,0 +1,41 @@
+"""What a price store is: its format name and version, variables, codec and error type.
+
+Kept apart from the code that reads tables or writes stores so that every layer (table
+normalisation, panels, writing, appending) agrees on one definition without importing each other.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from kernels.errors import ATCUserError
+
+FORMAT_NAME = "price-store"
+FORMAT_VERSION = 1
+#: Price variables in their canonical order; only ``close`` is required.
+PRICE_VARS: tuple[str, ...] = ("open", "high", "low", "close", "volume")
+POSITIVE_VARS = ("open", "high", "low", "close")
+#: Raw values per chunk the automatic chunk size aims at (2**20 float64 = 8 MiB uncompressed).
+TARGET_CHUNK_VALUES = 2**20
+#: Overlapping bars of an append agree when they match to this relative tolerance.
+APPEND_RTOL = 1e-12
+
+
+class StoreError(ATCUserError, ValueError):
+    """A price store or price data the user supplied cannot be written, read or appended."""
+
+
+def blosc_codec():
+    """The one compressor of every price-store array."""
+    from zarr.codecs import BloscCodec
+
+    return BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
+
+
+def format_time(ns: int | np.integer | np.datetime64) -> str:
+    """A time as users wrote it in their files: a bare date for daily bars, ISO otherwise, so
+    error messages can be matched against the file."""
+    t = pd.Timestamp(np.datetime64(int(ns), "ns")) if not isinstance(ns, np.datetime64) else pd.Timestamp(ns)
+    return t.isoformat() if (t.hour or t.minute or t.second or t.microsecond or t.nanosecond) else t.strftime("%Y-%m-%d")
+

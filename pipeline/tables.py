@@ -1,0 +1,283 @@
+"""User tables of bars -> canonical per-symbol frames (column spellings, timestamps, checks).
+
+Files and DataFrames come with every spelling of column names and timestamps; everything after
+this module sees one shape (see :func:`normalise_table`), so errors about the user's rows (with
+their file line numbers) are raised here, where the rows still have their original positions.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.price_format import POSITIVE_VARS, PRICE_VARS, StoreError, format_time
+
+__all__ = ["CanonicalFrames", "TIME_SPELLINGS", "frames_from", "has_symbol_column", "normalise_table"]
+
+
+def _key(name: Any) -> str:
+    return re.sub(r"[\s_\-.]", "", str(name).lower())
+
+
+# canonical name -> accepted spellings (compared after lower-casing and removing " _-."),
+# in order of preference: "Close" wins over "Adj Close" when both are present.
+_ALIASES: dict[str, tuple[str, ...]] = {
+    "time": ("date", "datetime", "timestamp", "time", "ts", "dt", "t", "datetimeutc", "timeutc"),
+    "symbol": ("symbol", "ticker", "sym", "asset", "instrument"),
+    "open": ("open", "o", "openprice"),
+    "high": ("high", "h", "highprice"),
+    "low": ("low", "l", "lowprice"),
+    "close": ("close", "c", "closeprice", "last", "price", "adjclose", "adjustedclose"),
+    "volume": ("volume", "vol", "v"),
+}
+TIME_SPELLINGS = "Date, Datetime, timestamp, time"
+
+
+def _map_columns(columns: list[Any], where: str) -> dict[str, Any]:
+    """canonical name -> original column name, for the recognised columns."""
+    keys: dict[str, list[Any]] = {}
+    for col in columns:
+        keys.setdefault(_key(col), []).append(col)
+    out: dict[str, Any] = {}
+    for canon, spellings in _ALIASES.items():
+        for sp in spellings:
+            found = keys.get(sp)
+            if not found:
+                continue
+            if len(found) > 1:
+                raise StoreError(f"{where}: ambiguous columns {[str(c) for c in found]} (all read as {canon!r})")
+            if found[0] not in out.values():
+                out[canon] = found[0]
+                break
+    return out
+
+
+def has_symbol_column(df: pd.DataFrame) -> bool:
+    """Whether ``df`` has a column (or index level) spelled like a symbol column."""
+    names = list(df.columns) + [n for n in df.index.names if n is not None]
+    return any(_key(c) in _ALIASES["symbol"] for c in names)
+
+
+def _row_label(rows: np.ndarray, i: int, line_base: int | None) -> str:
+    r = int(rows[i])
+    return f"line {r + line_base}" if line_base is not None else f"row {r + 1}"
+
+
+def _parse_times(values: pd.Series, where: str, col: str, rows: np.ndarray, line_base: int | None) -> np.ndarray:
+    """Any supported timestamp spelling -> int64 nanoseconds since the epoch, UTC."""
+    s = values
+    if s.isna().any():
+        i = int(np.flatnonzero(s.isna().to_numpy())[0])
+        raise StoreError(f"{where}: missing timestamp in column {col!r} ({_row_label(rows, i, line_base)})")
+    try:
+        if isinstance(s.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(s.dtype):
+            parsed = pd.to_datetime(s, utc=True)
+        elif pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype):
+            parsed = _parse_numeric_times(s.to_numpy(dtype=np.float64), where, col)
+        else:
+            parsed = _parse_string_times(s, where, col, rows, line_base)
+        idx = pd.DatetimeIndex(parsed).tz_convert("UTC").tz_localize(None).as_unit("ns")
+    except StoreError:
+        raise
+    except (ValueError, TypeError, OverflowError, pd.errors.OutOfBoundsDatetime) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StoreError(f"{where}: unparseable timestamps in column {col!r}: {msg}") from None
+    return idx.asi8.copy()
+
+
+def _parse_numeric_times(v: np.ndarray, where: str, col: str) -> pd.DatetimeIndex:
+    if not np.isfinite(v).all():
+        raise StoreError(f"{where}: non-finite timestamp in column {col!r}")
+    integral = bool(np.all(v == np.round(v)))
+    if integral and v.size and v.min() >= 1_800_01_01 and v.max() <= 2_200_12_31:
+        # 8-digit YYYYMMDD dates (as seconds these would all fall in 1970)
+        try:
+            return pd.to_datetime(v.astype(np.int64).astype(str), format="%Y%m%d", utc=True)
+        except ValueError:
+            pass
+    mag = float(np.max(np.abs(v))) if v.size else 0.0
+    unit = "s" if mag < 1e11 else "ms" if mag < 1e14 else "us" if mag < 1e17 else "ns"
+    if integral:
+        return pd.to_datetime(v.astype(np.int64), unit=unit, utc=True)
+    return pd.to_datetime(v, unit=unit, utc=True)
+
+
+def _parse_string_times(s: pd.Series, where: str, col: str, rows: np.ndarray, line_base: int | None):
+    s = s.astype(str)
+    try:
+        return pd.to_datetime(s, utc=True, format="ISO8601")
+    except (ValueError, TypeError, OverflowError):
+        pass
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return pd.to_datetime(s, utc=True)
+        except (ValueError, TypeError, OverflowError):
+            pass
+        coerced = pd.to_datetime(s, utc=True, errors="coerce", format="mixed")
+    bad = np.flatnonzero(coerced.isna().to_numpy())
+    i = int(bad[0]) if bad.size else 0
+    raise StoreError(
+        f"{where}: unparseable timestamp {s.iloc[i]!r} in column {col!r} ({_row_label(rows, i, line_base)})"
+    )
+
+
+def _to_float(values: pd.Series, where: str, col: str, rows: np.ndarray, line_base: int | None) -> np.ndarray:
+    if pd.api.types.is_bool_dtype(values.dtype):
+        raise StoreError(f"{where}: column {col!r} holds booleans, not numbers")
+    if pd.api.types.is_numeric_dtype(values.dtype):
+        out = values.to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        num = pd.to_numeric(values, errors="coerce")
+        out = num.to_numpy(dtype=np.float64, na_value=np.nan)
+        orig_na = values.isna().to_numpy()
+        str_vals = values.astype(str).str.strip()
+        blank = (str_vals == "").to_numpy()
+        bad = np.flatnonzero(np.isnan(out) & ~orig_na & ~blank)
+        if bad.size:
+            i = int(bad[0])
+            raise StoreError(
+                f"{where}: non-numeric value {values.iloc[i]!r} in column {col!r} ({_row_label(rows, i, line_base)})"
+            )
+    inf = np.flatnonzero(np.isinf(out))
+    if inf.size:
+        i = int(inf[0])
+        raise StoreError(f"{where}: infinite value in column {col!r} ({_row_label(rows, i, line_base)})")
+    return out
+
+
+def normalise_table(
+    df: pd.DataFrame,
+    where: str,
+    *,
+    symbol: str | None = None,
+    line_base: int | None = None,
+) -> dict[str, pd.DataFrame]:
+    """Validate one table of bars and split it into canonical per-symbol frames.
+
+    ``df`` has a time column (or a DatetimeIndex) under any usual spelling, a close column and
+    optionally open/high/low/volume. With ``symbol=None`` it must have a symbol column (long
+    format); otherwise every row belongs to ``symbol``. ``where`` names the table in error
+    messages; ``line_base`` turns row positions into file line numbers (2 for a CSV with a header).
+
+    Returns ``{symbol: frame}``: index ``time`` (datetime64[ns], UTC, sorted, unique), float64
+    columns in :data:`PRICE_VARS` order, trimmed to the first..last bar with a close (interior
+    rows without a close are kept as NaN: they are gaps).
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise StoreError(f"{where}: expected a pandas DataFrame, got {type(df).__name__}")
+    if isinstance(df.index, pd.MultiIndex) or isinstance(df.index, pd.DatetimeIndex) or (
+        df.index.name is not None and _key(df.index.name) in _ALIASES["time"] + _ALIASES["symbol"]
+    ):
+        df = df.reset_index()
+    if len(df) == 0:
+        raise StoreError(f"{where}: empty (no data rows)")
+    cols = _map_columns(list(df.columns), where)
+    if "time" not in cols:
+        unnamed = [c for c in df.columns if str(c).startswith("Unnamed") or str(c) in ("", "index")]
+        if unnamed:
+            cols["time"] = unnamed[0]
+        else:
+            raise StoreError(
+                f"{where}: no date/time column (looked for {TIME_SPELLINGS}, any case); "
+                f"columns: {[str(c) for c in df.columns]}"
+            )
+    if "close" not in cols:
+        raise StoreError(f"{where}: no close column (looked for Close, Price, Adj Close, any case); "
+                         f"columns: {[str(c) for c in df.columns]}")
+    rows = np.arange(len(df))
+    times = _parse_times(df[cols["time"]], where, str(cols["time"]), rows, line_base)
+    data = {v: _to_float(df[cols[v]], where, str(cols[v]), rows, line_base) for v in PRICE_VARS if v in cols}
+
+    if symbol is not None:
+        syms = None
+    elif "symbol" in cols:
+        sraw = df[cols["symbol"]]
+        if sraw.isna().any():
+            i = int(np.flatnonzero(sraw.isna().to_numpy())[0])
+            raise StoreError(f"{where}: missing symbol in column {cols['symbol']!r} ({_row_label(rows, i, line_base)})")
+        syms = np.asarray(sraw.astype(str).to_numpy(), dtype=object)
+        empty = np.flatnonzero(syms == "")
+        if empty.size:
+            raise StoreError(f"{where}: empty symbol ({_row_label(rows, int(empty[0]), line_base)})")
+    else:
+        raise StoreError(f"{where}: no symbol column (looked for symbol, ticker); pass one file per "
+                         "symbol or a {symbol: frame} mapping instead")
+
+    # positivity (per row, before any reordering, so the line numbers are the file's)
+    for v in PRICE_VARS:
+        if v not in data:
+            continue
+        a = data[v]
+        bad = np.flatnonzero(a <= 0) if v in POSITIVE_VARS else np.flatnonzero(a < 0)
+        if bad.size:
+            i = int(bad[0])
+            who = symbol if syms is None else syms[i]
+            rel = "<= 0" if v in POSITIVE_VARS else "< 0"
+            raise StoreError(f"{where}: {v} {rel} ({float(a[i])!r}) for symbol {who!r} at {format_time(times[i])} "
+                             f"({_row_label(rows, i, line_base)})")
+
+    if syms is None:
+        groups = {symbol: np.argsort(times, kind="stable")}
+    else:
+        codes, uniques = pd.factorize(syms, sort=True)
+        order = np.lexsort((times, codes))
+        sc = codes[order]
+        bounds = np.flatnonzero(np.diff(sc)) + 1
+        groups = {str(uniques[codes[part[0]]]): part for part in np.split(order, bounds) if part.size}
+
+    out: dict[str, pd.DataFrame] = {}
+    for sym, idx in groups.items():
+        t = times[idx]
+        dup = np.flatnonzero(t[1:] == t[:-1])
+        if dup.size:
+            j = int(dup[0])
+            raise StoreError(
+                f"{where}: duplicate timestamp {format_time(t[j])} for symbol {sym!r} "
+                f"({_row_label(rows, int(idx[j]), line_base)} and {_row_label(rows, int(idx[j + 1]), line_base)})"
+            )
+        close = data["close"][idx]
+        valid = np.flatnonzero(~np.isnan(close))
+        if valid.size == 0:
+            raise StoreError(f"{where}: symbol {sym!r} has no close values")
+        keep = idx[valid[0]: valid[-1] + 1]
+        frame = pd.DataFrame(
+            {v: data[v][keep] for v in PRICE_VARS if v in data},
+            index=pd.DatetimeIndex(times[keep].view("datetime64[ns]"), name="time"),
+        )
+        out[sym] = frame
+    return out
+
+
+
+class CanonicalFrames(dict):
+    """``{symbol: frame}`` already checked by :func:`normalise_table` (not checked again)."""
+
+
+def frames_from(data: Any, where: str = "input") -> CanonicalFrames:
+    """Canonical per-symbol frames from a ``{symbol: DataFrame | Series}`` mapping or a
+    long-format DataFrame with a symbol column (or a ``(symbol, time)`` MultiIndex)."""
+    if isinstance(data, CanonicalFrames):
+        return data
+    if isinstance(data, Mapping):
+        if not data:
+            raise StoreError(f"{where}: no symbols")
+        out = CanonicalFrames()
+        for sym, frame in data.items():
+            if not isinstance(sym, str):
+                raise StoreError(f"{where}: symbol names must be strings, got {sym!r}")
+            if isinstance(frame, pd.Series):
+                frame = frame.rename("close").to_frame()
+            got = normalise_table(frame, f"{where}: symbol {sym!r}", symbol=sym)
+            out[sym] = got[sym]
+        return out
+    if isinstance(data, pd.DataFrame):
+        return CanonicalFrames(normalise_table(data, where))
+    raise StoreError(f"{where}: expected a mapping of DataFrames, a long DataFrame or an xarray Dataset, "
+                     f"got {type(data).__name__}")
+
