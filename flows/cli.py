@@ -46,6 +46,11 @@ def _register() -> None:
     app.command("sweep")(sweep_cmd.sweep)
     bench_app.command("sweep")(sweep_cmd.bench_sweep)
 
+    from flows import plot_cmd, show_cmd
+
+    app.command("plot")(plot_cmd.plot)
+    app.command("show")(show_cmd.show)
+
 
 _register()
 

@@ -99,6 +99,12 @@ def _json(attrs: Mapping[str, Any], key: str, default: Any = None) -> Any:
     return v
 
 
+def _time_text(t: Any) -> str:
+    """ISO time, without a midnight time of day (daily bars read as dates)."""
+    s = str(np.datetime64(t, "s"))
+    return s[:10] if s.endswith("T00:00:00") else s
+
+
 def status_names(attrs: Mapping[str, Any]) -> dict[int, str]:
     from kernels.status import STATUS_NAMES
 
@@ -125,7 +131,7 @@ def store_info(path: str | Path) -> dict[str, Any]:
             info[key] = a[key]
     if "time" in ds.coords and ds.sizes.get("time", 0):
         t = ds["time"].values
-        info["time_range"] = (str(np.datetime64(t[0], "s")), str(np.datetime64(t[-1], "s")))
+        info["time_range"] = (_time_text(t[0]), _time_text(t[-1]))
     if kind == "price-store":
         return info
     info["params"] = _json(a, "params", {})
@@ -234,7 +240,7 @@ def read_symbol(results: str | Path, symbol: str, start: Any = None, end: Any = 
     hi = t_all.size if t1 is None else int(np.searchsorted(t_all, t1, side="right"))
     if hi <= lo:
         raise InspectError(f"no bars between {start or 'the start'} and {end or 'the end'} in {results} "
-                           f"({np.datetime64(t_all[0], 's')} .. {np.datetime64(t_all[-1], 's')})")
+                           f"({_time_text(t_all[0])} .. {_time_text(t_all[-1])})")
     ppath, notes = resolve_prices(ds.attrs, results, prices)
     px = open_store(ppath, "price-store")
     j = _symbol_index(px["symbol"].values, symbol, str(ppath))
