@@ -68,6 +68,10 @@ _SCHEDULER = typer.Option(
 )
 
 
+_VERBOSE = typer.Option("--verbose", help="Print each failed task's traceback under its line (it always goes to "
+                        "RESULTS.errors.log beside the store).")
+
+
 def run(
     prices: Annotated[Path, typer.Argument(help="Price store (from atc synth / atc ingest).", show_default=False)],
     results: Annotated[Path, typer.Argument(help="Results store to create or resume.", show_default=False)],
@@ -113,13 +117,14 @@ def run(
         Optional[float], typer.Option("--periods-per-year", help="Bars per year for annualised backtest metrics "
                                       "(default: inferred from the time axis).")
     ] = None,
+    verbose: Annotated[bool, _VERBOSE] = False,
 ) -> None:
     """Compute ATC for every symbol of PRICES into the results store RESULTS on a Dask cluster.
 
     One task per symbol chunk; each reads its slice of the price store, runs the kernel and writes
     its own region of RESULTS. Rerunning the same command resumes an interrupted run."""
     from pipeline.cluster import connect
-    from pipeline.run import preflight, run_atc
+    from pipeline.run import RunError, preflight, run_atc
 
     bt = None
     if backtest:
@@ -135,15 +140,57 @@ def run(
               backtest=bt)
     if gpu_chunk_symbols is not None and gpu_chunk_symbols < 1:
         raise ATCUserError(f"--gpu-chunk-symbols must be >= 1, got {gpu_chunk_symbols}")
-    with connect(scheduler, workers=workers, threads_per_worker=threads_per_worker, backend=backend) as cl:
-        _announce(cl)
-        summary = run_atc(prices, results, params, client=cl.client, chunk_symbols=chunk_symbols,
-                          overwrite=overwrite, dtype=dtype, backend=backend, progress=progress, report=report,
-                          backtest=bt, gpu_chunk_symbols=gpu_chunk_symbols,
-                          on_notice=lambda m: typer.echo(f"notice: {m}"))
+    try:
+        with connect(scheduler, workers=workers, threads_per_worker=threads_per_worker, backend=backend) as cl:
+            _announce(cl)
+            summary = run_atc(prices, results, params, client=cl.client, chunk_symbols=chunk_symbols,
+                              overwrite=overwrite, dtype=dtype, backend=backend, progress=progress, report=report,
+                              backtest=bt, gpu_chunk_symbols=gpu_chunk_symbols,
+                              on_notice=lambda m: typer.echo(f"notice: {m}"), verbose=verbose)
+    except KeyboardInterrupt:
+        from flows.cli import Interrupted
+
+        raise Interrupted(interrupted_line(results, overwrite)) from None
+    except RunError as exc:
+        if exc.prices_changed:
+            raise RunError(f"{exc}: {overwrite_command()}", prices_changed=True, log=exc.log) from None
+        raise
     typer.echo(summary.describe())
     if report is not None:
         typer.echo(f"  performance report: {report}")
+
+
+def interrupted_line(store: Path, overwrite: bool, *, what: str = "chunks") -> str:
+    """What an interrupted run or sweep leaves behind, in one line: finished chunks (tasks) stay
+    marked done in the store, so the same command resumes; with --overwrite it would start over."""
+    from pipeline import results as rs
+    from pipeline.sweep import is_sweep_store, read_sweep_state
+
+    again = "rerun the same command without --overwrite to resume" if overwrite else \
+        "rerun the same command to resume"
+    try:
+        if is_sweep_store(Path(store)):
+            done = read_sweep_state(Path(store)).task_done
+        elif rs.is_results_store(Path(store)):
+            done = rs.read_state(store).chunk_done
+        else:
+            return f"interrupted before {store} was created: nothing saved; rerun the same command to start"
+    except ATCUserError:
+        return f"interrupted: {store} cannot be read back; rerun the same command with --overwrite"
+    return f"interrupted: {int(done.sum())} of {done.size} {what} are complete in {store}; {again}"
+
+
+def overwrite_command() -> str:
+    """The command being run, with --overwrite: what recomputes a store whose prices changed
+    (a plain rerun is refused, the fingerprints differ)."""
+    import shlex
+
+    from flows.cli import invoked_command
+
+    args = invoked_command()
+    if "--overwrite" not in args:
+        args.append("--overwrite")
+    return shlex.join(["atc", *args])
 
 
 def _announce(cl) -> None:

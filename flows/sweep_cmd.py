@@ -64,14 +64,17 @@ def sweep(
     dtype: Annotated[str, typer.Option("--dtype", help="float64, or float32 (approximate).")] = "float64",
     progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress",
                                                      help="Progress bar (default: on a terminal).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Print each failed task's traceback under its line "
+                                          "(it always goes to SWEEP.errors.log beside the store).")] = False,
 ) -> None:
     """Backtest every combination of a parameter grid on every symbol of PRICES into the sweep store
     SWEEP (metrics over one dimension per swept parameter x symbol), then print the best
     combinations. The moving averages and crossovers are computed once per set of lengths and
     reused for every other parameter. Rerunning the same command resumes an interrupted sweep."""
-    from flows.run_cmd import _announce, load_params
+    from flows.run_cmd import _announce, interrupted_line, load_params, overwrite_command
     from kernels.metrics import METRIC_NAMES
     from pipeline.cluster import connect
+    from pipeline.run import RunError
     from pipeline.sweep import preflight_sweep, run_sweep
 
     # every refusal before a cluster starts: parameters, grid, options, the stores
@@ -83,11 +86,20 @@ def sweep(
     g = load_grid(grid, base_atc, base_bt)
     preflight_sweep(prices, store, g, save_signals=save_signals, dtype=dtype, chunk_symbols=chunk_symbols,
                     combos_per_task=combos_per_task, overwrite=overwrite)
-    with connect(scheduler, workers=workers, threads_per_worker=threads_per_worker) as cl:
-        _announce(cl)
-        summary = run_sweep(prices, store, g, client=cl.client, save_signals=save_signals, dtype=dtype,
-                            chunk_symbols=chunk_symbols, combos_per_task=combos_per_task, overwrite=overwrite,
-                            progress=progress, report=report)
+    try:
+        with connect(scheduler, workers=workers, threads_per_worker=threads_per_worker) as cl:
+            _announce(cl)
+            summary = run_sweep(prices, store, g, client=cl.client, save_signals=save_signals, dtype=dtype,
+                                chunk_symbols=chunk_symbols, combos_per_task=combos_per_task, overwrite=overwrite,
+                                progress=progress, report=report, verbose=verbose)
+    except KeyboardInterrupt:
+        from flows.cli import Interrupted
+
+        raise Interrupted(interrupted_line(store, overwrite, what="sweep tasks")) from None
+    except RunError as exc:
+        if exc.prices_changed:
+            raise RunError(f"{exc}: {overwrite_command()}", prices_changed=True, log=exc.log) from None
+        raise
     typer.echo(summary.describe())
     typer.echo("")
     typer.echo(summary_table(store, rank_by, top))

@@ -35,7 +35,7 @@ from typing import Any, Iterator
 from kernels.errors import ATCUserError
 
 __all__ = ["ClusterError", "ClusterInfo", "add_workers", "connect", "default_local_shape", "gpu_workers",
-           "kernel_parallel", "local_gpu_count", "scheduler_address"]
+           "kernel_parallel", "local_gpu_count", "quiet_shutdown", "scheduler_address"]
 
 DEFAULT_DASHBOARD = "127.0.0.1:8787"
 CONNECT_TIMEOUT_S = 30
@@ -263,6 +263,9 @@ def connect(
             except TimeoutError:
                 raise ClusterError(f"the Dask cluster at {address} has no workers (waited {WAIT_WORKERS_S} s)") from None
             yield ClusterInfo(client, None, address, _dashboard(client))
+        except KeyboardInterrupt:
+            quiet_shutdown()
+            raise
         finally:
             client.close()
         return
@@ -281,36 +284,110 @@ def connect(
                            "the GPU workers (one per GPU): use --backend auto for GPU and CPU workers")
     notices: list[str] = []
     cluster = None
-    if n_gpu:
-        n_cpu = 0 if backend == "cuda" else (n if workers is not None else max(0, n_default - n_gpu))
-        cluster = _gpu_cluster(n_gpu, n_cpu, t, backend, dashboard_address, notices)
-    if cluster is None:
-        kwargs: dict[str, Any] = {}
-        if processes:  # in-process workers talk over inproc://, which has no host
-            kwargs["host"] = "127.0.0.1"
-        if resources:
-            kwargs["resources"] = dict(resources)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # e.g. "Port 8787 is already in use": another port is used
-            cluster = LocalCluster(
-                n_workers=n,
-                threads_per_worker=t,
-                processes=processes,
-                dashboard_address=dashboard_address if dashboard_address else None,
-                silence_logs=logging.ERROR,
-                **kwargs,
-            )
+    _quiet_resource_tracker()
+    mask = _block_sigint()  # the worker processes inherit the block: Ctrl-C is the client's alone
     try:
+        if n_gpu:
+            n_cpu = 0 if backend == "cuda" else (n if workers is not None else max(0, n_default - n_gpu))
+            cluster = _gpu_cluster(n_gpu, n_cpu, t, backend, dashboard_address, notices)
+        if cluster is None:
+            kwargs: dict[str, Any] = {}
+            if processes:  # in-process workers talk over inproc://, which has no host
+                kwargs["host"] = "127.0.0.1"
+            if resources:
+                kwargs["resources"] = dict(resources)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # e.g. "Port 8787 is already in use": another port is used
+                cluster = LocalCluster(
+                    n_workers=n,
+                    threads_per_worker=t,
+                    processes=processes,
+                    dashboard_address=dashboard_address if dashboard_address else None,
+                    silence_logs=logging.ERROR,
+                    **kwargs,
+                )
+    except BaseException:
+        _restore_sigint(mask)
+        raise
+    try:
+        _restore_sigint(mask)  # a Ctrl-C pressed while the cluster started is delivered here
         client = Client(cluster)
+        if processes:
+            client.register_plugin(_ignore_sigint_plugin(), name="atc-ignore-sigint")
         try:
             yield ClusterInfo(client, cluster, cluster.scheduler_address, _dashboard(client),
                               "; ".join(notices) or None)
+        except KeyboardInterrupt:
+            quiet_shutdown()
+            raise
         finally:
             client.close()
     finally:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             cluster.close()
+
+
+def _block_sigint() -> Any:
+    """Block SIGINT while a local cluster starts its worker processes; returns the mask to restore.
+
+    A terminal's Ctrl-C goes to the whole process group: without this, every worker process would
+    die of its own KeyboardInterrupt and print a traceback, while the client is the one that should
+    stop the run (cancel, close the cluster, say what was saved). The signal mask is inherited by
+    the threads the cluster starts now (its event loop, which also starts any later worker) and
+    kept across fork and exec, so the workers never receive SIGINT; the client unblocks it when the
+    cluster is up, and a Ctrl-C pressed meanwhile is delivered then."""
+    import signal
+    import threading
+
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+
+def _ignore_sigint_plugin() -> Any:
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class IgnoreSigint(WorkerPlugin):
+        """A local worker process ignores SIGINT (a terminal's Ctrl-C reaches the whole process
+        group; the client alone decides how the run stops). Registered on the client, so it also
+        applies to workers started later (a restarted worker, `add_workers`); until it runs,
+        :func:`_block_sigint` covers the start of the cluster."""
+
+        def setup(self, worker: Any) -> None:
+            import signal
+            import threading
+
+            if threading.current_thread() is threading.main_thread():  # a worker process, not a thread
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    return IgnoreSigint()
+
+
+def _quiet_resource_tracker() -> None:
+    """Keep multiprocessing's resource tracker from warning about "leaked semaphore objects" when
+    an interrupted run's worker processes are terminated mid-task: it cleans them up itself, and
+    the warning (from its own process, which takes its warning filters from ``sys.warnoptions``
+    when it starts) would be the only other text after the run's one-line interrupt message."""
+    import sys
+
+    rule = "ignore:resource_tracker:UserWarning"
+    if rule not in sys.warnoptions:
+        sys.warnoptions.append(rule)
+
+
+def _restore_sigint(mask: Any) -> None:
+    if mask is not None:
+        import signal
+
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def quiet_shutdown() -> None:
+    """Silence distributed's logging for an interrupted run's shutdown: closing a cluster with
+    tasks in flight logs cancelled tasks and closed connections, which the user did not ask about."""
+    for name in ("distributed", "tornado", "asyncio"):
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
 
 
 def _dashboard(client: Any) -> str | None:

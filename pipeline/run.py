@@ -43,8 +43,8 @@ from kernels.params import OUTPUT_NAMES, ATCParams
 from kernels.status import OK, STATUS_NAMES
 from pipeline import results as rs
 
-__all__ = ["BACKENDS", "BACKEND_SUBMIT", "ChunkTask", "Route", "RunError", "RunSummary", "default_chunk_symbols",
-           "plan_routes", "preflight", "run_atc", "run_chunk"]
+__all__ = ["BACKENDS", "BACKEND_SUBMIT", "ChunkTask", "PricesChangedError", "Route", "RunError", "RunSummary",
+           "TaskFailure", "default_chunk_symbols", "guarded", "plan_routes", "preflight", "run_atc", "run_chunk"]
 
 #: backend name -> extra ``client.submit`` keywords for its tasks.
 BACKEND_SUBMIT: dict[str, dict[str, Any]] = {"cpu": {}, "cuda": {"resources": {"GPU": 1}}}
@@ -58,7 +58,44 @@ MAX_REPORTED = 5
 
 
 class RunError(ATCUserError):
-    """Some chunks failed; the finished ones are saved and a rerun computes the rest."""
+    """Some chunks failed; the finished ones are saved and a rerun computes the rest.
+
+    ``prices_changed``: a task found another price store than the run started from, so a plain
+    rerun would be refused (other fingerprint) and only a rerun with overwrite helps; the CLI uses
+    it to print the exact command. ``log``: the file with every failure's traceback."""
+
+    def __init__(self, message: str, *, prices_changed: bool = False, log: Path | None = None):
+        super().__init__(message)
+        self.prices_changed = prices_changed
+        self.log = log
+
+
+class PricesChangedError(ATCUserError, ValueError):
+    """The price store was replaced or appended to while a run was reading it."""
+
+
+@dataclass(frozen=True)
+class TaskFailure:
+    """One failed task as the client reports it: a line for the terminal, the traceback for the log."""
+
+    index: int  # chunk (run) or task (sweep) index
+    message: str  # "OSError: disk on fire"
+    details: str = ""  # the worker's traceback, when the task itself raised
+    prices_changed: bool = False
+
+
+def guarded(fn: Callable[[Any], dict[str, Any]], task: Any) -> dict[str, Any]:
+    """Run a task and turn its exception into a small record. A task that raises makes every Dask
+    worker log a many-line "Compute Failed" report straight to the user's terminal (on a joined
+    cluster too, where we cannot quiet its logging); the client reports failures itself instead:
+    one line each, the traceback in a log file."""
+    import traceback
+
+    try:
+        return fn(task)
+    except Exception as exc:
+        return {"failed": True, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(),
+                "prices_changed": isinstance(exc, PricesChangedError)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -115,14 +152,14 @@ def _worker_name() -> str:
 
 def read_close(task: ChunkTask) -> tuple[np.ndarray, list[str]]:
     """The task's ``close`` slice and symbol names, from the price store it opens itself."""
-    from pipeline.store import StoreError, open_prices
+    from pipeline.store import open_prices
 
     ds = open_prices(task.prices)
     try:
         fp = ds.attrs.get("fingerprint")
         if fp != task.prices_fingerprint:
-            raise StoreError(f"{task.prices}: the price store changed during the run (fingerprint {fp}, "
-                             f"expected {task.prices_fingerprint}); rerun the command")
+            raise PricesChangedError(f"{task.prices}: the price store changed during the run (fingerprint {fp}, "
+                                     f"expected {task.prices_fingerprint})")
         sl = slice(task.start, task.stop)
         close = np.asarray(ds["close"][sl].values, dtype=np.float64)
         symbols = [str(s) for s in ds["symbol"].values[sl]]
@@ -272,11 +309,18 @@ def _price_chunk(ds: Any) -> int:
 
 
 def default_chunk_symbols(price_k: int, n_symbols: int, slots: int, min_symbols: int = 16) -> int:
-    """Symbols per task when not given: the price store's chunk, or the largest divisor of it
-    (>= ``min_symbols``) that gives every worker thread at least two tasks."""
-    if price_k >= n_symbols and n_symbols <= min_symbols:
-        return max(1, n_symbols)
-    want = 2 * max(1, slots)
+    """Symbols per task when not given.
+
+    Preferred: the price store's chunk, or its largest divisor (>= ``min_symbols``) that gives
+    every worker thread at least two tasks, so that tasks read whole price chunks. When even that
+    leaves some of the ``slots`` worker threads without a task (a small store: 25 symbols in one
+    price chunk on 2 workers would be one task), ``n_symbols // slots`` instead: every thread gets
+    one, and tasks read parts of a price chunk (each still writes whole results-store chunks).
+    """
+    n = max(1, int(n_symbols))
+    slots = max(1, int(slots))
+    price_k = max(1, min(int(price_k), n))
+    want = 2 * slots
     best = price_k
     for d in range(price_k, 0, -1):
         if price_k % d:
@@ -284,10 +328,11 @@ def default_chunk_symbols(price_k: int, n_symbols: int, slots: int, min_symbols:
         if d < min_symbols:
             break
         best = d
-        if -(-n_symbols // d) >= want:
+        if -(-n // d) >= want:
             break
-    return best
-
+    if -(-n // best) >= min(slots, n):
+        return best
+    return max(1, n // slots)
 
 def _check_alignment(k: int, price_k: int) -> None:
     if k < 1:
@@ -492,11 +537,14 @@ def run_atc(
     backtest: Any = None,
     gpu_chunk_symbols: int | None = None,
     on_notice: Callable[[str], None] | None = None,
+    verbose: bool = False,
 ) -> RunSummary:
     """Compute ATC for every symbol of the price store ``prices`` into the results store ``results``
     on the cluster of ``client``. See the module docstring for resume, refusal, locking and the
     routing of ``backend`` "auto"/"cuda" to GPU workers (``gpu_chunk_symbols``: symbols per GPU
     task, a multiple of the store's chunk). ``on_notice`` receives one-line notices (default: stderr).
+    Each failed chunk gets one line on stderr (``verbose``: with its traceback; the tracebacks always
+    go to :func:`failure_log_path`).
 
     ``backtest`` (a ``kernels.backtest.BacktestParams``) also backtests ``Average_Signal`` and adds
     ``position``, ``strategy_return``, ``equity`` and the per-symbol metrics to the store."""
@@ -533,7 +581,7 @@ def run_atc(
                     k = default_chunk_symbols(price_k, n_sym, slots)
                 else:
                     k = int(chunk_symbols)
-                _check_alignment(k, price_k)
+                    _check_alignment(k, price_k)
                 k = min(k, max(1, n_sym))
                 if gpu_chunk_symbols is not None and "cuda" in kinds:
                     _gpu_group(gpu_chunk_symbols, k)
@@ -561,12 +609,20 @@ def run_atc(
         feed = _Feed(todo, routes, make_task)
         records, failures = _execute(client, feed, progress=progress, report=report, on_record=on_record)
         if failures:
+            describe = lambda c: f"chunk {c} (symbols {bounds[c][0]}..{bounds[c][1] - 1})"  # noqa: E731
+            log = report_failures(failures, results_path, describe, verbose=verbose)
             first = failures[0]
             saved = len(bounds) - len(failures)
+            if any(f.prices_changed for f in failures):
+                raise RunError(
+                    f"{len(failures)} of {len(todo)} chunks failed: the price store {prices} changed during the run, "
+                    f"so {results} no longer matches it and a plain rerun is refused; recompute it from the new "
+                    f"prices with --overwrite (details: {log})", prices_changed=True, log=log)
             raise RunError(
-                f"{len(failures)} of {len(todo)} chunks failed (first: chunk {first[0]}, symbols "
-                f"{bounds[first[0]][0]}..{bounds[first[0]][1] - 1}: {first[1]}); the {saved} finished chunks "
-                f"are saved in {results}: rerun the same command to compute the rest")
+                f"{len(failures)} of {len(todo)} chunks failed (first: chunk {first.index}, symbols "
+                f"{bounds[first.index][0]}..{bounds[first.index][1] - 1}: {first.message}); the {saved} finished "
+                f"chunks are saved in {results}: rerun the same command to compute the rest (details: {log})",
+                log=log)
         state = rs.read_state(results_path)
         if not state.complete:  # pragma: no cover - every task succeeded, so every chunk is marked
             raise RunError(f"{results}: {int((~state.chunk_done).sum())} chunks are not marked done; rerun")
@@ -626,10 +682,10 @@ class _Feed:
 
 
 def _execute(client: Any, feed: _Feed, *, progress: bool | None, report: Any,
-             on_record: Callable[[dict[str, Any]], None] | None) -> tuple[list[dict], list[tuple[int, str]]]:
+             on_record: Callable[[dict[str, Any]], None] | None) -> tuple[list[dict], list[TaskFailure]]:
     """Submit the feed's tasks (each route keeps at most its ``in_flight`` tasks submitted, and gets
     the next one when one of its own finishes), follow them with a progress bar (in chunks), collect
-    the small records; failures are (chunk, message) for every chunk of a failed task."""
+    the small records; a failed task gives a failure for every chunk it covers."""
     from contextlib import nullcontext
 
     from distributed import as_completed, performance_report
@@ -638,7 +694,7 @@ def _execute(client: Any, feed: _Feed, *, progress: bool | None, report: Any,
     if progress is None:
         progress = sys.stderr.isatty()
     records: list[dict] = []
-    failures: list[tuple[int, str]] = []
+    failures: list[TaskFailure] = []
     ctx = performance_report(filename=str(report)) if report else nullcontext()
     token = uuid.uuid4().hex[:8]
     with ctx:
@@ -649,7 +705,8 @@ def _execute(client: Any, feed: _Feed, *, progress: bool | None, report: Any,
             t = feed.next(route)
             if t is None:
                 return False
-            f = client.submit(run_chunk, t, key=f"atc-chunk-{t.index:06d}-{token}", pure=False, **route.submit)
+            f = client.submit(guarded, run_chunk, t, key=f"atc-chunk-{t.index:06d}-{token}", pure=False,
+                              **route.submit)
             futures[f] = (t, route)
             pending.add(f)
             return True
@@ -664,9 +721,10 @@ def _execute(client: Any, feed: _Feed, *, progress: bool | None, report: Any,
             for f in pending:
                 t, route = futures.pop(f)
                 parts = t.parts()
-                if f.status == "error":
-                    exc = f.exception()
-                    failures.extend((index, f"{type(exc).__name__}: {exc}") for index, _, _ in parts)
+                failure = task_failure(f)
+                if failure is not None:
+                    failures.extend(TaskFailure(index, failure.message, failure.details, failure.prices_changed)
+                                    for index, _, _ in parts)
                 else:
                     rec = f.result()
                     records.append(rec)
@@ -680,5 +738,40 @@ def _execute(client: Any, feed: _Feed, *, progress: bool | None, report: Any,
             raise
         finally:
             bar.close()
-    failures.sort()
+    failures.sort(key=lambda x: x.index)
     return records, failures
+
+
+def task_failure(future: Any) -> TaskFailure | None:
+    """The failure of a finished future: a :func:`guarded` task's error record, or an error Dask
+    itself raised (a worker lost too often, a task that could not be unpickled); None on success."""
+    if future.status == "error":
+        exc = future.exception()
+        return TaskFailure(-1, f"{type(exc).__name__}: {exc}")
+    rec = future.result()
+    if isinstance(rec, dict) and rec.get("failed"):
+        return TaskFailure(-1, rec["error"], rec.get("traceback", ""), bool(rec.get("prices_changed")))
+    return None
+
+
+def failure_log_path(store: Path) -> Path:
+    """Where a run's failure details go: beside the store (``results.zarr`` -> ``results.zarr.errors.log``),
+    where the user looks for the store, and outside it, so the store's contents stay only data."""
+    return store.with_name(store.name + ".errors.log")
+
+
+def report_failures(failures: list[TaskFailure], store: Path, describe: Callable[[int], str], *,
+                    verbose: bool = False) -> Path:
+    """Write every failure's details to the log beside ``store`` and print one line per failed
+    chunk or task on stderr (with ``verbose``, its traceback below it). Returns the log's path."""
+    log = failure_log_path(store)
+    with open(log, "w", encoding="utf-8") as fh:
+        fh.write(f"# {rs.utc_now()}: {len(failures)} failed in {store}\n")
+        for f in failures:
+            fh.write(f"\n## {describe(f.index)}: {f.message}\n{f.details or '(no traceback: Dask reported it)'}\n")
+    for f in failures:
+        line = f"{describe(f.index)} failed: {f.message} (details: {log})"
+        if verbose and f.details:
+            line += "\n" + f.details.rstrip()
+        _stderr(line)
+    return log

@@ -244,10 +244,12 @@ def create_sweep_store(path: Path, prices: Any, grid: SweepGrid, identity: Sweep
     for name in METRIC_NAMES:
         data_vars[name] = (dims, da.zeros(shape, np.float64, chunks=chunks), {"description": METRIC_DESCRIPTIONS[name]})
         encoding[name] = {"chunks": chunks, "compressors": [rs.results_codec(name)]}
-    data_vars["status"] = (dims, da.zeros(shape, np.int8, chunks=chunks), {
+    data_vars["status"] = (dims, da.full(shape, rs.NOT_COMPUTED, dtype=np.int8, chunks=chunks), {
         "description": "outcome per combination and symbol: -1 not computed yet, "
                        + ", ".join(f"{c} {n}" for c, n in STATUS_NAMES.items())})
-    encoding["status"] = {"chunks": chunks, "fill_value": rs.NOT_COMPUTED, "compressors": [rs.results_codec("status")]}
+    # dtype given explicitly: with only a fill_value, xarray stores a float64 array with a NaN _FillValue
+    encoding["status"] = {"chunks": chunks, "dtype": "int8", "fill_value": rs.NOT_COMPUTED,
+                          "compressors": [rs.results_codec("status")]}
     data_vars["reason"] = (("symbol",), np.full(n_sym, "", dtype=object), {"description": "bad or missing data"})
     encoding["reason"] = {"chunks": (chunk_symbols,)}
     if identity.save_signals:
@@ -389,8 +391,11 @@ def _plan(ds: Any, grid: SweepGrid, store: Any, store_path: Path, dtype: str, sa
         return _Plan(identity, state, k, bshape, n_sym, n_time, ppy, price_k)
     if (store_path.exists() or store_path.is_symlink()) and not is_sweep_store(store_path):
         raise SweepError(f"{store} exists and is not an atc sweep store; refusing to overwrite it")
-    k = default_chunk_symbols(price_k, n_sym, slots) if chunk_symbols is None else int(chunk_symbols)
-    _check_alignment(k, price_k)
+    if chunk_symbols is None:
+        k = default_chunk_symbols(price_k, n_sym, slots)
+    else:
+        k = int(chunk_symbols)
+        _check_alignment(k, price_k)
     k = min(k, max(1, n_sym))
     if combos_per_task is None:
         combos_per_task = DEFAULT_COMBOS_PER_TASK
@@ -420,10 +425,12 @@ def preflight_sweep(prices: Any, store: Any, grid: SweepGrid, *, save_signals: b
 def run_sweep(prices: Any, store: Any, grid: SweepGrid, *, client: Any, save_signals: bool = False,
               dtype: str = "float64", chunk_symbols: int | None = None, combos_per_task: int | None = None,
               overwrite: bool = False, progress: bool | None = None, report: Any = None,
-              on_record: Callable[[dict[str, Any]], None] | None = None) -> SweepSummary:
-    """Backtest every combination of `grid` on every symbol of `prices` into the sweep store `store`."""
+              on_record: Callable[[dict[str, Any]], None] | None = None, verbose: bool = False) -> SweepSummary:
+    """Backtest every combination of `grid` on every symbol of `prices` into the sweep store `store`.
+    Failed tasks: one line each on stderr (``verbose``: with the traceback),
+    details in the log beside the store (``pipeline.run.failure_log_path``)."""
     from pipeline.cluster import kernel_parallel
-    from pipeline.run import RunError
+    from pipeline.run import RunError, report_failures
     from pipeline.store import open_prices
 
     t_start = time.perf_counter()
@@ -462,10 +469,19 @@ def run_sweep(prices: Any, store: Any, grid: SweepGrid, *, client: Any, save_sig
                                            save_signals, b == 0, parallel))
         records, failures = _execute(client, tasks, progress, report, on_record)
         if failures:
+            ranges = {t.index: t for t in tasks}
+            describe = lambda i: (f"task {i} (symbols {ranges[i].start}..{ranges[i].stop - 1})"  # noqa: E731
+                                  if i in ranges else f"task {i}")
+            log = report_failures(failures, store_path, describe, verbose=verbose)
             first = failures[0]
-            raise RunError(f"{len(failures)} of {len(tasks)} sweep tasks failed (first: task {first[0]}: "
-                              f"{first[1]}); the finished tasks are saved in {store}: rerun the same command "
-                              f"to compute the rest")
+            if any(f.prices_changed for f in failures):
+                raise RunError(
+                    f"{len(failures)} of {len(tasks)} sweep tasks failed: the price store {prices} changed during the "
+                    f"sweep, so {store} no longer matches it and a plain rerun is refused; recompute it from the new "
+                    f"prices with --overwrite (details: {log})", prices_changed=True, log=log)
+            raise RunError(f"{len(failures)} of {len(tasks)} sweep tasks failed (first: task {first.index}: "
+                           f"{first.message}); the finished tasks are saved in {store}: rerun the same command "
+                           f"to compute the rest (details: {log})", log=log)
         state = read_sweep_state(store_path)
         if not state.complete:  # pragma: no cover
             raise RunError(f"{store}: {int((~state.task_done).sum())} tasks are not marked done; rerun")
@@ -482,8 +498,10 @@ def run_sweep(prices: Any, store: Any, grid: SweepGrid, *, client: Any, save_sig
 
 
 def _execute(client: Any, tasks: list[SweepTask], progress: bool | None, report: Any,
-             on_record: Callable[[dict[str, Any]], None] | None) -> tuple[list[dict], list[tuple[int, str]]]:
+             on_record: Callable[[dict[str, Any]], None] | None) -> tuple[list[dict], list]:
     from contextlib import nullcontext
+
+    from pipeline.run import TaskFailure, guarded, task_failure
 
     from distributed import as_completed, performance_report
     from tqdm import tqdm
@@ -491,19 +509,19 @@ def _execute(client: Any, tasks: list[SweepTask], progress: bool | None, report:
     if progress is None:
         progress = sys.stderr.isatty()
     records: list[dict] = []
-    failures: list[tuple[int, str]] = []
+    failures: list[TaskFailure] = []
     token = uuid.uuid4().hex[:8]
     with performance_report(filename=str(report)) if report else nullcontext():
-        futures = {client.submit(run_sweep_task, t, key=f"atc-sweep-{t.index:07d}-{token}", pure=False): t
+        futures = {client.submit(guarded, run_sweep_task, t, key=f"atc-sweep-{t.index:07d}-{token}", pure=False): t
                    for t in tasks}
         bar = tqdm(total=len(tasks), unit="task", desc="atc sweep", disable=not progress, file=sys.stderr,
                    dynamic_ncols=True)
         try:
             for f in as_completed(list(futures)):
                 t = futures.pop(f)
-                if f.status == "error":
-                    exc = f.exception()
-                    failures.append((t.index, f"{type(exc).__name__}: {exc}"))
+                failure = task_failure(f)
+                if failure is not None:
+                    failures.append(TaskFailure(t.index, failure.message, failure.details, failure.prices_changed))
                 else:
                     rec = f.result()
                     records.append(rec)
@@ -516,7 +534,7 @@ def _execute(client: Any, tasks: list[SweepTask], progress: bool | None, report:
             raise
         finally:
             bar.close()
-    failures.sort()
+    failures.sort(key=lambda x: x.index)
     return records, failures
 
 
