@@ -28,6 +28,8 @@ __all__ = ["PlotError", "direction_changes", "plot", "plot_symbol", "plot_sweep"
 WIDTH_IN, DPI = 13.0, 100
 N_BUCKETS = 1200
 """Buckets per series: about the width in pixels of a panel's plotting area at WIDTH_IN x DPI."""
+MARKER_BUCKETS = N_BUCKETS // 8
+"""At most one marker per direction per this many buckets (~8 px): denser markers hide the price."""
 STATIC = (".png", ".svg", ".pdf")
 SIGNAL_CMAP = "RdYlGn"
 FAMILY_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
@@ -68,6 +70,16 @@ def direction_changes(avg: np.ndarray, long_threshold: float, short_threshold: f
     return idx, pos[idx]
 
 
+def thin_events(idx: np.ndarray, direction: np.ndarray, n: int, n_buckets: int) -> tuple[np.ndarray, np.ndarray]:
+    """At most one marker per direction per bucket (the first): a minute-bar history can flip
+    direction 100,000 times, and as many markers would cost seconds and hide the price."""
+    if idx.size <= n_buckets:
+        return idx, direction
+    size = -(-max(n, 1) // max(1, n_buckets))
+    _, first = np.unique((idx // size) * 2 + (direction > 0), return_index=True)
+    return idx[first], direction[first]
+
+
 def drawdown(equity: np.ndarray) -> np.ndarray:
     """1 - equity / running peak (a positive fraction; NaN bars do not move the peak)."""
     e = np.asarray(equity, dtype=np.float64)
@@ -103,11 +115,13 @@ def _lines(view) -> dict[str, Any]:
     out["layer2"] = {n: dec(s[n]) for n in EQUITY_NAMES}
     p = view.params
     idx, d = direction_changes(s["Average_Signal"], p.get("long_threshold", 0.1), p.get("short_threshold", -0.1))
+    out["n_changes"] = (int((d > 0).sum()), int((d < 0).sum()))
+    idx, d = thin_events(idx, d, t.size, MARKER_BUCKETS)
     out["changes"] = (t[idx], view.close[idx], d)
     if view.backtested:
-        eq = s["equity"]
-        first = view.close[0] if view.close.size else np.nan
-        bh = view.close / first
+        # both rebased to 1 at the first bar shown, so a --start window compares like with like
+        eq = s["equity"] / s["equity"][0] if view.close.size else s["equity"]
+        bh = view.close / view.close[0] if view.close.size else view.close
         out["equity"] = dec(eq)
         out["buy_hold"] = dec(bh)
         out["dd"] = dec(drawdown(eq))
@@ -137,8 +151,10 @@ def symbol_figure(view):
 
     d = _lines(view)
     heights = [3.0, 1.4, 2.0] + ([2.0, 1.2] if view.backtested else [])
-    fig = Figure(figsize=(WIDTH_IN, 1.0 + sum(heights)), dpi=DPI, layout="constrained")
+    h = 1.0 + sum(heights)
+    fig = Figure(figsize=(WIDTH_IN, h), dpi=DPI)  # fixed margins: constrained layout costs ~1 s per save
     axes = fig.subplots(len(heights), 1, sharex=True, gridspec_kw={"height_ratios": heights})
+    fig.subplots_adjust(left=0.075, right=0.99, top=1 - 0.35 / h, bottom=0.45 / h, hspace=0.32)
     num = lambda x: mdates.date2num(np.asarray(x, dtype="datetime64[ns]"))  # noqa: E731
     ax = axes[0]
     tc, c = d["close"]
@@ -151,10 +167,12 @@ def symbol_figure(view):
                       vmin=-1, vmax=1, alpha=0.35, shading="flat", zorder=0, rasterized=True)
     tt, yy, dd = d["changes"]
     up = dd > 0
+    n_up, n_down = d["n_changes"]
+    thinned = " (thinned: one marker per ~8 px)" if n_up + n_down > tt.size else ""
     ax.scatter(num(tt[up]), yy[up], marker="^", s=28, color="#1a9641", edgecolor="black", lw=0.4, zorder=3,
-               label=f"turns long ({int(up.sum())})")
+               label=f"turns long ({n_up:,})")
     ax.scatter(num(tt[~up]), yy[~up], marker="v", s=28, color="#d7191c", edgecolor="black", lw=0.4, zorder=3,
-               label=f"turns short ({int((~up).sum())})")
+               label=f"turns short ({n_down:,}){thinned}")
     ax.set_ylabel("close")
     ax.legend(loc="upper left", fontsize=8, ncols=3)
     ax.set_title(_title(view) + " (background: Average_Signal, red -1 .. green +1)", fontsize=10, loc="left")
@@ -183,7 +201,8 @@ def symbol_figure(view):
         ax.plot(num(tb), b, color="grey", lw=0.9, label="buy and hold")
         _maybe_log(ax, [e, b])
         bt = view.backtest or {}
-        ax.set_title(f"backtest (fee {bt.get('fee_bps', '?')} bps, long_only {bt.get('long_only', '?')})",
+        ax.set_title(f"backtest, rebased to 1 at the first bar shown (fee {bt.get('fee_bps', '?')} bps, "
+                     f"long_only {bt.get('long_only', '?')})",
                      fontsize=9, loc="left")
         ax.legend(loc="upper left", fontsize=8)
         ax = axes[4]
@@ -352,7 +371,7 @@ def symbol_html(view) -> str:
     p3.legend.click_policy = "hide"
     panels = [p1, p2, p3]
     if view.backtested:
-        p4 = figure(height=220, title="strategy equity vs buy and hold", **kw)
+        p4 = figure(height=220, title="strategy equity vs buy and hold (rebased to 1 at the first bar shown)", **kw)
         p4.line(*d["equity"], color="#2166ac", legend_label="strategy equity")
         p4.line(*d["buy_hold"], color="grey", legend_label="buy and hold")
         p4.legend.location = "top_left"

@@ -84,7 +84,7 @@ def open_store(path: str | Path, kind: str | None = None):
     kind = kind or store_kind(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=RuntimeWarning)  # price stores are not consolidated
-        return xr.open_zarr(str(path), chunks=None, consolidated=kind != "price-store")
+        return xr.open_zarr(str(path), chunks=None, consolidated=None if kind != "price-store" else False)
 
 
 def _json(attrs: Mapping[str, Any], key: str, default: Any = None) -> Any:
