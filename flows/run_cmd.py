@@ -37,6 +37,7 @@ def load_params(config: Path | None = None, sets: list[str] | None = None, *, ba
         if not sep or not key.strip():
             raise ATCUserError(f"--set wants key=value (e.g. --set ema_len=30), got {item!r}")
         values[key.strip()] = value.strip()
+    values = canonical_names(values, backtest=backtest)
     try:
         from kernels.backtest import BACKTEST_FIELDS, split_params
 
@@ -49,6 +50,38 @@ def load_params(config: Path | None = None, sets: list[str] | None = None, *, ba
     except ATCUserError as exc:
         where = f"{config}: " if config is not None else ""
         raise type(exc)(f"{where}{exc}") from None
+
+
+#: Other names users know parameters by -> ours. ``hull_len`` is the pandas API's name (and the
+#: original indicator's) for the HMA family's length (kernels/pandas_api.py).
+ALIASES = {"hull_len": "hma_len"}
+
+
+def canonical_names(values: dict[str, Any], *, backtest: bool = False, known: Any = None,
+                    unknown: str = "unknown ATC parameter(s): {key}") -> dict[str, Any]:
+    """``values`` with aliases renamed; an unknown name is refused with the closest valid one
+    (a typo like ``ema_length`` should cost one glance, not a read of the whole list)."""
+    import difflib
+
+    from kernels.backtest import BACKTEST_FIELDS
+    from kernels.params import ATCParams
+
+    if known is None:
+        known = [f for f in ATCParams.__dataclass_fields__] + list(BACKTEST_FIELDS)
+    known = list(known)
+    out: dict[str, Any] = {}
+    given: dict[str, str] = {}
+    for key, value in values.items():
+        name = ALIASES.get(key, key)
+        if name in out:
+            raise ATCUserError(f"{given[name]} and {key} name the same parameter ({name}); give it once")
+        given[name] = key
+        if name not in known:
+            close = difflib.get_close_matches(name, known + list(ALIASES), n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]}?)" if close else f"; known: {', '.join(sorted(known))}"
+            raise ATCUserError(unknown.format(key=key) + hint)
+        out[name] = value
+    return out
 
 
 # --------------------------------------------------------------------------------------------

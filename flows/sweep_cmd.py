@@ -23,8 +23,15 @@ def load_grid(path: Path, base_atc=None, base_backtest=None):
 
     from kernels.sweep import make_grid
 
+    from flows.run_cmd import canonical_names
+    from kernels.sweep import SWEEP_PARAMS
+
     loaded = load_yaml_file(path, "grid")
     try:
+        if isinstance(loaded, dict):  # (anything else: make_grid says what a grid must be)
+            loaded = {k: v for k, v in loaded.items() if k == "periods_per_year"} | canonical_names(
+                {str(k): v for k, v in loaded.items() if k != "periods_per_year"}, known=SWEEP_PARAMS,
+                unknown="grid: unknown parameter {key!r}")
         return make_grid(loaded, base_atc, base_backtest)
     except ATCUserError as exc:
         raise type(exc)(f"{path}: {exc}") from None

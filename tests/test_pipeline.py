@@ -90,7 +90,7 @@ def test_bad_and_short_symbols_get_a_status_and_the_rest_completes(cluster, pric
     shutil.copytree(prices, bad)
     close = zarr.open_array(str(bad / "close"), mode="r+")
     close[3, 100] = -1.0  # the price store never holds these; a hand-edited or foreign one might
-    close[20, 200] = np.nan
+    close[20, 200] = np.inf  # (a NaN would only mean "no bar at that time")
     n_valid = (~np.isnan(open_prices(prices)["close"].values)).sum(axis=1)
     params = ATCParams(ema_len=int(n_valid.min()) - 7)  # needs one bar more than the shortest symbol has
     exp = expected(bad, params)
@@ -101,7 +101,7 @@ def test_bad_and_short_symbols_get_a_status_and_the_rest_completes(cluster, pric
     ds = assert_same(tmp_path / "r.zarr", exp)
     reason = ds["reason"].values
     assert reason[3] == "bad data: symbol 'SYN0003' (index 3) has a close <= 0 (-1.0) at bar 100"
-    assert reason[20].startswith("bad data: symbol 'SYN0020' (index 20) has a missing close (NaN)")
+    assert reason[20].startswith("bad data: symbol 'SYN0020' (index 20)")
     assert reason[short[0]].startswith(f"insufficient history: symbol '{ds['symbol'].values[short[0]]}'")
     assert all(reason[i] == "" for i in np.flatnonzero(exp.status == st.OK))
     assert s.status_counts == {"not computed": 0, "ok": int((exp.status == 0).sum()),
@@ -125,7 +125,7 @@ def test_resume_computes_only_missing_chunks(cluster, prices, tmp_path):
     assert_same(res, expected(prices))
 
 
-def test_failed_chunk_is_reported_and_a_rerun_completes(cluster, prices, tmp_path, monkeypatch):
+def test_failed_chunk_is_reported_and_a_rerun_completes(cluster, prices, tmp_path, monkeypatch, capsys):
     import pipeline.run as run_mod
 
     real = run_mod.read_close
@@ -140,6 +140,11 @@ def test_failed_chunk_is_reported_and_a_rerun_completes(cluster, prices, tmp_pat
     with pytest.raises(run_mod.RunError, match=r"1 of 5 chunks failed \(first: chunk 2, symbols 16\.\.23: "
                                                 r"OSError: disk on fire\); the 4 finished chunks are saved"):
         run_atc(prices, res, client=cluster.client)
+    # one line on the terminal, not Dask's "Compute Failed" report; the traceback in the log beside the store
+    log = tmp_path / "r.zarr.errors.log"
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"chunk 2 (symbols 16..23) failed: OSError: disk on fire (details: {log})"]
+    assert "Traceback" in log.read_text() and "in flaky" in log.read_text()
     assert list(xr.open_zarr(res)["chunk_done"].values) == [1, 1, 0, 1, 1]
     assert "completed" not in xr.open_zarr(res).attrs
     monkeypatch.setattr(run_mod, "read_close", real)
@@ -209,3 +214,44 @@ def test_cli_run_with_config_and_set(cluster, prices, tmp_path, capsys):
     assert "unknown ATC parameter(s): bogus" in capsys.readouterr().err
     assert main(["run", str(prices), str(tmp_path / "x.zarr"), "--dtype", "float16"]) == 2
     assert "dtype must be one of" in capsys.readouterr().err
+
+
+def test_prices_changed_during_the_run_names_the_command_that_works(cluster, prices, tmp_path, monkeypatch, capsys):
+    """A plain rerun is refused once the price store changed (other fingerprint): the message must
+    give the command with --overwrite, and that command must then work."""
+    import pipeline.run as run_mod
+
+    px = tmp_path / "prices.zarr"
+    shutil.copytree(prices, px)
+    res = tmp_path / "r.zarr"
+    real = run_mod.read_close
+
+    def replaced_meanwhile(task):
+        if task.index == 1:  # the store is replaced while the run is going
+            write_prices(synth_prices(N_SYM, N_BARS, seed=12), px, chunk_symbols=CHUNK, overwrite=True)
+        return real(task)
+
+    monkeypatch.setattr(run_mod, "read_close", replaced_meanwhile)
+    argv = ["run", str(px), str(res), "--scheduler", cluster.address, "--no-progress", "--chunk-symbols", "8"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and err[-1].endswith(f": atc run {px} {res} --scheduler {cluster.address} "
+                                                              "--no-progress --chunk-symbols 8 --overwrite")
+    assert "the price store" in err[-1] and "changed during the run" in err[-1]
+    assert all(" failed: PricesChangedError: " in line for line in err[:-1]) and len(err) >= 2
+    monkeypatch.setattr(run_mod, "read_close", real)
+    assert main(argv) == 2  # what the old message advised: refused
+    assert "a different price store" in capsys.readouterr().err
+    assert main(argv + ["--overwrite"]) == 0  # what the new one says: works
+    assert_same(res, expected(px))
+
+
+def test_small_store_gives_every_worker_a_task(cluster, tmp_path):
+    """25 symbols in one price chunk on 2 workers: tasks smaller than the price chunk (each writes
+    whole results chunks), every worker busy, results still exact."""
+    px = tmp_path / "small.zarr"
+    write_prices(synth_prices(25, N_BARS, seed=5), px, chunk_symbols=25)
+    records = []
+    s = run_atc(px, tmp_path / "r.zarr", client=cluster.client, on_record=records.append)
+    assert s.n_chunks >= 2 and len(records) == s.n_chunks
+    assert_same(tmp_path / "r.zarr", expected(px))

@@ -142,6 +142,13 @@ def test_chunking_rules():
     assert default_chunk_symbols(209, 2000, 2) == 209  # 10 chunks already
     assert default_chunk_symbols(300, 300, 2) == 75  # one price chunk split for 2 workers
     assert default_chunk_symbols(8, 40, 2) == 8
+    # a small store still gives every worker thread work (issue 9: 25 symbols on 2 workers were 1 task)
+    from pipeline.results import chunk_bounds
+
+    for price_k, n, slots in [(25, 25, 2), (25, 25, 4), (100, 30, 2), (50, 10, 3), (16, 16, 2), (300, 40, 8)]:
+        k = default_chunk_symbols(price_k, n, slots)
+        assert len(chunk_bounds(n, k)) >= slots, (price_k, n, slots, k)
+    assert len(chunk_bounds(3, default_chunk_symbols(25, 3, 8))) == 3  # fewer symbols than threads: one each
     _check_alignment(50, 25)
     _check_alignment(5, 25)
     with pytest.raises(rs.ResultsError, match="not aligned"):
