@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+
+from pipeline.tables import CLOSE_SPELLINGS, EPOCH_UNITS, TIME_SPELLINGS
 
 _STORE = typer.Argument(help="Price store to create (a directory, e.g. data/prices.zarr).", show_default=False)
 _CHUNK = typer.Option(
@@ -36,6 +39,13 @@ def synth(
     typer.echo(summary.describe())
 
 
+class Fill(str, Enum):
+    """--fill choices (pipeline.price_format.FILL_MODES)."""
+
+    none = "none"
+    ffill = "ffill"
+
+
 def ingest(
     src: Annotated[
         Path,
@@ -54,12 +64,37 @@ def ingest(
     progress: Annotated[
         Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar (default: on a terminal, from 20 files on).")
     ] = None,
+    fill: Annotated[
+        Optional[Fill],
+        typer.Option("--fill", case_sensitive=False, show_default=False,
+                     help="none: each symbol keeps exactly its file's bars (NaN where it has none); ffill: "
+                     "repeat the previous close at the other symbols' times inside its span (volume 0), "
+                     "counted per symbol. Recorded in the store. Default: none; with --append, the store's."),
+    ] = None,
+    drop_empty_close: Annotated[
+        bool, typer.Option("--drop-empty-close",
+                           help="Skip rows that have a time but no close (counted per file) instead of stopping "
+                           "with an error naming the file and line.")
+    ] = False,
+    dayfirst: Annotated[
+        bool, typer.Option("--dayfirst", help="Read ambiguous dates as day first: 03/04/2020 is 3 April.")
+    ] = False,
 ) -> None:
-    """Ingest price files into a price store. Columns Date/Datetime/timestamp and
-    Open/High/Low/Close/Volume in any case; epoch seconds or milliseconds or ISO times (-> UTC).
-    The time axis is the union of all calendars; gaps inside a symbol's span are forward-filled."""
     from pipeline.ingest import ingest as run_ingest
 
     summary = run_ingest(src, store, append=append, overwrite=overwrite, chunk_symbols=chunk_symbols,
-                         progress=progress)
+                         progress=progress, fill=None if fill is None else fill.value,
+                         drop_empty_close=drop_empty_close, dayfirst=dayfirst)
     typer.echo(summary.describe())
+
+
+# Built from the parser's own tables so the help cannot drift from what the code accepts.
+ingest.__doc__ = (
+    "Ingest price files into a price store, each symbol with exactly its own bars.\n\n"
+    f"Time column: {TIME_SPELLINGS} (any case). Close column: {CLOSE_SPELLINGS} (any case). "
+    "Optional: Open, High, Low, Volume.\n\n"
+    "Timestamps: ISO or other date strings (a time zone is converted to UTC; see --dayfirst), or numbers: "
+    f"{EPOCH_UNITS}.\n\n"
+    "The time axis is the union of all calendars; a symbol has no bar (NaN) at the other symbols' times "
+    "unless --fill ffill. A row without a close is an error unless --drop-empty-close."
+)

@@ -2,11 +2,16 @@
 
 SRC is either a directory of files, one per symbol (the symbol is the file name without its
 extension) or long-format files with a symbol column, or a single such file. Column spellings,
-timestamps and validation are handled by :func:`pipeline.store.normalise_table`.
+timestamps and validation are handled by :func:`pipeline.tables.split_table`.
+
+Each symbol's stored bars are exactly its file's rows: nothing is filled unless asked
+(``fill="ffill"``), and a row without a close is an error unless ``drop_empty_close`` (then it is
+skipped and counted per file, so the user sees what was left out).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from collections.abc import Iterable
@@ -15,16 +20,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.store import (
-    CanonicalFrames,
-    StoreError,
-    StoreSummary,
-    append_prices,
-    check_target,
-    has_symbol_column,
-    normalise_table,
-    write_prices,
-)
+from pipeline.panel import check_fill
+from pipeline.price_append import append_prices
+from pipeline.price_format import StoreError
+from pipeline.price_store import StoreSummary, check_target, write_prices
+from pipeline.tables import CanonicalFrames, Table, has_symbol_column, split_table
 
 __all__ = ["DATA_SUFFIXES", "ingest", "list_sources", "read_sources"]
 
@@ -100,23 +100,32 @@ def _read_file(path: Path) -> pd.DataFrame:
         raise
 
 
-def _load(path: Path) -> dict[str, pd.DataFrame]:
-    """One file -> {symbol: frame}: long format if it has a symbol column, else one symbol
+def _load(path: Path, dayfirst: bool = False, empty_close: str = "error") -> Table:
+    """One file -> its symbols' frames: long format if it has a symbol column, else one symbol
     named after the file."""
     df = _read_file(path)
     line_base = 2 if DATA_SUFFIXES[_suffix(path)] == "csv" else None  # type: ignore[index]
     symbol = None if has_symbol_column(df) else symbol_from_filename(path)
-    return normalise_table(df, str(path), symbol=symbol, line_base=line_base)
+    return split_table(df, str(path), symbol=symbol, line_base=line_base, dayfirst=dayfirst,
+                       empty_close=empty_close)
 
 
 def read_sources(
-    files: Iterable[Path], *, progress: bool | None = None, threads: int | None = None
+    files: Iterable[Path],
+    *,
+    progress: bool | None = None,
+    threads: int | None = None,
+    dayfirst: bool = False,
+    drop_empty_close: bool = False,
 ) -> CanonicalFrames:
-    """Read and validate every file; ``{symbol: canonical frame}`` sorted by symbol.
+    """Read and validate every file; ``{symbol: canonical frame}`` sorted by symbol, with the
+    rows dropped for lack of a close per file in ``.dropped_empty_close`` (only with
+    ``drop_empty_close``; otherwise such a row is an error naming file and line).
 
     A symbol found in two files is an error naming both. ``progress=None`` shows a bar on a
     terminal when there are many files.
     """
+    empty_close = "drop" if drop_empty_close else "error"
     files = list(files)
     if threads is None:
         threads = 1  # measured: threads only slow the pandas CSV reader down here
@@ -129,23 +138,27 @@ def read_sources(
                    disable=None if progress is None else False)
     frames: dict[str, pd.DataFrame] = {}
     origin: dict[str, Path] = {}
+    dropped: dict[str, int] = {}
     try:
         if threads > 1:
             with ThreadPoolExecutor(threads) as pool:
                 # map keeps the file order, so the first error reported is deterministic
-                results = pool.map(lambda p: _load(p), files)
-                _collect(files, results, frames, origin, bar)
+                results = pool.map(lambda p: _load(p, dayfirst, empty_close), files)
+                _collect(files, results, frames, origin, dropped, bar)
         else:
-            _collect(files, (_load(p) for p in files), frames, origin, bar)
+            _collect(files, (_load(p, dayfirst, empty_close) for p in files), frames, origin, dropped, bar)
     finally:
         if bar is not None:
             bar.close()
-    return CanonicalFrames((s, frames[s]) for s in sorted(frames))
+    return CanonicalFrames(((s, frames[s]) for s in sorted(frames)), dropped_empty_close=dropped)
 
 
-def _collect(files, results, frames, origin, bar) -> None:
+def _collect(files, results, frames, origin, dropped, bar) -> None:
     for path, got in zip(files, results):
-        for sym, frame in got.items():
+        n = sum(got.dropped_empty_close.values())
+        if n:
+            dropped[str(path)] = n
+        for sym, frame in got.frames.items():
             if sym in frames:
                 raise StoreError(f"symbol {sym!r} appears in two files: {origin[sym]} and {path}")
             frames[sym] = frame
@@ -162,12 +175,30 @@ def ingest(
     overwrite: bool = False,
     chunk_symbols: int | None = None,
     progress: bool | None = None,
+    fill: str | None = None,
+    drop_empty_close: bool = False,
+    dayfirst: bool = False,
 ) -> StoreSummary:
-    """Ingest SRC (file or directory) into the price store STORE (create, overwrite or append)."""
+    """Ingest SRC (file or directory) into the price store STORE (create, overwrite or append).
+
+    ``fill``: "none" (default for a new store: a symbol has exactly its file's rows) or "ffill"
+    (gaps inside a symbol's span are forward-filled and counted); on append, the store's own
+    choice (see :func:`pipeline.store.append_prices`). ``drop_empty_close`` skips rows without a
+    close (counted per file in the summary) instead of stopping at the first. ``dayfirst`` reads
+    dates such as 03/04/2020 as D/M/Y.
+    """
+    if fill is not None:
+        check_fill(fill)
     store = check_target(store, overwrite=overwrite, append=append)
     files = list_sources(src)
-    frames = read_sources(files, progress=progress)
+    frames = read_sources(files, progress=progress, dayfirst=dayfirst, drop_empty_close=drop_empty_close)
     source = f"ingest {Path(src).resolve()}"
     if append:
-        return append_prices(frames, store, chunk_symbols=chunk_symbols, source=source)
-    return write_prices(frames, store, chunk_symbols=chunk_symbols, overwrite=overwrite, source=source)
+        summary = append_prices(frames, store, chunk_symbols=chunk_symbols, source=source, fill=fill)
+    else:
+        summary = write_prices(frames, store, chunk_symbols=chunk_symbols, overwrite=overwrite, source=source,
+                               fill=fill or "none")
+    if drop_empty_close:
+        dropped = tuple((str(f), frames.dropped_empty_close.get(str(f), 0)) for f in files)
+        summary = dataclasses.replace(summary, dropped_empty_close=dropped)
+    return summary

@@ -15,15 +15,17 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from pipeline.price_format import POSITIVE_VARS, PRICE_VARS, StoreError, format_time
+from pipeline.price_format import FILL_MODES, POSITIVE_VARS, PRICE_VARS, StoreError, format_time
 from pipeline.tables import frames_from
 
-__all__ = ["Panel", "check_values", "fill_gaps", "panel_from_dataset", "panel_from_frames", "panel_union",
+__all__ = ["Panel", "check_fill", "check_values", "fill_gaps", "panel_from_dataset", "panel_from_frames", "panel_union",
            "to_panel", "validate_prices"]
 
 
 @dataclass
 class Panel:
+    """Arrays on ``(symbol, time)`` plus the per-symbol count of forward-filled bars."""
+
     symbols: list[str]
     times: np.ndarray  # int64 ns
     arrays: dict[str, np.ndarray]  # var -> (n_symbols, n_times) float64
@@ -41,13 +43,24 @@ class Panel:
         return xr.Dataset(data_vars, coords=coords, attrs=dict(attrs or {}))
 
 
-def panel_from_frames(frames: Mapping[str, pd.DataFrame]) -> Panel:
+def check_fill(fill: str) -> str:
+    """``fill`` if it is a known fill mode; a user error naming the modes otherwise."""
+    if fill not in FILL_MODES:
+        raise StoreError(f"fill must be one of {', '.join(FILL_MODES)}, got {fill!r}")
+    return fill
+
+
+def panel_from_frames(frames: Mapping[str, pd.DataFrame], fill: str = "none") -> Panel:
+    """The union-calendar panel of ``frames``; with ``fill="ffill"`` gaps inside each symbol's
+    span are forward-filled and counted (the user asked for invented bars)."""
     panel = panel_union(frames)
-    panel.filled = fill_gaps(panel.arrays)
+    if check_fill(fill) == "ffill":
+        panel.filled = fill_gaps(panel.arrays)
     return panel
 
 
 def panel_union(frames: Mapping[str, pd.DataFrame]) -> Panel:
+    """Each symbol's own bars placed on the union of all calendars; NaN where it has no bar."""
     symbols = list(frames)
     present = [v for v in PRICE_VARS if any(v in f.columns for f in frames.values())]
     if frames:
@@ -105,7 +118,12 @@ def fill_gaps(arrays: dict[str, np.ndarray]) -> np.ndarray:
     return counts
 
 
-def panel_from_dataset(ds: xr.Dataset, where: str = "dataset") -> Panel:
+def panel_from_dataset(ds: xr.Dataset, where: str = "dataset", fill: str = "none") -> Panel:
+    """A dataset laid out like a store, checked; its ``filled_gaps`` counts carry over, and
+    ``fill="ffill"`` fills (and counts) what is still missing inside each symbol's span.
+
+    A bar is defined by its close: other variables are dropped where the close is NaN."""
+    check_fill(fill)
     if "close" not in ds.data_vars:
         raise StoreError(f"{where}: no 'close' variable (variables: {list(ds.data_vars)})")
     unknown = [v for v in ds.data_vars if v not in PRICE_VARS and v != "filled_gaps"]
@@ -137,13 +155,20 @@ def panel_from_dataset(ds: xr.Dataset, where: str = "dataset") -> Panel:
     if np.any(order != np.arange(times.size)):
         times = times[order]
         arrays = {v: a[:, order] for v, a in arrays.items()}
+    no_bar = np.isnan(arrays["close"])
+    for v, a in arrays.items():
+        if v != "close":
+            a[no_bar] = np.nan
     panel = Panel(symbols, times, arrays, prev)
-    check_values(panel, where, allow_gaps=True)
-    panel.filled = prev + fill_gaps(arrays)
+    check_values(panel, where)
+    if fill == "ffill":
+        panel.filled = prev + fill_gaps(arrays)
     return panel
 
 
-def check_values(p: Panel, where: str, *, allow_gaps: bool = False) -> None:
+def check_values(p: Panel, where: str) -> None:
+    """Bad data is an error naming symbol and time; a NaN close is not (it means "no bar",
+    ATC_SPEC.md section 7), but a symbol without a single close is."""
     if len(set(p.symbols)) != len(p.symbols):
         seen: set[str] = set()
         dup = next(s for s in p.symbols if s in seen or seen.add(s))
@@ -167,26 +192,18 @@ def check_values(p: Panel, where: str, *, allow_gaps: bool = False) -> None:
     none = np.flatnonzero(~valid.any(axis=1))
     if none.size:
         raise StoreError(f"{where}: symbol {p.symbols[none[0]]!r} has no close values")
-    if not allow_gaps and close.shape[1]:
-        m = close.shape[1]
-        first = valid.argmax(axis=1)
-        last = m - 1 - valid[:, ::-1].argmax(axis=1)
-        cols = np.arange(m)
-        gap = (cols >= first[:, None]) & (cols <= last[:, None]) & ~valid
-        if gap.any():
-            i, j = np.argwhere(gap)[0]
-            raise StoreError(f"{where}: interior gap (NaN close) for symbol {p.symbols[i]!r} at {format_time(p.times[j])}")
 
 
 def validate_prices(ds: xr.Dataset, where: str = "price store") -> None:
     """Raise :class:`StoreError` unless ``ds`` is a well-formed price dataset: ``close`` present,
     dims ``(symbol, time)``, unique non-empty symbols, strictly increasing times, prices > 0,
-    volume >= 0, no infinities, and no interior gap in ``close``. Loads the data."""
-    p = panel_as_is(ds, where)
-    check_values(p, where, allow_gaps=False)
+    volume >= 0, no infinities, every symbol with at least one close. A NaN close anywhere is
+    valid: the symbol has no bar at that time. Loads the data."""
+    check_values(panel_as_is(ds, where), where)
 
 
 def panel_as_is(ds: xr.Dataset, where: str) -> Panel:
+    """The dataset's arrays without reordering or masking, so validation sees what is stored."""
     if "close" not in ds.data_vars:
         raise StoreError(f"{where}: no 'close' variable")
     for v in PRICE_VARS:
@@ -201,11 +218,11 @@ def panel_as_is(ds: xr.Dataset, where: str) -> Panel:
     return Panel(symbols, times, arrays, np.zeros(len(symbols), np.int64))
 
 
-
-def to_panel(data: Any, where: str) -> Panel:
+def to_panel(data: Any, where: str, fill: str = "none") -> Panel:
+    """Whatever :func:`pipeline.store.write_prices` accepts, as a checked panel."""
     if isinstance(data, Panel):
         return data
     if isinstance(data, xr.Dataset):
-        return panel_from_dataset(data, where)
-    return panel_from_frames(frames_from(data, where))
+        return panel_from_dataset(data, where, fill)
+    return panel_from_frames(frames_from(data, where), fill)
 

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from pipeline.panel import Panel, check_values, fill_gaps, panel_union
-from pipeline.price_format import APPEND_RTOL, PRICE_VARS, StoreError, format_time
+from pipeline.panel import Panel, check_fill, check_values, fill_gaps, panel_union
+from pipeline.price_format import APPEND_RTOL, FORMAT_VERSION, PRICE_VARS, StoreError, format_time
 from pipeline.price_store import (
     StoreSummary,
     auto_chunk_symbols,
@@ -37,19 +37,26 @@ def append_prices(
     *,
     chunk_symbols: int | None = None,
     source: str = "python",
+    fill: str | None = None,
 ) -> StoreSummary:
     """Add newer bars and new symbols to the price store at ``path``.
 
     Existing values never change. For a symbol already in the store, bars up to its last stored
     bar must be bars the store has and agree with them (relative tolerance ``APPEND_RTOL`` on
     every variable both sides have); later bars are added. New symbols come with their whole
-    history. The time axis becomes the union of both; bars inserted into an existing symbol's
-    span by another symbol's calendar are forward-filled and counted like any gap. The new store
-    is built beside the old one and renamed into place: on any error the old store is unchanged.
+    history. The time axis becomes the union of both. The store's ``fill`` attribute decides what
+    happens to times another symbol's calendar brings into an existing symbol's span: "none"
+    leaves them NaN (no bar), "ffill" fills and counts them. ``fill`` (default: the store's) must
+    match the store, so one store never mixes the two meanings of a NaN close. The new store is
+    built beside the old one and renamed into place: on any error the old store is unchanged.
     """
     path = check_target(path, append=True)
     old = open_prices(path).load()
     where = "append"
+    store_fill = str(old.attrs["fill"])
+    if fill is not None and check_fill(fill) != store_fill:
+        raise StoreError(f"{path}: the store was written with fill {store_fill!r}; appending with fill {fill!r} "
+                         f"would mix filled and unfilled gaps (omit the fill option, or rewrite the store)")
     if isinstance(data, xr.Dataset):
         frames = to_frames(data)
     else:
@@ -80,7 +87,8 @@ def append_prices(
             tov = t[ov]
             j = np.searchsorted(old_times, tov)
             j_clip = np.minimum(j, old_times.size - 1)
-            missing = np.flatnonzero(old_times[j_clip] != tov)
+            # a time on the axis where this symbol has no bar is missing from its history too
+            missing = np.flatnonzero((old_times[j_clip] != tov) | np.isnan(old_close[i, j_clip]))
             if missing.size:
                 raise StoreError(f"{where}: bar {format_time(tov[missing[0]])} for symbol {sym!r} is not in the store but "
                                  f"inside its stored history (up to {format_time(t_last)}); an append cannot insert bars")
@@ -123,9 +131,9 @@ def append_prices(
     prev = np.zeros(len(symbols), np.int64)
     prev[: len(old_syms)] = np.asarray(old["filled_gaps"].values, dtype=np.int64)
     panel = Panel(symbols, times, arrays, prev)
-    check_values(panel, where, allow_gaps=True)
-    panel.filled = prev + fill_gaps(arrays)
     check_values(panel, where)
+    if store_fill == "ffill":
+        panel.filled = prev + fill_gaps(arrays)
 
     if chunk_symbols is None:
         chunk_symbols = int(old.attrs.get("chunk_symbols", auto_chunk_symbols(len(symbols), times.size)))
@@ -139,6 +147,8 @@ def append_prices(
     history.append(f"{now} appended {added_bars} bars ({added_symbols} new symbols) from {source}")
     attrs = dict(old.attrs)
     attrs.update(
+        atc_format_version=FORMAT_VERSION,  # a version 1 store is rewritten whole, so it becomes current
+        fill=store_fill,
         modified=now,
         history=history,
         fingerprint=fingerprint_arrays(panel.symbols, panel.times, panel.arrays),

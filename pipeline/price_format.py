@@ -12,7 +12,14 @@ import pandas as pd
 from kernels.errors import ATCUserError
 
 FORMAT_NAME = "price-store"
-FORMAT_VERSION = 1
+#: Version 2: a NaN close inside a symbol's span means "no bar" (ATC_SPEC.md section 7) and the
+#: ``fill`` attribute records whether gaps were forward-filled. Version 1 stores were always
+#: forward-filled and are read as ``fill="ffill"``.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+#: How gaps inside a symbol's span are treated at ingest: "none" (a NaN close is "no bar") or
+#: "ffill" (the previous close is repeated, volume 0, and the bar is counted in ``filled_gaps``).
+FILL_MODES = ("none", "ffill")
 #: Price variables in their canonical order; only ``close`` is required.
 PRICE_VARS: tuple[str, ...] = ("open", "high", "low", "close", "volume")
 POSITIVE_VARS = ("open", "high", "low", "close")

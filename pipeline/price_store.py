@@ -21,11 +21,12 @@ import pandas as pd
 import xarray as xr
 
 from pipeline.atomic import atomic_directory, store_format
-from pipeline.panel import check_values, to_panel, validate_prices
+from pipeline.panel import check_fill, check_values, to_panel, validate_prices
 from pipeline.price_format import (
     FORMAT_NAME,
     FORMAT_VERSION,
     PRICE_VARS,
+    READABLE_VERSIONS,
     TARGET_CHUNK_VALUES,
     StoreError,
     blosc_codec,
@@ -36,6 +37,7 @@ __all__ = ["StoreSummary", "auto_chunk_symbols", "check_target", "fingerprint_pr
 
 
 def fingerprint_arrays(symbols: list[str], times: np.ndarray, arrays: Mapping[str, np.ndarray]) -> str:
+    """See :func:`fingerprint_prices`; on plain arrays so writers can stamp a store before writing it."""
     h = hashlib.sha256(b"atc-price-store/1\n")
     h.update(b"symbol\n" + len(symbols).to_bytes(8, "little"))
     for s in symbols:
@@ -62,12 +64,6 @@ def fingerprint_prices(ds: xr.Dataset) -> str:
     arrays = {v: np.asarray(ds[v].transpose("symbol", "time").values) for v in PRICE_VARS if v in ds.data_vars}
     return fingerprint_arrays(symbols, times, arrays)
 
-
-
-# --------------------------------------------------------------------------------------------
-# Writing, opening, appending
-# --------------------------------------------------------------------------------------------
-
 @dataclass(frozen=True)
 class StoreSummary:
     """What a write or append did, for the CLI's closing line."""
@@ -75,7 +71,7 @@ class StoreSummary:
     path: Path
     action: str  # "created", "overwritten", "appended", "unchanged"
     n_symbols: int
-    n_bars: int
+    n_bars: int  # length of the time axis (the union of the symbols' calendars)
     variables: tuple[str, ...]
     filled_gaps: int
     nbytes: int
@@ -84,17 +80,31 @@ class StoreSummary:
     chunk_symbols: int
     added_symbols: int = 0
     added_bars: int = 0
+    own_bars: int = 0  # bars the symbols really have (non-NaN closes), filled ones included
+    fill: str = "none"
+    #: rows skipped for lack of a close, per source file (ingest --drop-empty-close)
+    dropped_empty_close: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def dropped_total(self) -> int:
+        return sum(n for _, n in self.dropped_empty_close)
 
     @property
     def ratio(self) -> float:
         return self.raw_nbytes / self.nbytes if self.nbytes else float("nan")
 
     def describe(self) -> str:
+        filled = (f"fill ffill: {self.filled_gaps} gaps forward-filled" if self.fill == "ffill"
+                  else "fill none: no bar invented")
         lines = [
             f"{self.action} {self.path}",
-            f"  {self.n_symbols} symbols x {self.n_bars} bars ({', '.join(self.variables)}), "
-            f"{self.filled_gaps} gaps forward-filled",
+            f"  {self.n_symbols} symbols x {self.n_bars} times ({', '.join(self.variables)}), "
+            f"{self.own_bars} bars; {filled}",
         ]
+        if self.dropped_empty_close:
+            files = [f"{name} ({n})" for name, n in self.dropped_empty_close if n]
+            shown = ", ".join(files[:10]) + (f", ... ({len(files) - 10} more files)" if len(files) > 10 else "")
+            lines.append(f"  dropped {self.dropped_total} rows without a close" + (f": {shown}" if files else ""))
         if self.action == "appended":
             lines.append(f"  added {self.added_symbols} new symbols and {self.added_bars} new bars")
         lines.append(
@@ -168,7 +178,8 @@ def write_store(ds: xr.Dataset, path: Path, chunk_symbols: int, *, replace: bool
     with atomic_directory(path, error=StoreError, what="store", replace=replace) as tmp:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=UserWarning)
-            ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=False, encoding=encoding)
+            # consolidated metadata: plain xarray.open_zarr opens the store without a warning
+            ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=True, encoding=encoding)
 
 
 def summarise(path: Path, ds: xr.Dataset, action: str, chunk_symbols: int, **kw: Any) -> StoreSummary:
@@ -181,6 +192,8 @@ def summarise(path: Path, ds: xr.Dataset, action: str, chunk_symbols: int, **kw:
         n_bars=ds.sizes["time"],
         variables=variables,
         filled_gaps=int(ds["filled_gaps"].values.sum()),
+        own_bars=int(np.count_nonzero(~np.isnan(np.asarray(ds["close"].values)))),
+        fill=str(ds.attrs.get("fill", "ffill")),
         nbytes=store_nbytes(path),
         raw_nbytes=int(raw),
         fingerprint=str(ds.attrs["fingerprint"]),
@@ -196,19 +209,22 @@ def write_prices(
     chunk_symbols: int | None = None,
     overwrite: bool = False,
     source: str = "python",
+    fill: str = "none",
 ) -> StoreSummary:
     """Create a price store at ``path`` from ``data``.
 
     ``data`` is a ``{symbol: DataFrame | Series}`` mapping (a Series is the close), a long-format
     DataFrame with a symbol column, or an xarray Dataset laid out like a store. Frames take the
     usual column spellings (see :func:`normalise_table`). Symbols keep the mapping's order (a
-    long table is sorted by symbol); the time axis is the union of all calendars; interior gaps
-    are forward-filled and counted. Raises :class:`StoreError` if ``path`` exists and
+    long table is sorted by symbol); the time axis is the union of all calendars and a symbol is
+    NaN where it has no bar (a NaN close in the input means the same). ``fill="ffill"``
+    forward-fills the gaps inside each symbol's span instead and counts them; the choice is
+    recorded in the ``fill`` attribute and later appends follow it. Raises :class:`StoreError` if ``path`` exists and
     ``overwrite`` is false, or on bad data; in both cases nothing on disk changes.
     """
     path = check_target(path, overwrite=overwrite)
     existed = path.exists()
-    panel = to_panel(data, "input")
+    panel = to_panel(data, "input", check_fill(fill))
     check_values(panel, "input")
     if chunk_symbols is None:
         chunk_symbols = auto_chunk_symbols(len(panel.symbols), panel.times.size)
@@ -224,6 +240,7 @@ def write_prices(
         "modified": now,
         "history": [f"{now} created from {source}"],
         "fingerprint": fingerprint_arrays(panel.symbols, panel.times, panel.arrays),
+        "fill": fill,
         "filled_gaps_total": int(panel.filled.sum()),
         "chunk_symbols": int(chunk_symbols),
         "timezone": "UTC",
@@ -238,23 +255,25 @@ def open_prices(path: str | os.PathLike, *, chunks: Any = None, verify: bool = F
 
     ``chunks`` is passed to xarray (``None``: lazy numpy-backed arrays; ``{}``: dask arrays on
     the store's chunks). ``verify=True`` loads everything, validates it and checks the stored
-    fingerprint.
+    fingerprint. Stores of format version 1 (always forward-filled) open with ``fill="ffill"``.
     """
     p = Path(path) if not (isinstance(path, str) and "://" in path) else None
     if p is not None and not p.exists():
         raise StoreError(f"{path}: no such price store")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", category=RuntimeWarning)
-            ds = xr.open_dataset(path, engine="zarr", consolidated=False, chunks=chunks, zarr_format=3)
+            warnings.simplefilter("ignore", category=RuntimeWarning)  # version 1: not consolidated
+            ds = xr.open_dataset(path, engine="zarr", consolidated=None, chunks=chunks, zarr_format=3)
     except (OSError, ValueError, KeyError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise StoreError(f"{path}: not a readable Zarr v3 store ({msg})") from None
     if ds.attrs.get("atc_format") != FORMAT_NAME:
         raise StoreError(f"{path}: not a price store (attribute atc_format is {ds.attrs.get('atc_format')!r})")
     version = ds.attrs.get("atc_format_version")
-    if version != FORMAT_VERSION:
-        raise StoreError(f"{path}: price-store format version {version!r}, this code reads {FORMAT_VERSION}")
+    if version not in READABLE_VERSIONS:
+        raise StoreError(f"{path}: price-store format version {version!r}, this code reads "
+                         f"{', '.join(map(str, READABLE_VERSIONS))}")
+    ds.attrs.setdefault("fill", "ffill")  # only version 1 lacks it, and it always filled
     order = [v for v in PRICE_VARS if v in ds.data_vars]
     ds = ds[order + [v for v in ds.data_vars if v not in order]]
     if verify:
@@ -268,9 +287,9 @@ def open_prices(path: str | os.PathLike, *, chunks: Any = None, verify: bool = F
 def to_frames(
     ds: xr.Dataset, symbols: list[str] | None = None, *, time_unit: str = "ns"
 ) -> dict[str, pd.DataFrame]:
-    """Per-symbol DataFrames of a price dataset: each symbol's span (first..last close), index
-    ``time`` (naive UTC, ``datetime64[time_unit]``; pandas 3 itself defaults to ``"us"``), the
-    price variables it has data for (all-NaN optional columns dropped)."""
+    """Per-symbol DataFrames of a price dataset: each symbol's own bars (the times where it has a
+    close), index ``time`` (naive UTC, ``datetime64[time_unit]``; pandas 3 itself defaults to
+    ``"us"``), the price variables it has data for (all-NaN optional columns dropped)."""
     names = [str(s) for s in ds["symbol"].values]
     wanted = names if symbols is None else list(symbols)
     pos = {s: i for i, s in enumerate(names)}
@@ -284,8 +303,7 @@ def to_frames(
     out = {}
     for k, sym in enumerate(wanted):
         c = arrays["close"][k]
-        valid = np.flatnonzero(~np.isnan(c))
-        sl = slice(valid[0], valid[-1] + 1) if valid.size else slice(0, 0)
+        sl = np.flatnonzero(~np.isnan(c))
         cols = {}
         for v in variables:
             a = arrays[v][k, sl]

@@ -6,18 +6,21 @@ done in small modules, one job each: :mod:`pipeline.price_format` (names, versio
 validation, gap filling), :mod:`pipeline.price_store` (write, open, fingerprint) and
 :mod:`pipeline.price_append`.
 
-Format (see ``data/README.md``):
+Format version 2 (see ``data/README.md``; version 1 is still read):
 
 * variables ``close`` (required), ``open``, ``high``, ``low``, ``volume`` (optional), all float64
-  on ``(symbol, time)``, NaN outside each symbol's valid span;
-* ``filled_gaps`` (int64 on ``symbol``): how many interior bars were forward-filled at ingest;
+  on ``(symbol, time)``; a NaN close means the symbol has no bar at that time (ATC_SPEC.md
+  section 7), and its other variables are NaN there too;
+* ``filled_gaps`` (int64 on ``symbol``): how many bars were forward-filled (0 unless ``fill`` is
+  ``"ffill"``);
 * coordinates ``symbol`` (strings, any characters: only values, never paths) and ``time``
   (datetime64[ns], UTC, strictly increasing; the union of every symbol's calendar);
 * codec ``BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")``, chunked along ``symbol``
   only (each chunk holds whole histories);
 * root attributes: ``atc_format``, ``atc_format_version``, ``source``, ``created``,
   ``modified``, ``history``, ``fingerprint`` (sha256 of coordinates and data, see
-  :func:`fingerprint_prices`), ``filled_gaps_total``, ``chunk_symbols``, ``timezone``.
+  :func:`fingerprint_prices`), ``fill`` (``"none"`` or ``"ffill"``), ``filled_gaps_total``,
+  ``chunk_symbols``, ``timezone``; consolidated metadata, so plain ``xarray.open_zarr`` opens it.
 
 Every write builds a complete store in a temporary sibling directory and renames it into place,
 so a failure (bad data, full disk, Ctrl-C) leaves the previous store, or nothing, behind.
@@ -31,10 +34,12 @@ from pipeline.panel import fill_gaps, validate_prices
 from pipeline.price_append import append_prices
 from pipeline.price_format import (
     APPEND_RTOL,
+    FILL_MODES,
     FORMAT_NAME,
     FORMAT_VERSION,
     POSITIVE_VARS,
     PRICE_VARS,
+    READABLE_VERSIONS,
     TARGET_CHUNK_VALUES,
     StoreError,
     blosc_codec,
@@ -49,14 +54,16 @@ from pipeline.price_store import (
     to_frames,
     write_prices,
 )
-from pipeline.tables import CanonicalFrames, frames_from, has_symbol_column, normalise_table
+from pipeline.tables import CanonicalFrames, frames_from, has_symbol_column, normalise_table, split_table
 
 __all__ = [
     "APPEND_RTOL",
+    "FILL_MODES",
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "POSITIVE_VARS",
     "PRICE_VARS",
+    "READABLE_VERSIONS",
     "TARGET_CHUNK_VALUES",
     "CanonicalFrames",
     "StoreError",
@@ -71,6 +78,7 @@ __all__ = [
     "has_symbol_column",
     "normalise_table",
     "open_prices",
+    "split_table",
     "store_nbytes",
     "to_frames",
     "validate_prices",

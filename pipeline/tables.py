@@ -10,32 +10,42 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from pipeline.price_format import POSITIVE_VARS, PRICE_VARS, StoreError, format_time
 
-__all__ = ["CanonicalFrames", "TIME_SPELLINGS", "frames_from", "has_symbol_column", "normalise_table"]
+__all__ = ["CLOSE_SPELLINGS", "EPOCH_UNITS", "CanonicalFrames", "EMPTY_CLOSE", "TIME_SPELLINGS", "Table", "frames_from",
+           "has_symbol_column", "normalise_table", "split_table"]
 
 
 def _key(name: Any) -> str:
     return re.sub(r"[\s_\-.]", "", str(name).lower())
 
 
-# canonical name -> accepted spellings (compared after lower-casing and removing " _-."),
-# in order of preference: "Close" wins over "Adj Close" when both are present.
-_ALIASES: dict[str, tuple[str, ...]] = {
-    "time": ("date", "datetime", "timestamp", "time", "ts", "dt", "t", "datetimeutc", "timeutc"),
-    "symbol": ("symbol", "ticker", "sym", "asset", "instrument"),
-    "open": ("open", "o", "openprice"),
-    "high": ("high", "h", "highprice"),
-    "low": ("low", "l", "lowprice"),
-    "close": ("close", "c", "closeprice", "last", "price", "adjclose", "adjustedclose"),
-    "volume": ("volume", "vol", "v"),
+# canonical name -> accepted spellings, in order of preference ("Close" wins over "Adj Close" when
+# both are present). Written as users write them so that error messages and help can list them
+# from this one table; matching ignores case and " _-." (see _key).
+SPELLINGS: dict[str, tuple[str, ...]] = {
+    "time": ("Date", "Datetime", "Timestamp", "Time", "TS", "DT", "T", "Datetime UTC", "Time UTC"),
+    "symbol": ("Symbol", "Ticker", "Sym", "Asset", "Instrument"),
+    "open": ("Open", "O", "Open Price"),
+    "high": ("High", "H", "High Price"),
+    "low": ("Low", "L", "Low Price"),
+    "close": ("Close", "C", "Close Price", "Last", "Price", "Adj Close", "Adjusted Close"),
+    "volume": ("Volume", "Vol", "V"),
 }
-TIME_SPELLINGS = "Date, Datetime, timestamp, time"
+_ALIASES: dict[str, tuple[str, ...]] = {k: tuple(_key(s) for s in v) for k, v in SPELLINGS.items()}
+TIME_SPELLINGS = ", ".join(SPELLINGS["time"])
+CLOSE_SPELLINGS = ", ".join(SPELLINGS["close"])
+SYMBOL_SPELLINGS = ", ".join(SPELLINGS["symbol"])
+#: Numeric timestamps: the unit is told from the magnitude (see _parse_numeric_times); for help texts.
+EPOCH_UNITS = ("YYYYMMDD integers (e.g. 20240131), or epoch seconds, milliseconds, microseconds or nanoseconds "
+               "since 1970-01-01 UTC (told apart by magnitude)")
+#: What to do with a row that has a time but no close: "error" (name the row) or "drop" (skip it).
+EMPTY_CLOSE = ("error", "drop")
 
 
 def _map_columns(columns: list[Any], where: str) -> dict[str, Any]:
@@ -68,7 +78,8 @@ def _row_label(rows: np.ndarray, i: int, line_base: int | None) -> str:
     return f"line {r + line_base}" if line_base is not None else f"row {r + 1}"
 
 
-def _parse_times(values: pd.Series, where: str, col: str, rows: np.ndarray, line_base: int | None) -> np.ndarray:
+def _parse_times(values: pd.Series, where: str, col: str, rows: np.ndarray, line_base: int | None,
+                 dayfirst: bool = False) -> np.ndarray:
     """Any supported timestamp spelling -> int64 nanoseconds since the epoch, UTC."""
     s = values
     if s.isna().any():
@@ -80,7 +91,7 @@ def _parse_times(values: pd.Series, where: str, col: str, rows: np.ndarray, line
         elif pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype):
             parsed = _parse_numeric_times(s.to_numpy(dtype=np.float64), where, col)
         else:
-            parsed = _parse_string_times(s, where, col, rows, line_base)
+            parsed = _parse_string_times(s, where, col, rows, line_base, dayfirst)
         idx = pd.DatetimeIndex(parsed).tz_convert("UTC").tz_localize(None).as_unit("ns")
     except StoreError:
         raise
@@ -107,7 +118,8 @@ def _parse_numeric_times(v: np.ndarray, where: str, col: str) -> pd.DatetimeInde
     return pd.to_datetime(v, unit=unit, utc=True)
 
 
-def _parse_string_times(s: pd.Series, where: str, col: str, rows: np.ndarray, line_base: int | None):
+def _parse_string_times(s: pd.Series, where: str, col: str, rows: np.ndarray, line_base: int | None,
+                        dayfirst: bool = False):
     s = s.astype(str)
     try:
         return pd.to_datetime(s, utc=True, format="ISO8601")
@@ -116,10 +128,10 @@ def _parse_string_times(s: pd.Series, where: str, col: str, rows: np.ndarray, li
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            return pd.to_datetime(s, utc=True)
+            return pd.to_datetime(s, utc=True, dayfirst=dayfirst)
         except (ValueError, TypeError, OverflowError):
             pass
-        coerced = pd.to_datetime(s, utc=True, errors="coerce", format="mixed")
+        coerced = pd.to_datetime(s, utc=True, errors="coerce", format="mixed", dayfirst=dayfirst)
     bad = np.flatnonzero(coerced.isna().to_numpy())
     i = int(bad[0]) if bad.size else 0
     raise StoreError(
@@ -151,24 +163,54 @@ def _to_float(values: pd.Series, where: str, col: str, rows: np.ndarray, line_ba
     return out
 
 
+class Table(NamedTuple):
+    """One table split by symbol, and how many rows without a close were dropped per symbol."""
+
+    frames: dict[str, pd.DataFrame]
+    dropped_empty_close: dict[str, int]
+
+
 def normalise_table(
     df: pd.DataFrame,
     where: str,
     *,
     symbol: str | None = None,
     line_base: int | None = None,
+    dayfirst: bool = False,
+    empty_close: str = "error",
 ) -> dict[str, pd.DataFrame]:
+    """:func:`split_table` without the count of dropped rows."""
+    return split_table(df, where, symbol=symbol, line_base=line_base, dayfirst=dayfirst,
+                       empty_close=empty_close).frames
+
+
+def split_table(
+    df: pd.DataFrame,
+    where: str,
+    *,
+    symbol: str | None = None,
+    line_base: int | None = None,
+    dayfirst: bool = False,
+    empty_close: str = "error",
+) -> Table:
     """Validate one table of bars and split it into canonical per-symbol frames.
 
     ``df`` has a time column (or a DatetimeIndex) under any usual spelling, a close column and
     optionally open/high/low/volume. With ``symbol=None`` it must have a symbol column (long
     format); otherwise every row belongs to ``symbol``. ``where`` names the table in error
     messages; ``line_base`` turns row positions into file line numbers (2 for a CSV with a header).
+    ``dayfirst`` reads ambiguous dates such as 03/04/2020 as D/M/Y.
 
-    Returns ``{symbol: frame}``: index ``time`` (datetime64[ns], UTC, sorted, unique), float64
-    columns in :data:`PRICE_VARS` order, trimmed to the first..last bar with a close (interior
-    rows without a close are kept as NaN: they are gaps).
+    A row is a bar only if it has a close: each frame holds exactly the table's rows with a close,
+    so the store never holds a bar the user did not give. A row with a time but no close is
+    usually a broken export, so by default (``empty_close="error"``) it is an error naming the
+    row; ``"drop"`` skips such rows and counts them.
+
+    Returns frames with index ``time`` (datetime64[ns], UTC, sorted, unique) and float64 columns
+    in :data:`PRICE_VARS` order.
     """
+    if empty_close not in EMPTY_CLOSE:
+        raise StoreError(f"empty_close must be one of {EMPTY_CLOSE}, got {empty_close!r}")
     if not isinstance(df, pd.DataFrame):
         raise StoreError(f"{where}: expected a pandas DataFrame, got {type(df).__name__}")
     if isinstance(df.index, pd.MultiIndex) or isinstance(df.index, pd.DatetimeIndex) or (
@@ -184,14 +226,15 @@ def normalise_table(
             cols["time"] = unnamed[0]
         else:
             raise StoreError(
-                f"{where}: no date/time column (looked for {TIME_SPELLINGS}, any case); "
+                f"{where}: no date/time column (looked for {TIME_SPELLINGS}; any case); "
                 f"columns: {[str(c) for c in df.columns]}"
             )
     if "close" not in cols:
-        raise StoreError(f"{where}: no close column (looked for Close, Price, Adj Close, any case); "
+        raise StoreError(f"{where}: no close column (looked for {CLOSE_SPELLINGS}; any case, ignoring spaces, "
+                         f"'_', '-' and '.'); "
                          f"columns: {[str(c) for c in df.columns]}")
     rows = np.arange(len(df))
-    times = _parse_times(df[cols["time"]], where, str(cols["time"]), rows, line_base)
+    times = _parse_times(df[cols["time"]], where, str(cols["time"]), rows, line_base, dayfirst)
     data = {v: _to_float(df[cols[v]], where, str(cols[v]), rows, line_base) for v in PRICE_VARS if v in cols}
 
     if symbol is not None:
@@ -206,7 +249,7 @@ def normalise_table(
         if empty.size:
             raise StoreError(f"{where}: empty symbol ({_row_label(rows, int(empty[0]), line_base)})")
     else:
-        raise StoreError(f"{where}: no symbol column (looked for symbol, ticker); pass one file per "
+        raise StoreError(f"{where}: no symbol column (looked for {SYMBOL_SPELLINGS}); pass one file per "
                          "symbol or a {symbol: frame} mapping instead")
 
     # positivity (per row, before any reordering, so the line numbers are the file's)
@@ -222,6 +265,13 @@ def normalise_table(
             raise StoreError(f"{where}: {v} {rel} ({float(a[i])!r}) for symbol {who!r} at {format_time(times[i])} "
                              f"({_row_label(rows, i, line_base)})")
 
+    no_close = np.isnan(data["close"])
+    if no_close.any() and empty_close == "error":
+        i = int(np.flatnonzero(no_close)[0])
+        who = symbol if syms is None else syms[i]
+        raise StoreError(f"{where}: empty close for symbol {who!r} at {format_time(times[i])} "
+                         f"({_row_label(rows, i, line_base)}); --drop-empty-close skips rows without a close")
+
     if syms is None:
         groups = {symbol: np.argsort(times, kind="stable")}
     else:
@@ -232,6 +282,7 @@ def normalise_table(
         groups = {str(uniques[codes[part[0]]]): part for part in np.split(order, bounds) if part.size}
 
     out: dict[str, pd.DataFrame] = {}
+    dropped: dict[str, int] = {}
     for sym, idx in groups.items():
         t = times[idx]
         dup = np.flatnonzero(t[1:] == t[:-1])
@@ -241,27 +292,34 @@ def normalise_table(
                 f"{where}: duplicate timestamp {format_time(t[j])} for symbol {sym!r} "
                 f"({_row_label(rows, int(idx[j]), line_base)} and {_row_label(rows, int(idx[j + 1]), line_base)})"
             )
-        close = data["close"][idx]
-        valid = np.flatnonzero(~np.isnan(close))
-        if valid.size == 0:
+        keep = idx[~no_close[idx]]
+        if keep.size == 0:
             raise StoreError(f"{where}: symbol {sym!r} has no close values")
-        keep = idx[valid[0]: valid[-1] + 1]
+        dropped[sym] = int(idx.size - keep.size)
         frame = pd.DataFrame(
             {v: data[v][keep] for v in PRICE_VARS if v in data},
             index=pd.DatetimeIndex(times[keep].view("datetime64[ns]"), name="time"),
         )
         out[sym] = frame
-    return out
+    return Table(out, dropped)
 
 
 
 class CanonicalFrames(dict):
-    """``{symbol: frame}`` already checked by :func:`normalise_table` (not checked again)."""
+    """``{symbol: frame}`` already checked by :func:`normalise_table` (not checked again), with
+    the rows dropped for lack of a close on the way (``{source: count}``) so they can be reported."""
+
+    def __init__(self, *args: Any, dropped_empty_close: Mapping[str, int] | None = None, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.dropped_empty_close: dict[str, int] = dict(dropped_empty_close or {})
 
 
 def frames_from(data: Any, where: str = "input") -> CanonicalFrames:
     """Canonical per-symbol frames from a ``{symbol: DataFrame | Series}`` mapping or a
-    long-format DataFrame with a symbol column (or a ``(symbol, time)`` MultiIndex)."""
+    long-format DataFrame with a symbol column (or a ``(symbol, time)`` MultiIndex).
+
+    In Python, a NaN close means "no bar at this time", as in a panel (ATC_SPEC.md section 7):
+    such rows are skipped, not errors (a wide DataFrame's columns are ragged by nature)."""
     if isinstance(data, CanonicalFrames):
         return data
     if isinstance(data, Mapping):
@@ -273,11 +331,11 @@ def frames_from(data: Any, where: str = "input") -> CanonicalFrames:
                 raise StoreError(f"{where}: symbol names must be strings, got {sym!r}")
             if isinstance(frame, pd.Series):
                 frame = frame.rename("close").to_frame()
-            got = normalise_table(frame, f"{where}: symbol {sym!r}", symbol=sym)
+            got = normalise_table(frame, f"{where}: symbol {sym!r}", symbol=sym, empty_close="drop")
             out[sym] = got[sym]
         return out
     if isinstance(data, pd.DataFrame):
-        return CanonicalFrames(normalise_table(data, where))
+        return CanonicalFrames(normalise_table(data, where, empty_close="drop"))
     raise StoreError(f"{where}: expected a mapping of DataFrames, a long DataFrame or an xarray Dataset, "
                      f"got {type(data).__name__}")
 

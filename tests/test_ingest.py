@@ -60,10 +60,11 @@ def test_ingest_directory_cli(tmp_path, capsys):
     _write(src / "notes.md", "not data")
     assert run("ingest", src, tmp_path / "p.zarr") == 0
     out = capsys.readouterr().out
-    assert "2 symbols x 3 bars" in out and "0 gaps forward-filled" in out and "on disk" in out
+    assert "2 symbols x 3 times" in out and "5 bars" in out and "fill none" in out and "on disk" in out
     ds = open_prices(tmp_path / "p.zarr", verify=True)
     assert [str(s) for s in ds["symbol"].values] == ["AAA", "BBB"]
     assert ds["close"].sel(symbol="BBB").values.tolist() == [19.5, 20.0, 21.0]
+    assert np.isnan(ds["close"].sel(symbol="AAA").values[2])  # 2024-01-04: AAA has no bar, none invented
     assert ds["volume"].sel(symbol="AAA").values[:2].tolist() == [100.0, 200.0]
     assert ds.attrs["source"] == f"ingest {src.resolve()}"
 
@@ -102,7 +103,10 @@ def test_ingest_long_format_parquet_and_gzip(tmp_path):
     ingest(pq, tmp_path / "a.zarr")
     ds = open_prices(tmp_path / "a.zarr", verify=True)
     assert [str(s) for s in ds["symbol"].values] == sorted(["BRK/B", "ünï 株", ".."])
-    assert ds["filled_gaps"].sel(symbol="..").item() == 1  # 2024-01-03 only BRK/B trades
+    assert ds["filled_gaps"].values.tolist() == [0, 0, 0]
+    # 2024-01-03: only BRK/B trades, ".." has no bar there
+    assert np.isnan(ds["close"].sel(symbol="..", time="2024-01-03").item())
+    assert to_frames(ds, [".."])[".."]["close"].tolist() == [7.0, 8.0]
     assert _listing(tmp_path) == ["a.zarr", "long.parquet"]
     # the same data as gzipped CSV in a directory, plus a per-symbol Parquet file with a DatetimeIndex
     d = tmp_path / "dir"
@@ -235,37 +239,195 @@ def test_append_to_missing_store(tmp_path, capsys):
 
 # ---------------------------------------------------------------------------------- real data
 
-def test_real_data_from_arch_through_csv(tmp_path):
+def _arch_csvs(src: Path):
     from arch.data import nasdaq, sp500, wti
 
-    src = tmp_path / "real"
     src.mkdir()
     spx, ndx = sp500.load(), nasdaq.load()
     spx.to_csv(src / "^GSPC.csv")  # Date, Open, High, Low, Close, Adj Close, Volume
     ndx.reset_index().rename(columns={"Date": "timestamp"}).to_csv(src / "^IXIC.csv", index=False)
     oil = wti.load().rename(columns={"DCOILWTICO": "Price"})  # FRED calendar, NaN on holidays
     oil.to_csv(src / "WTI.csv")
-    s = ingest(src, tmp_path / "p.zarr")
-    ds = open_prices(tmp_path / "p.zarr", verify=True)
+    return spx, ndx, oil
+
+
+def test_real_data_from_arch_empty_closes_are_errors_or_dropped(tmp_path, capsys):
+    spx, ndx, oil = _arch_csvs(tmp_path / "real")
+    store = tmp_path / "p.zarr"
+    assert run("ingest", tmp_path / "real", store) == 2
+    err = capsys.readouterr().err
+    first_nan = int(np.flatnonzero(oil["Price"].isna().to_numpy())[0])
+    assert f"WTI.csv: empty close for symbol 'WTI' at {oil.index[first_nan]:%Y-%m-%d} (line {first_nan + 2})" in err
+    assert "--drop-empty-close" in err and not store.exists()
+
+    assert run("ingest", tmp_path / "real", store, "--drop-empty-close") == 0
+    out = capsys.readouterr().out
+    n_nan = int(oil["Price"].isna().sum())
+    assert n_nan > 0 and f"dropped {n_nan} rows without a close: {tmp_path / 'real' / 'WTI.csv'} ({n_nan})" in out
+    ds = open_prices(store, verify=True)
     assert [str(x) for x in ds["symbol"].values] == ["WTI", "^GSPC", "^IXIC"]
     fr = to_frames(ds, time_unit="us")
-    # equity indices: every bar back exactly, and "Close" (not "Adj Close") was taken
+    # every symbol: exactly its own rows (WTI without the empty ones); "Close" (not "Adj Close") taken
+    for sym, raw, col in (("^GSPC", spx, "Close"), ("^IXIC", ndx, "Close"), ("WTI", oil.dropna(), "Price")):
+        assert fr[sym].index.equals(raw.index.as_unit("us").rename("time"))
+        np.testing.assert_array_equal(fr[sym]["close"].to_numpy(), raw[col].to_numpy())
+    np.testing.assert_array_equal(fr["^GSPC"]["volume"].to_numpy(), spx["Volume"].to_numpy(float))
+    assert ds["filled_gaps"].values.tolist() == [0, 0, 0] and ds.attrs["fill"] == "none"
+    assert ds.sizes["time"] == len(spx.index.union(oil.dropna().index))
+
+
+def test_real_data_from_arch_ffill_on_request(tmp_path, capsys):
+    spx, ndx, oil = _arch_csvs(tmp_path / "real")
+    assert run("ingest", tmp_path / "real", tmp_path / "p.zarr", "--drop-empty-close", "--fill", "ffill") == 0
+    assert "gaps forward-filled" in capsys.readouterr().out
+    ds = open_prices(tmp_path / "p.zarr", verify=True)
+    assert ds.attrs["fill"] == "ffill"
+    fr = to_frames(ds, time_unit="us")
     for sym, raw in (("^GSPC", spx), ("^IXIC", ndx)):
-        got = fr[sym].dropna(how="all")
-        on_own_days = got.loc[raw.index]
-        np.testing.assert_array_equal(on_own_days["close"].to_numpy(), raw["Close"].to_numpy())
-        np.testing.assert_array_equal(on_own_days["volume"].to_numpy(), raw["Volume"].to_numpy(float))
-        # bars only WTI has are filled from the previous close with zero volume
+        got = fr[sym]
+        np.testing.assert_array_equal(got.loc[raw.index, "close"].to_numpy(), raw["Close"].to_numpy())
+        # bars only WTI has, inside the index's span, are filled from the previous close with zero volume
         extra = got.index.difference(raw.index)
-        extra = extra[(extra > raw.index[0]) & (extra < raw.index[-1])]
+        assert (extra > raw.index[0]).all() and (extra < raw.index[-1]).all()
         assert int(ds["filled_gaps"].sel(symbol=sym)) == len(extra) > 0
         assert (got.loc[extra, "volume"] == 0).all()
-    # WTI: the NaN holidays inside its span are filled (and days only the indices have)
-    wti_span = oil.loc[oil["Price"].first_valid_index(): oil["Price"].last_valid_index()]
-    assert int(ds["filled_gaps"].sel(symbol="WTI")) >= int(wti_span["Price"].isna().sum()) > 0
-    assert not np.isnan(fr["WTI"]["close"].to_numpy()).any()
-    assert s.filled_gaps == int(ds["filled_gaps"].sum())
-    assert ds.sizes["time"] == len(spx.index.union(oil.index))
+        prev = raw["Close"].reindex(got.index).ffill()
+        np.testing.assert_array_equal(got["close"].to_numpy(), prev.to_numpy())
+    wti_days = oil.dropna().index
+    assert int(ds["filled_gaps"].sel(symbol="WTI")) == len(fr["WTI"]) - len(wti_days) > 0
+    assert int(ds.attrs["filled_gaps_total"]) == int(ds["filled_gaps"].sum())
+
+
+# ---------------------------------------------------------------------------------- options, spellings
+
+def test_empty_close_is_an_error_naming_file_and_line(tmp_path, capsys):
+    _write(tmp_path / "src" / "A.csv", "Date,Open,Close\n2024-01-02,1,1\n2024-01-03,2,\n2024-01-04,3,3\n")
+    assert run("ingest", tmp_path / "src", tmp_path / "p.zarr") == 2
+    err = capsys.readouterr().err
+    assert "A.csv: empty close for symbol 'A' at 2024-01-03 (line 3)" in err and err.count("\n") == 1
+    assert not (tmp_path / "p.zarr").exists()
+
+
+def test_drop_empty_close_counts_per_file(tmp_path, capsys):
+    src = tmp_path / "src"
+    _write(src / "A.csv", "Date,Close\n2024-01-02,1\n2024-01-03,\n2024-01-04,\n2024-01-05,4\n")
+    _write(src / "B.csv", "Date,Close\n2024-01-02,\n2024-01-03,5\n")
+    _write(src / "C.csv", DAILY)
+    s = ingest(src, tmp_path / "p.zarr", drop_empty_close=True)
+    assert dict(s.dropped_empty_close) == {str(src / "A.csv"): 2, str(src / "B.csv"): 1, str(src / "C.csv"): 0}
+    assert s.dropped_total == 3
+    assert f"dropped 3 rows without a close: {src / 'A.csv'} (2), {src / 'B.csv'} (1)" in s.describe()
+    fr = to_frames(open_prices(tmp_path / "p.zarr"))
+    assert fr["A"]["close"].tolist() == [1.0, 4.0] and fr["B"]["close"].tolist() == [5.0]
+    assert [str(t.date()) for t in fr["A"].index] == ["2024-01-02", "2024-01-05"]
+
+
+# Every spelling of the close column a user might have (the brief of issue 9 and the docs).
+CLOSE_COLUMNS = ["Close", "close", "C", "Close Price", "close_price", "Last", "LAST", "Price", "Adj Close",
+                 "adj_close", "Adjusted Close"]
+
+
+@pytest.mark.parametrize("col", CLOSE_COLUMNS)
+def test_close_spellings_accepted(tmp_path, col):
+    _write(tmp_path / "src" / "A.csv", f"Date,{col}\n2024-01-02,1.5\n")
+    ingest(tmp_path / "src", tmp_path / "p.zarr")
+    assert open_prices(tmp_path / "p.zarr")["close"].values.tolist() == [[1.5]]
+
+
+def test_missing_close_error_lists_every_accepted_spelling(tmp_path, capsys):
+    from pipeline.tables import SPELLINGS
+
+    _write(tmp_path / "src" / "A.csv", "Date,Open\n2024-01-02,1\n")
+    assert run("ingest", tmp_path / "src", tmp_path / "p.zarr") == 2
+    err = capsys.readouterr().err
+    listed = err.split("looked for ", 1)[1].split(";", 1)[0].split(", ")
+    assert "Last" in listed and "Adj Close" in listed
+    from pipeline.tables import _key
+
+    # every spelling the parser accepts is listed, and every listed one is accepted
+    assert {_key(x) for x in listed} == {_key(x) for x in SPELLINGS["close"]}
+    assert {_key(x) for x in CLOSE_COLUMNS} <= {_key(x) for x in listed}
+
+
+def test_help_lists_every_epoch_unit_and_each_is_parsed(tmp_path, capsys):
+    assert run("ingest", "--help") == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    t = pd.Timestamp("2024-03-05T00:00Z")
+    cases = {"seconds": t.value // 10**9, "milliseconds": t.value // 10**6, "microseconds": t.value // 10**3,
+             "nanoseconds": t.value, "YYYYMMDD": 20240305}
+    for word, number in cases.items():
+        assert word in help_text, word
+        d = tmp_path / word
+        _write(d / "A.csv", f"timestamp,close\n{number},1\n")
+        ingest(d, tmp_path / f"{word}.zarr")
+        assert open_prices(tmp_path / f"{word}.zarr")["time"].values[0] == np.datetime64("2024-03-05", "ns"), word
+    assert "--dayfirst" in help_text and "--fill" in help_text and "--drop-empty-close" in help_text
+
+
+def test_dayfirst_reads_ambiguous_dates(tmp_path):
+    _write(tmp_path / "src" / "A.csv", "Date,Close\n03/04/2020,1\n13/04/2020,2\n")
+    ingest(tmp_path / "src", tmp_path / "d.zarr", dayfirst=True)
+    got = open_prices(tmp_path / "d.zarr")["time"].values
+    np.testing.assert_array_equal(got, np.array(["2020-04-03", "2020-04-13"], dtype="datetime64[ns]"))
+    _write(tmp_path / "us" / "A.csv", "Date,Close\n03/04/2020,1\n04/13/2020,2\n")
+    assert run("ingest", tmp_path / "us", tmp_path / "m.zarr") == 0
+    got = open_prices(tmp_path / "m.zarr")["time"].values
+    np.testing.assert_array_equal(got, np.array(["2020-03-04", "2020-04-13"], dtype="datetime64[ns]"))
+    assert run("ingest", tmp_path / "src", tmp_path / "c.zarr", "--dayfirst") == 0
+    np.testing.assert_array_equal(open_prices(tmp_path / "c.zarr")["time"].values,
+                                  np.array(["2020-04-03", "2020-04-13"], dtype="datetime64[ns]"))
+
+
+def test_store_opens_with_plain_open_zarr_without_warnings(tmp_path):
+    import warnings
+
+    import xarray as xr
+
+    _write(tmp_path / "v1" / "A.csv", DAILY)
+    _write(tmp_path / "v2" / "A.csv", "Date,Close\n2024-01-04,12\n")
+    store = tmp_path / "p.zarr"
+    for args in ((), ("--append",)):
+        assert run("ingest", tmp_path / ("v2" if args else "v1"), store, *args) == 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            ds = xr.open_zarr(store)
+            assert ds["close"].values.tolist() == ([[10.5, 11.5, 12.0]] if args else [[10.5, 11.5]])
+
+
+def test_fill_is_recorded_and_appends_follow_it(tmp_path, capsys):
+    _write(tmp_path / "v1" / "A.csv", "Date,Close\n2024-01-02,1\n2024-01-04,2\n")
+    _write(tmp_path / "v1" / "B.csv", "Date,Close\n2024-01-02,5\n2024-01-03,6\n2024-01-04,7\n")
+    store = tmp_path / "p.zarr"
+    assert run("ingest", tmp_path / "v1", store, "--fill", "ffill") == 0
+    ds = open_prices(store)
+    assert ds.attrs["fill"] == "ffill" and ds["filled_gaps"].values.tolist() == [1, 0]
+    assert ds["close"].sel(symbol="A").values.tolist() == [1.0, 1.0, 2.0]
+    # C brings 2024-01-05, inside A's new span (A's next bar is 2024-01-06): A gets it filled
+    _write(tmp_path / "v2" / "A.csv", "Date,Close\n2024-01-06,3\n")
+    _write(tmp_path / "v2" / "C.csv", "Date,Close\n2024-01-05,9\n")
+    capsys.readouterr()
+    assert run("ingest", tmp_path / "v2", store, "--append", "--fill", "none") == 2
+    assert "written with fill 'ffill'" in capsys.readouterr().err
+    assert run("ingest", tmp_path / "v2", store, "--append") == 0  # the store's fill
+    ds = open_prices(store, verify=True)
+    assert ds["close"].sel(symbol="A").values.tolist() == [1.0, 1.0, 2.0, 2.0, 3.0]  # 01-05 filled
+    assert ds["filled_gaps"].values.tolist() == [2, 0, 0]
+    assert int(ds.attrs["filled_gaps_total"]) == 2
+    assert run("ingest", tmp_path / "v1", tmp_path / "x.zarr", "--fill", "bfill") == 2
+
+
+def test_append_without_fill_cannot_insert_into_a_symbols_history(tmp_path, capsys):
+    _write(tmp_path / "v1" / "A.csv", "Date,Close\n2024-01-02,1\n2024-01-04,2\n")
+    _write(tmp_path / "v1" / "B.csv", "Date,Close\n2024-01-02,5\n2024-01-03,6\n2024-01-04,7\n")
+    store = tmp_path / "p.zarr"
+    assert run("ingest", tmp_path / "v1", store) == 0
+    before = _tree(store)
+    # 2024-01-03 is on the store's time axis (B's bar) but A has no bar there
+    _write(tmp_path / "v2" / "A.csv", "Date,Close\n2024-01-03,1.5\n2024-01-05,3\n")
+    capsys.readouterr()
+    assert run("ingest", tmp_path / "v2", store, "--append") == 2
+    assert "bar 2024-01-03 for symbol 'A' is not in the store" in capsys.readouterr().err
+    assert _tree(store) == before
 
 
 @pytest.mark.skipif(shutil.which("atc") is None or not (Path(__file__).parents[1] / "flows" / "bench_cmd.py").exists(),
@@ -274,7 +436,7 @@ def test_console_script(tmp_path):
     _write(tmp_path / "src" / "A.csv", DAILY)
     ok = subprocess.run(["atc", "ingest", str(tmp_path / "src"), str(tmp_path / "p.zarr")],
                         capture_output=True, text=True, timeout=120)
-    assert ok.returncode == 0 and "1 symbols x 2 bars" in ok.stdout
+    assert ok.returncode == 0 and "1 symbols x 2 times" in ok.stdout
     bad = subprocess.run(["atc", "ingest", str(tmp_path / "src"), str(tmp_path / "p.zarr")],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr

@@ -188,18 +188,41 @@ def test_symbol_checks(tmp_path):
 
 # ---------------------------------------------------------------------------------- gaps, calendars
 
-def test_union_calendar_and_gap_filling(tmp_path):
+def _calendars():
+    """A trades Mon-Fri, B every day but with one empty close, C starts late, on a weekend."""
     wk = pd.date_range("2024-01-01", periods=14, freq="D", name="time")  # Mon..Sun x2
     business = wk[wk.day_of_week < 5]
     a = pd.DataFrame({"close": np.arange(1.0, 11.0), "open": np.arange(1.0, 11.0) * 0.9,
                       "volume": np.full(10, 7.0)}, index=business)
     b = pd.DataFrame({"close": np.arange(101.0, 115.0)}, index=wk)
-    b.iloc[3, 0] = np.nan  # an empty close cell inside b's span
-    c = pd.DataFrame({"close": [5.0, 6.0]}, index=wk[[12, 13]])  # starts late, on a weekend
-    s = write_prices({"A": a, "B": b, "C": c}, tmp_path / "p.zarr")
+    b.iloc[3, 0] = np.nan  # a NaN close in Python: no bar at that time
+    c = pd.DataFrame({"close": [5.0, 6.0]}, index=wk[[12, 13]])
+    return wk, {"A": a, "B": b, "C": c}
+
+
+def test_union_calendar_without_fill_invents_no_bar(tmp_path):
+    wk, frames = _calendars()
+    s = write_prices(frames, tmp_path / "p.zarr")
     ds = open_prices(tmp_path / "p.zarr", verify=True)
-    assert ds.sizes["time"] == 14
-    # A trades Mon-Fri: the first weekend (inside its span) is filled, the last one is after its end
+    assert ds.sizes["time"] == 14 and ds.attrs["fill"] == "none"
+    assert ds["filled_gaps"].values.tolist() == [0, 0, 0] and s.filled_gaps == 0 == ds.attrs["filled_gaps_total"]
+    assert s.own_bars == 10 + 13 + 2
+    got = to_frames(ds)
+    for sym, f in frames.items():
+        own = f.dropna(subset=["close"])
+        assert got[sym].index.equals(own.index) and got[sym]["close"].tolist() == own["close"].tolist()
+    ca = ds["close"].sel(symbol="A").values
+    assert np.isnan(ca[[5, 6]]).all()  # A's weekend: no bar, NaN in every variable
+    assert np.isnan(ds["open"].sel(symbol="A").values[5]) and np.isnan(ds["volume"].sel(symbol="A").values[5])
+    assert np.isnan(ds["close"].sel(symbol="B").values[3])
+
+
+def test_union_calendar_ffill_on_request(tmp_path):
+    wk, frames = _calendars()
+    s = write_prices(frames, tmp_path / "p.zarr", fill="ffill")
+    ds = open_prices(tmp_path / "p.zarr", verify=True)
+    assert ds.sizes["time"] == 14 and ds.attrs["fill"] == "ffill"
+    # A: the first weekend (inside its span) is filled, the last one is after its end; B: its NaN close
     assert ds["filled_gaps"].values.tolist() == [2, 1, 0]
     assert s.filled_gaps == 3 == ds.attrs["filled_gaps_total"]
     ca = ds["close"].sel(symbol="A").values
@@ -210,16 +233,35 @@ def test_union_calendar_and_gap_filling(tmp_path):
     cc = ds["close"].sel(symbol="C").values
     assert np.isnan(cc[:12]).all() and cc[12:].tolist() == [5.0, 6.0]
     assert np.isnan(ds["volume"].sel(symbol="B").values).all()
+    with pytest.raises(StoreError, match="fill must be one of none, ffill, got 'linear'"):
+        write_prices(frames, tmp_path / "q.zarr", fill="linear")
+    assert not (tmp_path / "q.zarr").exists()
 
 
-def test_ragged_edges_trimmed_not_filled(tmp_path):
+def test_nan_closes_in_python_input_are_no_bars(tmp_path):
     idx = pd.date_range("2020-01-01", periods=6, name="time")
     f = pd.DataFrame({"close": [np.nan, 2.0, np.nan, 4.0, 5.0, np.nan]}, index=idx)
-    write_prices({"X": f, "Y": pd.DataFrame({"close": np.ones(6)}, index=idx)}, tmp_path / "p.zarr")
+    frames = {"X": f, "Y": pd.DataFrame({"close": np.ones(6)}, index=idx)}
+    write_prices(frames, tmp_path / "p.zarr")
     ds = open_prices(tmp_path / "p.zarr")
+    x = ds["close"].sel(symbol="X").values
+    assert np.isnan(x[[0, 2, 5]]).all() and x[[1, 3, 4]].tolist() == [2.0, 4.0, 5.0]
+    write_prices(frames, tmp_path / "f.zarr", fill="ffill")
+    ds = open_prices(tmp_path / "f.zarr")
     assert ds["filled_gaps"].values.tolist() == [1, 0]
     x = ds["close"].sel(symbol="X").values
     assert np.isnan(x[[0, 5]]).all() and x[1:5].tolist() == [2.0, 2.0, 4.0, 5.0]
+
+
+def test_dataset_input_keeps_nan_bars_and_drops_values_without_close(tmp_path):
+    idx = pd.date_range("2020-01-01", periods=4)
+    ds = xr.Dataset({"close": (("symbol", "time"), [[1.0, np.nan, 3.0, 4.0]]),
+                     "volume": (("symbol", "time"), [[1.0, 2.0, 3.0, 4.0]])},
+                    coords={"symbol": np.array(["a"], dtype=object), "time": idx})
+    write_prices(ds, tmp_path / "p.zarr")
+    got = open_prices(tmp_path / "p.zarr", verify=True)
+    assert np.isnan(got["close"].values[0, 1]) and np.isnan(got["volume"].values[0, 1])
+    assert got["volume"].values[0, [0, 2, 3]].tolist() == [1.0, 3.0, 4.0]
 
 
 def test_time_zones_converted_to_utc(tmp_path):
@@ -260,15 +302,22 @@ def test_duplicate_timestamps_rejected(tmp_path):
     assert _listing(tmp_path) == []
 
 
-def test_validate_prices_catches_interior_gap_and_bad_values():
+def test_validate_prices_accepts_no_bar_and_catches_bad_values():
     idx = pd.date_range("2020-01-01", periods=4)
     ok = xr.Dataset({"close": (("symbol", "time"), [[1.0, 2.0, 3.0, 4.0], [np.nan, 1.0, 2.0, np.nan]])},
                     coords={"symbol": np.array(["a", "b"], dtype=object), "time": idx})
     validate_prices(ok)
     gap = ok.copy(deep=True)
-    gap["close"][0, 2] = np.nan
-    with pytest.raises(StoreError, match="interior gap .* symbol 'a' at 2020-01-03"):
-        validate_prices(gap)
+    gap["close"][0, 2] = np.nan  # a has no bar on 2020-01-03: valid (ATC_SPEC.md section 7)
+    validate_prices(gap)
+    none = ok.copy(deep=True)
+    none["close"][1, :] = np.nan
+    with pytest.raises(StoreError, match="symbol 'b' has no close values"):
+        validate_prices(none)
+    inf = ok.copy(deep=True)
+    inf["close"][0, 1] = np.inf
+    with pytest.raises(StoreError, match="infinite close for symbol 'a' at 2020-01-02"):
+        validate_prices(inf)
     neg = ok.copy(deep=True)
     neg["close"][1, 1] = -1.0
     with pytest.raises(StoreError, match="close <= 0 .* symbol 'b' at 2020-01-02"):
@@ -402,17 +451,31 @@ def test_append_equals_single_write(tmp_path):
     assert a.attrs["fingerprint"] == b.attrs["fingerprint"]
 
 
-def test_append_new_calendar_dates_are_filled(tmp_path):
+def test_append_new_calendar_dates_stay_no_bars(tmp_path):
     wk = pd.date_range("2024-01-01", periods=14, freq="D", name="time")
     business = wk[wk.day_of_week < 5]
     p = tmp_path / "p.zarr"
     write_prices({"STOCK": pd.Series(np.arange(1.0, 11.0), index=business)}, p)
     s = append_prices({"COIN": pd.Series(np.arange(1.0, 15.0), index=wk)}, p)
     ds = open_prices(p, verify=True)
+    assert ds.sizes["time"] == 14 and s.added_symbols == 1 and ds.attrs["fill"] == "none"
+    assert ds["filled_gaps"].values.tolist() == [0, 0]
+    assert to_frames(ds, ["STOCK"])["STOCK"].index.equals(business)
+
+
+def test_append_new_calendar_dates_are_filled_in_an_ffill_store(tmp_path):
+    wk = pd.date_range("2024-01-01", periods=14, freq="D", name="time")
+    business = wk[wk.day_of_week < 5]
+    p = tmp_path / "p.zarr"
+    write_prices({"STOCK": pd.Series(np.arange(1.0, 11.0), index=business)}, p, fill="ffill")
+    s = append_prices({"COIN": pd.Series(np.arange(1.0, 15.0), index=wk)}, p)
+    ds = open_prices(p, verify=True)
     assert ds.sizes["time"] == 14 and s.added_symbols == 1
     assert ds["filled_gaps"].values.tolist() == [2, 0]
     stock = ds["close"].sel(symbol="STOCK").values
     assert stock[5] == stock[6] == 5.0 and np.isnan(stock[12:]).all()
+    with pytest.raises(StoreError, match="written with fill 'ffill'"):
+        append_prices({"NEW": pd.Series([1.0], index=wk[:1])}, p, fill="none")
 
 
 @pytest.mark.parametrize(
@@ -481,3 +544,65 @@ def test_failed_append_swap_keeps_old_store(tmp_path, monkeypatch):
         append_prices({s: f[f.index >= cut] for s, f in full.items()}, p)
     assert _tree(p) == before and _listing(tmp_path) == ["p.zarr"]
     assert calls[0][0] == "p.zarr" and calls[-1][1] == "p.zarr"  # old moved aside, then back
+
+
+# ---------------------------------------------------------------------------------- format version 1
+
+def _write_v1_store(path: Path) -> xr.Dataset:
+    """A store as format version 1 wrote it: gaps always forward-filled, no ``fill`` attribute,
+    no consolidated metadata."""
+    _, frames = _calendars()
+    write_prices(frames, path.parent / "tmp.zarr", fill="ffill")
+    ds = open_prices(path.parent / "tmp.zarr").load()
+    ds.attrs["atc_format_version"] = 1
+    del ds.attrs["fill"]
+    ds.to_zarr(path, zarr_format=3, consolidated=False, mode="w-")
+    return ds
+
+
+def test_version_1_store_opens_verifies_and_appends(tmp_path):
+    p = tmp_path / "v1.zarr"
+    v1 = _write_v1_store(p)
+    assert "consolidated_metadata" not in json.loads((p / "zarr.json").read_text()) or \
+        json.loads((p / "zarr.json").read_text())["consolidated_metadata"] is None
+    ds = open_prices(p, verify=True)
+    assert ds.attrs["atc_format_version"] == 1 and ds.attrs["fill"] == "ffill"
+    assert ds["filled_gaps"].values.tolist() == [2, 1, 0]
+    np.testing.assert_array_equal(ds["close"].values, v1["close"].values)
+    # an append follows the store's (implicit) ffill and rewrites it in the current format
+    nxt = pd.date_range("2024-01-15", periods=2, name="time")
+    s = append_prices({"A": pd.Series([11.0, 12.0], index=nxt), "D": pd.Series([1.0], index=nxt[1:])}, p)
+    got = open_prices(p, verify=True)
+    assert got.attrs["atc_format_version"] == store_mod.FORMAT_VERSION == 2 and got.attrs["fill"] == "ffill"
+    # A's stored values (filled weekend included) are unchanged; the 2nd weekend is now inside its span
+    np.testing.assert_array_equal(got["close"].sel(symbol="A").values[:14][:12], v1["close"].sel(symbol="A").values[:12])
+    assert got["filled_gaps"].values.tolist() == [4, 1, 0, 0] and s.filled_gaps == 5
+    with pytest.raises(StoreError, match="written with fill 'ffill'"):
+        append_prices({"E": pd.Series([1.0], index=nxt[:1])}, p, fill="none")
+
+
+def test_unknown_format_version_refused(tmp_path):
+    p = tmp_path / "p.zarr"
+    write_prices(_frames(n_symbols=1), p)
+    meta = json.loads((p / "zarr.json").read_text())
+    meta["attributes"]["atc_format_version"] = 99
+    (p / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(StoreError, match="format version 99, this code reads 1, 2"):
+        open_prices(p)
+
+
+def test_plain_open_zarr_without_warnings_after_write_and_append(tmp_path):
+    import warnings
+
+    p = tmp_path / "p.zarr"
+    frames = _frames(n_symbols=3)
+    head = {s: f.iloc[:-5] for s, f in frames.items()}
+    write_prices(head, p)
+    for step in ("write", "append"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            ds = xr.open_zarr(p)
+            want = head if step == "write" else frames
+            assert ds.sizes["time"] == len(pd.DatetimeIndex(sorted(set().union(*(f.index for f in want.values())))))
+        if step == "write":
+            append_prices(frames, p)

@@ -84,7 +84,7 @@ def test_cli_synth(tmp_path, capsys):
     store = tmp_path / "s.zarr"
     assert run("synth", store, "--symbols", 12, "--bars", 300, "--seed", 5, "--chunk-symbols", 5, "--ohlcv") == 0
     out = capsys.readouterr().out
-    assert "12 symbols x 300 bars (open, high, low, close, volume)" in out and "5 symbols per chunk" in out
+    assert "12 symbols x 300 times (open, high, low, close, volume)" in out and "5 symbols per chunk" in out
     ds = open_prices(store, verify=True)
     assert ds.attrs["source"].startswith("synth(n_symbols=12, n_bars=300, seed=5")
     expected = synth_prices(12, 300, seed=5, ohlcv=True)
