@@ -37,9 +37,10 @@ def load_params(config: Path | None = None, sets: list[str] | None = None, *, ba
         if not sep or not key.strip():
             raise ATCUserError(f"--set wants key=value (e.g. --set ema_len=30), got {item!r}")
         values[key.strip()] = value.strip()
-    values = canonical_names(values, backtest=backtest)
     try:
         from kernels.backtest import BACKTEST_FIELDS, split_params
+
+        values = canonical_names(values, backtest=backtest)
 
         if backtest:
             return split_params(values)
