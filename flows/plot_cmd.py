@@ -476,10 +476,12 @@ def plot_sweep(sweep: str | Path, metric: str = "sharpe", x: str | None = None, 
     """Heatmap of `metric` over `x` and `y` (or, without `y`, its median and IQR against `x`);
     `sel` fixes other swept parameters (a mapping or `["key=value", ...]`). Returns the Figure
     (or HTML text for an .html `out`)."""
-    from pipeline.inspect import parse_sel, sweep_curve, sweep_setup, sweep_surface
+    from pipeline.inspect import AGGREGATIONS, parse_sel, sweep_curve, sweep_setup, sweep_surface
 
     out = Path(out) if out is not None else None
     ext = _check_out(out)
+    if agg not in AGGREGATIONS:
+        raise PlotError(f"--agg must be one of {', '.join(AGGREGATIONS)}, got {agg!r}")
     dims, _, fixed = sweep_setup(sweep)
     if x is None:
         raise PlotError(f"a sweep plot needs --x (and --y for a heatmap), among the swept parameters: {', '.join(dims)}")
