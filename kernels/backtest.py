@@ -13,12 +13,35 @@ Conventions (one symbol, its own bar index t = 0..n-1 over its own bars, as in A
   close t), net of the fee of the trade made at the close of bar t:
 
       strategy_return_0 = 0
-      strategy_return_t = position_{t-1} * R_t - fee * |position_t - position_{t-1}|   (t >= 1)
+      strategy_return_t = position_{t-1} * R_t - fee * T_t                      (t >= 1)
 
   with `R_t = (x_t - x_{t-1}) / x_{t-1}` (spec section 4) and `fee = fee_bps / 10_000`. So the
-  position decided at the close of bar t earns `position_t * R_{t+1}`, booked at bar t+1, and a
-  change of position costs `fee_bps * |position_t - position_{t-1}|` basis points of equity at
-  bar t (a reversal +1 -> -1 pays twice). `position_0` is always 0, so nothing is paid at bar 0.
+  position decided at the close of bar t earns `position_t * R_{t+1}`, booked at bar t+1.
+* **Fees: a fraction of the value traded at the close.** Write `E_t` for the equity and `p_t` for
+  the position. Position `p` means holdings worth `p * E_t` after the close of bar t. Before the
+  trade at the close of bar t, the equity is `V_t = E_{t-1} * (1 + p_{t-1} * R_t)` and the holdings
+  are worth `H_t = p_{t-1} * E_{t-1} * (1 + R_t)`. The trade takes the holdings to `p_t * E_t` and
+  pays `fee` times the value it trades, out of the equity:
+
+      E_t = V_t - fee * |p_t * E_t - H_t|
+
+  so the fee is paid on what is actually bought or sold, the fee included in what the new position
+  is sized on. Solving this for `E_t`, in units of `E_{t-1}` (`v = 1 + p_{t-1} R_t`,
+  `h = p_{t-1} (1 + R_t)`, `d = p_t v - h`, the trade it would take without a fee):
+
+      T_t = d / (1 + fee * p_t)    if d >= 0 (a buy)
+      T_t = -d / (1 - fee * p_t)   if d < 0  (a sell)
+
+  and `T_t = 0` when `p_t == p_{t-1}`: a position that does not change is not traded (a short of
+  `-1` is kept at -100% of equity bar to bar, as in the return formula above, without paying for
+  that drift). Cases: entering from flat costs `E_t = V_t / (1 + fee)`; leaving to flat
+  `E_t = V_t - fee * |H_t|` (for a long `V_t * (1 - fee)`; a short buys back its value at the close,
+  `E_{t-1} (1 + R_t)`); a reversal pays on both legs, `T_t = |H_t| / E_{t-1} + E_t / E_{t-1}`.
+  With `long_only` this is exactly what a cash account that buys with all its cash (fee included)
+  and sells all its shares at the close ends with (vectorbt's `from_orders` with target-percent
+  orders agrees to 1e-12, tests/test_vectorbt_crosscheck.py). `position_0` is always 0, so nothing
+  is paid at bar 0. Earlier versions charged `fee * |p_t - p_{t-1}| * E_{t-1}`, which ignored the
+  bar's move and the fee itself (final equity 0.3-1.2% off over many trades at 10 bps).
 * **Equity** `equity_t = prod_{u <= t} (1 + strategy_return_u)`, so `equity_0 = 1`. It is not
   floored: a short that loses more than 100% in one bar takes equity to or below zero (the
   metrics then report a CAGR of -1, see `kernels.metrics`).
@@ -49,7 +72,7 @@ BACKTEST_SERIES: tuple[str, ...] = ("position", "strategy_return", "equity")
 
 BACKTEST_DESCRIPTIONS: dict[str, str] = {
     "position": "position decided at the close of the bar: +1 long, -1 short, 0 flat",
-    "strategy_return": "return over the bar: previous position x close-to-close return - fee of this bar's trade",
+    "strategy_return": "return over the bar: previous position x close-to-close return - fee on the value traded at its close",
     "equity": "equity of the strategy, 1 at the symbol's first bar",
 }
 
@@ -61,8 +84,8 @@ BACKTEST_DESCRIPTIONS: dict[str, str] = {
 class BacktestParams:
     """How `Average_Signal` is traded. Invalid values raise `ATCParamError` naming the parameter.
 
-    - `fee_bps`: cost of a change of position, in basis points of equity per unit of position
-      change (0 <= fee_bps < 10000; default 0).
+    - `fee_bps`: cost of a trade, in basis points of the value traded at the close (the exact
+      model is in the module docstring; 0 <= fee_bps < 10000; default 0).
     - `long_only`: never short (a short direction becomes flat); default False.
     - `periods_per_year`: bars per year for annualised metrics; None (default) infers it from the
       time coordinate (see `kernels.metrics.infer_periods_per_year`).
@@ -85,7 +108,7 @@ class BacktestParams:
 
     @property
     def fee(self) -> float:
-        """The fee as a fraction of equity per unit of position change."""
+        """The fee as a fraction of the value traded."""
         return self.fee_bps / 10_000.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -155,12 +178,29 @@ def split_params(values: Mapping[str, Any] | None = None, base_atc: ATCParams | 
 
 
 @njit(cache=True)
+def traded_value(p_prev, p, R, fee):
+    """Value traded at a close where the position goes from `p_prev` to `p`, in units of the
+    equity at the previous close (`T_t` of the module docstring).
+
+    Shared by `simulate` and the portfolio sleeves (kernels/portfolio.py) so that a sleeve trades
+    exactly like the symbol alone. Callers skip it when `p == p_prev` (not traded).
+    """
+    v = 1.0 + p_prev * R
+    h = p_prev * (1.0 + R)
+    d = p * v - h
+    if d >= 0.0:
+        return d / (1.0 + fee * p)
+    return -d / (1.0 - fee * p)
+
+
+@njit(cache=True)
 def simulate(avg, close, n, long_thr, short_thr, long_only, fee, pos, ret, eq):
     """Direction, position, strategy return and equity of one symbol over its bars 0..n-1.
 
     `avg` and `close` are the symbol's `Average_Signal` and closes from its first valid bar (any
     float type, may be strided views); `pos`, `ret`, `eq` (float64, length >= n) receive the series.
-    The rules are in the module docstring.
+    The rules are in the module docstring. With `fee == 0` the return is `p_{t-1} * R_t` exactly
+    (the fee term subtracts 0.0), so zero-fee results do not depend on the fee model.
     """
     d = 0.0
     prev = 0.0
@@ -180,7 +220,9 @@ def simulate(avg, close, n, long_thr, short_thr, long_only, fee, pos, ret, eq):
         if t > 0:
             x0 = np.float64(close[t - 1])
             R = (np.float64(close[t]) - x0) / x0
-            r = prev * R - fee * abs(p - prev)
+            r = prev * R
+            if p != prev:
+                r = r - fee * traded_value(prev, p, R, fee)
         e = e * (1.0 + r)
         pos[t] = p
         ret[t] = r

@@ -15,7 +15,7 @@ periods (bars) per year; `f = fee_bps / 10_000`.
 | `max_drawdown` | `max_t (1 - E_t / max_{u<=t} E_u)` over t = 0..n-1, a positive fraction (0.25 = 25%) |
 | `calmar` | `cagr / max_drawdown` |
 | `n_trades` | number of trades opened: bars with `position_t != 0` and `position_t != position_{t-1}` (a reversal closes one trade and opens another) |
-| `win_rate` | share of *closed* trades with a trade return > 0. A trade entered at the close of bar a with position p and closed at the close of bar b returns `(1 - f)^2 * prod_{t=a+1..b} (1 + p * R_t) - 1` (one fee to enter, one to leave). A trade still open at the last bar is counted in `n_trades` but not here |
+| `win_rate` | share of *closed* trades with a trade return > 0. A trade entered at the close of bar a with position p (+1 or -1) and closed at the close of bar b returns `prod_{t=a+1..b-1} (1 + p R_t) * ((1 + p R_b) - f (1 + R_b)) / (1 + f) - 1`: the equity it ends with after its exit fee over the capital it started from before its entry fee (fee model in `kernels.backtest`; a reversal's fee is split into the closing and the opening leg). `kernels.trades` lists these trades. A trade still open at the last bar is counted in `n_trades` but not here |
 | `exposure` | share of the m return bars spent in the market: `count(position_{t-1} != 0, t = 1..m) / m` |
 | `buy_hold_return` | `x_{n-1} / x_0 - 1` over the same bars, for comparison |
 
@@ -86,33 +86,25 @@ def safe_ratio(num, den):
 
 
 @njit(cache=True)
-def symbol_metrics(pos, ret, eq, close, n, fee, ppy, out):
-    """Write the metrics of `METRIC_NAMES` for one symbol into `out` (formulas in the module docstring).
+def series_metrics(ret, eq, n, ppy, out):
+    """Write the metrics that depend only on the returns and the equity (`total_return`, `cagr`,
+    `ann_volatility`, `sharpe`, `sortino`, `max_drawdown`, `calmar`: indices 0-6 of `METRIC_NAMES`)
+    for bars 0..n-1 into `out[0:7]`.
 
-    `pos`, `ret`, `eq`: the series of `kernels.backtest.simulate` over bars 0..n-1; `close`: the
-    symbol's closes over the same bars; `fee`: fee as a fraction; `ppy`: periods per year (NaN if
-    unknown).
+    Shared by `symbol_metrics` and the portfolio metrics (kernels/portfolio.py), so that a
+    portfolio and a symbol are measured by the same formulas.
     """
-    for i in range(N_METRICS):
+    for i in range(7):
         out[i] = np.nan
     if n <= 0:
         return
     m = n - 1
     e_end = eq[n - 1]
     out[0] = e_end - 1.0  # total_return
-    # one pass: max drawdown (E_0 = 1 is the first peak), trades, exposure, sums of the returns
-    peak = eq[0]
+    peak = eq[0]  # E_0 is the first peak
     mdd = 0.0
-    n_trades = 0
-    closed = 0
-    wins = 0
-    held = 0
-    growth = 1.0
-    keep2 = (1.0 - fee) * (1.0 - fee)
     s = 0.0
     dn = 0.0
-    if pos[0] != 0.0:
-        n_trades += 1
     for t in range(n):
         e = eq[t]
         if e > peak:
@@ -127,27 +119,9 @@ def symbol_metrics(pos, ret, eq, close, n, fee, ppy, out):
         s += r
         if r < 0.0:
             dn += r * r
-        p_prev = pos[t - 1]
-        if p_prev != 0.0:
-            held += 1
-            x0 = np.float64(close[t - 1])
-            growth = growth * (1.0 + p_prev * ((np.float64(close[t]) - x0) / x0))
-        if pos[t] != p_prev:
-            if p_prev != 0.0:
-                closed += 1
-                if keep2 * growth - 1.0 > 0.0:
-                    wins += 1
-            if pos[t] != 0.0:
-                n_trades += 1
-                growth = 1.0
     out[5] = mdd
-    out[7] = n_trades
-    if closed > 0:
-        out[8] = wins / closed
-    out[10] = np.float64(close[n - 1]) / np.float64(close[0]) - 1.0  # buy_hold_return
     if m == 0:
         return
-    out[9] = held / m  # exposure
     if ppy == ppy:  # CAGR and Calmar
         if e_end > 0.0:
             out[1] = e_end ** (ppy / m) - 1.0
@@ -167,6 +141,54 @@ def symbol_metrics(pos, ret, eq, close, n, fee, ppy, out):
     out[2] = std * root
     out[3] = safe_ratio(mean, std) * root
     out[4] = safe_ratio(mean, down) * root
+
+
+@njit(cache=True)
+def symbol_metrics(pos, ret, eq, close, n, fee, ppy, out):
+    """Write the metrics of `METRIC_NAMES` for one symbol into `out` (formulas in the module docstring).
+
+    `pos`, `ret`, `eq`: the series of `kernels.backtest.simulate` over bars 0..n-1 (positions in
+    {-1, 0, +1}); `close`: the symbol's closes over the same bars; `fee`: fee as a fraction; `ppy`:
+    periods per year (NaN if unknown).
+    """
+    for i in range(N_METRICS):
+        out[i] = np.nan
+    if n <= 0:
+        return
+    series_metrics(ret, eq, n, ppy, out)
+    m = n - 1
+    n_trades = 0
+    closed = 0
+    wins = 0
+    held = 0
+    growth = 1.0
+    if pos[0] != 0.0:
+        n_trades += 1
+        growth = 1.0 / (1.0 + fee * abs(pos[0]))
+    for t in range(1, n):
+        p_prev = pos[t - 1]
+        p = pos[t]
+        if p_prev != 0.0:
+            held += 1
+            x0 = np.float64(close[t - 1])
+            R = (np.float64(close[t]) - x0) / x0
+            if p != p_prev:  # the trade closes at this close and pays its exit fee
+                growth = growth * ((1.0 + p_prev * R) - fee * abs(p_prev) * (1.0 + R))
+                closed += 1
+                if growth - 1.0 > 0.0:
+                    wins += 1
+            else:
+                growth = growth * (1.0 + p_prev * R)
+        if p != p_prev and p != 0.0:
+            n_trades += 1
+            growth = 1.0 / (1.0 + fee * abs(p))  # the entry fee
+    out[7] = n_trades
+    if closed > 0:
+        out[8] = wins / closed
+    out[10] = np.float64(close[n - 1]) / np.float64(close[0]) - 1.0  # buy_hold_return
+    if m == 0:
+        return
+    out[9] = held / m  # exposure
 
 
 def infer_periods_per_year(times) -> float:

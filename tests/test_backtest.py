@@ -25,13 +25,30 @@ def naive_positions(avg, long_thr=0.1, short_thr=-0.1, long_only=False):
     return np.array(out)
 
 
+def solve_equity(V, H, p, f):
+    """The post-trade equity E of `E = V - f * |p * E - H|` (fee on the value traded, sized after the
+    fee), by fixed-point iteration: a contraction with factor f * |p| < 1, independent of the
+    closed form in kernels/backtest.py."""
+    E = V
+    for _ in range(200):
+        E = V - f * abs(p * E - H)
+    return E
+
+
 def naive_backtest(close, avg, fee_bps=0.0, long_only=False, long_thr=0.1, short_thr=-0.1):
+    """Equity bar by bar from the defining equation: holdings p * E after each close, a position
+    that does not change is not traded."""
     pos = naive_positions(avg, long_thr, short_thr, long_only)
-    R = pd.Series(close).pct_change().to_numpy()
-    prev = np.concatenate([[0.0], pos[:-1]])
-    ret = prev * np.nan_to_num(R) - fee_bps / 1e4 * np.abs(pos - prev)
-    ret[0] = 0.0
-    return pos, ret, np.cumprod(1.0 + ret)
+    f = fee_bps / 1e4
+    eq = [1.0]
+    for t in range(1, len(close)):
+        R = close[t] / close[t - 1] - 1
+        E0, p0, p = eq[-1], pos[t - 1], pos[t]
+        V = E0 * (1 + p0 * R)
+        eq.append(V if p == p0 else solve_equity(V, p0 * E0 * (1 + R), p, f))
+    eq = np.array(eq)
+    ret = np.concatenate([[0.0], eq[1:] / eq[:-1] - 1])
+    return pos, ret, eq
 
 
 def test_hand_made_positions_and_returns():
@@ -52,14 +69,36 @@ def test_hand_made_positions_and_returns():
     np.testing.assert_array_equal(lo["position"], [0, 0, 1, 1, 1, 0, 0, 1, 1, 1])
 
 
-def test_fees_per_unit_of_position_change():
+def test_fees_on_the_value_traded():
     avg = np.array([0.0, 0.2, -0.2, -0.2, 0.0, 0.2, 0.2])
     close = np.full(7, 50.0)  # flat prices: only fees move equity
     res = run_backtest(close, avg, backtest_params=BacktestParams(fee_bps=10))
     np.testing.assert_array_equal(res["position"], [0, 1, -1, -1, -1, 1, 1])
     f = 10 / 1e4
-    np.testing.assert_allclose(res["strategy_return"], [0, -f, -2 * f, 0, 0, -2 * f, 0], atol=1e-18)
-    assert res["equity"][-1] == pytest.approx((1 - f) * (1 - 2 * f) ** 2)
+    # entry from cash: buy E with E + f E = 1; reversal: sell the long (V) and short E',
+    # E' = V - f (V + E'); unchanged positions trade nothing
+    entry = 1 / (1 + f) - 1
+    rev = (1 - f) / (1 + f) - 1
+    np.testing.assert_allclose(res["strategy_return"], [0, entry, rev, 0, 0, rev, 0], rtol=1e-12, atol=0)
+    assert res["equity"][-1] == pytest.approx((1 - f) ** 2 / (1 + f) ** 3, rel=1e-14)
+
+
+def test_fee_on_a_moving_bar():
+    """The fee is on the value traded at the close, after the bar's move: a long of 1 that gains
+    10% and exits sells 1.1; a short of 1 that loses 10% and exits buys back 1.1 and keeps 0.9."""
+    f = 0.01  # 100 bps, to make the difference visible
+    close = np.array([100.0, 100.0, 110.0, 110.0, 121.0])
+    long_exit = run_backtest(close, np.array([0, 0.5, -0.5, -0.5, -0.5]),
+                             backtest_params=BacktestParams(fee_bps=100, long_only=True))
+    np.testing.assert_array_equal(long_exit["position"], [0, 1, 0, 0, 0])
+    assert long_exit["equity"][2] == pytest.approx(1.1 * (1 - f) / (1 + f), rel=1e-14)
+    short_exit = run_backtest(close, np.array([0, -0.5, 0.5, 0.5, 0.5]), backtest_params=BacktestParams(fee_bps=100))
+    np.testing.assert_array_equal(short_exit["position"], [0, -1, 1, 1, 1])
+    E1 = 1 / (1 + f)
+    # close 2: the short lost 10% (V = 0.9 E1) and reverses: it buys back 1.1 E1 of stock and buys
+    # E2 of the long, E2 = 0.9 E1 - f (1.1 E1 + E2)
+    E2 = (0.9 * E1 - f * 1.1 * E1) / (1 + f)
+    np.testing.assert_allclose(short_exit["equity"], [1, E1, E2, E2, E2 * 1.1], rtol=1e-14)
 
 
 def test_thresholds_come_from_the_atc_params():

@@ -38,9 +38,18 @@ def naive_metrics(close, pos, ret, eq, fee_bps, ppy):
             if pos[t] != 0:
                 open_ = (pos[t], t)
     out["n_trades"] = len(trades) + (open_ is not None)
+    # a trade's return: its equity after the exit fee over its capital before the entry fee,
+    # the capital bought with E + f E = C, each bar p * R, the exit fee on the position's value
+    # at the exit close (the short buys back what it owes)
     f = fee_bps / 1e4
     R = close[1:] / close[:-1] - 1
-    wins = [(1 - f) ** 2 * np.prod(1 + p * R[a:b]) - 1 > 0 for p, a, b in trades]
+    wins = []
+    for p, a, b in trades:
+        E = 1 / (1 + f)
+        for t in range(a + 1, b + 1):
+            value = E * (1 + R[t - 1])  # the position's size at close t
+            E = E * (1 + p * R[t - 1]) - (f * value if t == b else 0.0)
+        wins.append(E - 1 > 0)
     out["win_rate"] = np.mean(wins) if wins else np.nan
     out["exposure"] = np.count_nonzero(pos[:-1]) / m
     return out
@@ -94,10 +103,11 @@ def test_zero_denominators():
     flat = np.full(6, 7.0)
     m = run_backtest(flat, long_from_1, periods_per_year=1).metrics
     assert np.isnan(m["sharpe"]) and np.isnan(m["sortino"])  # every return exactly 0: 0 / 0
-    # one fee and nothing else: mean < 0 and std > 0, finite negative Sharpe; no gain: max drawdown = the fee
+    # one fee and nothing else (buying 1 / 1.001 with all the cash): mean < 0 and std > 0, finite
+    # negative Sharpe; no gain: max drawdown = the fee
     m = run_backtest(flat, long_from_1, backtest_params=BacktestParams(fee_bps=10), periods_per_year=1).metrics
-    assert m["sharpe"] < 0 and m["total_return"] == pytest.approx(-0.001)
-    assert m["max_drawdown"] == pytest.approx(0.001) and m["calmar"] < 0
+    assert m["sharpe"] < 0 and m["total_return"] == pytest.approx(1 / 1.001 - 1, rel=1e-12)
+    assert m["max_drawdown"] == pytest.approx(1 - 1 / 1.001, rel=1e-12) and m["calmar"] < 0
 
 
 def test_short_histories():
