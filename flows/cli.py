@@ -46,6 +46,10 @@ def _register() -> None:
     app.command("sweep")(sweep_cmd.sweep)
     bench_app.command("sweep")(sweep_cmd.bench_sweep)
 
+    from flows import bench_stream_cmd
+
+    bench_app.command("stream")(bench_stream_cmd.bench_stream)
+
 
 _register()
 
