@@ -90,6 +90,10 @@ def _register() -> None:
     app.command("plot")(plot_cmd.plot)
     app.command("show")(show_cmd.show)
 
+    from flows import bench_stream_cmd
+
+    bench_app.command("stream")(bench_stream_cmd.bench_stream)
+
 
 _register()
 

@@ -18,6 +18,15 @@ from kernels.params import FAMILIES, OUTPUT_NAMES, ATCParams
 BACKENDS = ("auto", "cpu", "cuda")
 
 
+def no_capture(ft) -> tuple:
+    """Empty capture arrays of the same types as a real stream state, so the batch kernel compiles
+    once whether or not it captures."""
+    f = np.dtype(ft)
+    return (False, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 1, 1), f),
+            np.zeros((0, 6, 9, 9), f), np.zeros((0, 6, 9, 1, 1), f), np.zeros((0, 13, 2, 1), f),
+            np.zeros((0, 1), f))
+
+
 class ATCBackendError(ATCUserError):
     """The requested backend cannot run here (e.g. `cuda` without a GPU)."""
 
@@ -84,7 +93,7 @@ def growth_factors(params: ATCParams, t_max: int, ft) -> np.ndarray:
 
 def compute_atc(close, params: ATCParams | None = None, *, backend: str = "cpu", dtype=np.float64,
                 src=None, parallel: bool = True, on_bad: str = "raise", symbols=None,
-                index_offset: int = 0, lanes: int | None = None) -> st.ATCResult:
+                index_offset: int = 0, lanes: int | None = None, capture=None) -> st.ATCResult:
     """The 13 ATC outputs of ATC_SPEC.md for one series `(n_bars,)` or a panel `(n_symbols, n_bars)`.
 
     A NaN close is a time at which the symbol has no bar (ATC_SPEC.md section 7): each symbol is
@@ -103,6 +112,8 @@ def compute_atc(close, params: ATCParams | None = None, *, backend: str = "cpu",
     `backend`: "cpu" (Numba), "cuda" (numba-cuda on a GPU, or its simulator when
     NUMBA_ENABLE_CUDASIM=1; same numbers as "cpu"; `parallel` and `lanes` do not apply) or "auto"
     (the GPU when a real one is usable, else the CPU).
+    `capture` is for `kernels.stream`: the arrays of a stream state that the CPU kernel fills, for
+    every computed symbol, with what it needs to continue bar by bar (see `build_stream`).
     """
     params = ATCParams() if params is None else params
     if not isinstance(params, ATCParams):
@@ -169,18 +180,21 @@ def compute_atc(close, params: ATCParams | None = None, *, backend: str = "cpu",
         args = (panel, src_panel, src is None, order, starts, ends, lens, growth, line_lens, coef, weights,
                 params.cutout, ft.type(1.0 - params.dec), ft.type(params.short_threshold),
                 ft.type(params.long_threshold), params.strategy_mode, out)
+        if capture is not None and (use == "cuda" or src is not None):
+            raise ATCUserError("a stream state is captured by the CPU kernel with src = close only")
         if use == "cuda":
             from kernels import cuda as gpu
 
             gpu.run_panel(*args)
         else:
             kern = build_cpu_kernel(ft.name)
+            cap = no_capture(ft) if capture is None else (True, *capture)
             nb = kern.lanes if lanes is None else int(lanes)
             n_blocks = -(-len(order) // nb)
             if parallel and n_blocks > 1:
-                kern.run_parallel(min(n_blocks, 4 * numba.get_num_threads()), nb, *args)
+                kern.run_parallel(min(n_blocks, 4 * numba.get_num_threads()), nb, *args, cap)
             else:
-                kern.run_serial(nb, *args)
+                kern.run_serial(nb, *args, cap)
 
     outputs = {name: (out[c, 0] if one_d else out[c]) for c, name in enumerate(OUTPUT_NAMES)}
     return st.ATCResult(outputs, status[0] if one_d else status, messages)

@@ -112,12 +112,48 @@ def window_sums(src, t, L, q, S, W, nb):
 @_kernel()
 def family_pass(fam, x, r, T, nb, lens, coef, cutout, keep, fsig, sig_out, store_sig, ma_out,
                 store_ma):
-    """MA -> crossover -> equity -> Layer-1 signal for the 9 lines of family `fam`.
+    """MA -> crossover -> equity -> Layer-1 signal for the 9 lines of family `fam`, bars 0..T-1.
 
     With `store_sig`, the crossover state of line j at bar t is also written to
     `sig_out[j, t, k]` (int8): parameter sweeps reuse it for every La/De/cutout combination,
     since the MAs and crossovers depend only on the lengths. With `store_ma`, the MA values
     go to `ma_out[j, t, k]` (for tests and inspection; the batch path never stores them).
+    """
+    st = new_family_state(nb)
+    ring = new_family_ring(fam, lens, nb)
+    family_steps(fam, x, 0, r, 0, 0, T, nb, lens, coef, cutout, keep, fsig, st, ring, sig_out,
+                 store_sig, ma_out, store_ma)
+
+
+@_kernel()
+def new_family_state(nb):
+    """The per-line state of one family before its first bar (rows in `family_steps`' order)."""
+    st = np.zeros((9, 9 * nb), ft)
+    for q in range(9 * nb):
+        st[0, q] = NAN
+    return st
+
+
+@_kernel()
+def new_family_ring(fam, lens, nb):
+    sqmax = 1
+    for j in range(9):
+        sqmax = max(sqmax, lens[fam * 9 + j, 2])
+    return np.zeros((9, sqmax, nb), ft)
+
+
+@_kernel()
+def family_steps(fam, x, xo, r, oo, t0, T, nb, lens, coef, cutout, keep, fsig, st, ring, sig_out,
+                 store_sig, ma_out, store_ma):
+    """Advance the 9 lines of family `fam` from bar t0 to bar T-1, resuming from `st` and `ring`.
+
+    The one implementation of Layer 1 for the batch kernel (t0 = 0, T = the whole history), the
+    sweep engine and the streaming engine (one bar at a time), so they agree bit for bit.
+    Per-line state `st` (9, 9*nb): rows previous MA, crossover state, equity, and the running
+    sums S1, W1, S2, W2, S3, W3; `ring` (9, sq, nb) holds the HMA inner series. Time-indexed
+    buffers are windows: closes `x` hold bar t at row t - xo, returns `r`, `fsig` and the
+    optional `sig_out`/`ma_out` hold bar t at row t - oo. `x` must reach back max(L) + 1 bars,
+    and xo must be 0 while t < max(L) (KAMA's warm-up reads the first close).
 
     One function on purpose: the per-bar work for a line is only a few vector instructions,
     and a call with array arguments per (bar, line) would cost more than the work (Numba
@@ -125,24 +161,19 @@ def family_pass(fam, x, r, T, nb, lens, coef, cutout, keep, fsig, sig_out, store
     Sliding window sums are recomputed exactly at their first bar, then every ANCHOR bars,
     and every bar for one-bar windows (an MA equal to the close must stay exactly equal).
     """
-    sz = 9 * nb
-    mprev = np.full(sz, NAN, ft)
-    s = np.zeros(sz, ft)
-    e = np.zeros(sz, ft)
-    S1 = np.zeros(sz, ft)
-    W1 = np.zeros(sz, ft)
-    S2 = np.zeros(sz, ft)
-    W2 = np.zeros(sz, ft)
-    S3 = np.zeros(sz, ft)
-    W3 = np.zeros(sz, ft)
-    sqmax = 1
-    for j in range(9):
-        sqmax = max(sqmax, lens[fam * 9 + j, 2])
-    ring = np.zeros((9, sqmax, nb), ft)
+    mprev = st[0]
+    s = st[1]
+    e = st[2]
+    S1 = st[3]
+    W1 = st[4]
+    S2 = st[5]
+    W2 = st[6]
+    S3 = st[7]
+    W3 = st[8]
     mrow = np.empty(nb, ft)
     num = np.empty(nb, ft)
     den = np.empty(nb, ft)
-    for t in range(T):
+    for t in range(t0, T):
         for k in range(nb):
             num[k] = ZERO
             den[k] = ZERO
@@ -154,42 +185,42 @@ def family_pass(fam, x, r, T, nb, lens, coef, cutout, keep, fsig, sig_out, store
             if fam == 5:  # KAMA: defined from bar 0
                 if t <= L - 1:
                     for k in range(nb):
-                        mrow[k] = x[0, k]
+                        mrow[k] = x[0, k]  # t <= L-1 < window: xo is 0 here
                 else:
                     if ((t - L) & AM) == 0:
                         for k in range(nb):
                             S1[q + k] = ZERO
                         for i in range(t - L + 1, t + 1):
                             for k in range(nb):
-                                S1[q + k] += abs(x[i, k] - x[i - 1, k])
+                                S1[q + k] += abs(x[i - xo, k] - x[i - xo - 1, k])
                     else:
                         for k in range(nb):
-                            S1[q + k] = (S1[q + k] + abs(x[t, k] - x[t - 1, k])
-                                         - abs(x[t - L, k] - x[t - L - 1, k]))
+                            S1[q + k] = (S1[q + k] + abs(x[t - xo, k] - x[t - xo - 1, k])
+                                         - abs(x[t - xo - L, k] - x[t - xo - L - 1, k]))
                     for k in range(nb):
-                        mrow[k] = kama_step(mprev[q + k], x[t, k], x[t - L, k], S1[q + k])
+                        mrow[k] = kama_step(mprev[q + k], x[t - xo, k], x[t - xo - L, k], S1[q + k])
             elif fam == 1:  # HMA: WMA(2*WMA(x, half) - WMA(x, L), sq), inner series in a ring
                 half = lens[ln, 1]
                 sq = lens[ln, 2]
                 if t >= half - 1:
                     if half == 1 or ((t - half + 1) & AM) == 0:
-                        window_sums(x, t, half, q, S1, W1, nb)
+                        window_sums(x, t - xo, half, q, S1, W1, nb)
                     else:
                         hf = coef[ln, 1]
                         for k in range(nb):
-                            S1[q + k], W1[q + k] = weighted_slide(S1[q + k], W1[q + k], x[t, k],
-                                                                  x[t - half, k], hf)
+                            S1[q + k], W1[q + k] = weighted_slide(S1[q + k], W1[q + k], x[t - xo, k],
+                                                                  x[t - xo - half, k], hf)
                 if t < L - 1:
                     for k in range(nb):
                         mrow[k] = NAN
                 else:
                     if L == 1 or ((t - L + 1) & AM) == 0:
-                        window_sums(x, t, L, q, S2, W2, nb)
+                        window_sums(x, t - xo, L, q, S2, W2, nb)
                     else:
                         Lf = coef[ln, 0]
                         for k in range(nb):
-                            S2[q + k], W2[q + k] = weighted_slide(S2[q + k], W2[q + k], x[t, k],
-                                                                  x[t - L, k], Lf)
+                            S2[q + k], W2[q + k] = weighted_slide(S2[q + k], W2[q + k], x[t - xo, k],
+                                                                  x[t - xo - L, k], Lf)
                     slot = t % sq
                     den_l = coef[ln, 3]
                     den_h = coef[ln, 4]
@@ -233,16 +264,16 @@ def family_pass(fam, x, r, T, nb, lens, coef, cutout, keep, fsig, sig_out, store
                         S1[q + k] = ZERO
                     for i in range(L):
                         for k in range(nb):
-                            S1[q + k] += x[i, k]
+                            S1[q + k] += x[i - xo, k]
                     for k in range(nb):
                         S1[q + k] = S1[q + k] / ft(L)
                         W1[q + k] = S1[q + k]
                 elif fam == 0:
                     for k in range(nb):
-                        S1[q + k] = ema_step(S1[q + k], x[t, k], a, b)
+                        S1[q + k] = ema_step(S1[q + k], x[t - xo, k], a, b)
                 else:
                     for k in range(nb):
-                        e1 = ema_step(S1[q + k], x[t, k], a, b)
+                        e1 = ema_step(S1[q + k], x[t - xo, k], a, b)
                         S1[q + k] = e1
                         W1[q + k] = ema_step(W1[q + k], e1, a, b)
                 if fam == 0:
@@ -253,15 +284,15 @@ def family_pass(fam, x, r, T, nb, lens, coef, cutout, keep, fsig, sig_out, store
                         mrow[k] = dema_value(S1[q + k], W1[q + k])
             elif fam == 4 and L <= 2:  # a line through 1 or 2 points passes through x_t
                 for k in range(nb):
-                    mrow[k] = x[t, k]
+                    mrow[k] = x[t - xo, k]
             else:  # WMA (2) / LSMA (4) from the same window sums
                 Lf = coef[ln, 0]
                 if L == 1 or ((t - L + 1) & AM) == 0:
-                    window_sums(x, t, L, q, S1, W1, nb)
+                    window_sums(x, t - xo, L, q, S1, W1, nb)
                 else:
                     for k in range(nb):
-                        S1[q + k], W1[q + k] = weighted_slide(S1[q + k], W1[q + k], x[t, k],
-                                                              x[t - L, k], Lf)
+                        S1[q + k], W1[q + k] = weighted_slide(S1[q + k], W1[q + k], x[t - xo, k],
+                                                              x[t - xo - L, k], Lf)
                 if fam == 2:
                     den_w = coef[ln, 1]
                     for k in range(nb):
@@ -276,12 +307,12 @@ def family_pass(fam, x, r, T, nb, lens, coef, cutout, keep, fsig, sig_out, store
                 pass  # no previous bar: the state stays 0
             elif t <= cutout:
                 for k in range(nb):
-                    s[q + k] = cross_step(s[q + k], x[t, k], mrow[k], x[t - 1, k], mprev[q + k])
+                    s[q + k] = cross_step(s[q + k], x[t - xo, k], mrow[k], x[t - xo - 1, k], mprev[q + k])
             else:
                 for k in range(nb):
                     sp = s[q + k]
-                    sn = cross_step(sp, x[t, k], mrow[k], x[t - 1, k], mprev[q + k])
-                    en = equity_step(e[q + k], sp, r[t, k], keep)
+                    sn = cross_step(sp, x[t - xo, k], mrow[k], x[t - xo - 1, k], mprev[q + k])
+                    en = equity_step(e[q + k], sp, r[t - oo, k], keep)
                     s[q + k] = sn
                     e[q + k] = en
                     num[k] += sn * en
@@ -295,55 +326,78 @@ def family_pass(fam, x, r, T, nb, lens, coef, cutout, keep, fsig, sig_out, store
                 mprev[q + k] = mrow[k]
             if store_sig:
                 for k in range(nb):
-                    sig_out[j, t, k] = np.int8(s[q + k])
+                    sig_out[j, t - oo, k] = np.int8(s[q + k])
             if store_ma:
                 for k in range(nb):
-                    ma_out[j, t, k] = mrow[k]
+                    ma_out[j, t - oo, k] = mrow[k]
         if t < cutout:
             for k in range(nb):
-                fsig[t, k] = NAN
+                fsig[t - oo, k] = NAN
         else:
             for k in range(nb):
-                fsig[t, k] = round2(num[k] / den[k])
+                fsig[t - oo, k] = round2(num[k] / den[k])
 
 
 @_kernel()
 def layer2_and_average(obuf, r, T, nb, weights, cutout, keep, short_thr, long_thr, strategy):
-    """Family equities (Layer 2) from the sign of each Layer-1 signal, then Average_Signal."""
-    for f in range(6):
-        for t in range(min(cutout, T)):
-            for k in range(nb):
-                obuf[6 + f, t, k] = NAN
-        if cutout < T:
-            for k in range(nb):
-                obuf[6 + f, cutout, k] = start_equity(weights[f])
-        for t in range(cutout + 1, T):
-            for k in range(nb):
-                obuf[6 + f, t, k] = equity_step(obuf[6 + f, t - 1, k], obuf[f, t - 1, k], r[t, k], keep)
+    """Family equities (Layer 2) and Average_Signal for bars 0..T-1 (Layer 1 is in obuf[:6])."""
+    avg_prev = np.zeros(nb, ft)
+    layer2_steps(obuf, 0, r, 0, T, nb, weights, cutout, keep, short_thr, long_thr, strategy, avg_prev)
+
+
+@_kernel()
+def layer2_steps(obuf, oo, r, t0, T, nb, weights, cutout, keep, short_thr, long_thr, strategy,
+                 avg_prev):
+    """Layer 2 and Average_Signal from bar t0 to T-1, resuming from the previous bar's row.
+
+    Family equities follow the sign of the previous Layer-1 signal; bar t sits at row t - oo of
+    `obuf` and `r` (row t - oo - 1 holds the previous bar when t0 > 0). `avg_prev` carries the
+    unshifted average of the previous bar for strategy mode (0 before the first bar). Shared by
+    the batch, sweep and streaming engines.
+    """
     num = np.empty(nb, ft)
     den = np.empty(nb, ft)
-    for t in range(T):
+    for t in range(t0, T):
+        row = t - oo
         for k in range(nb):
             num[k] = ZERO
             den[k] = ZERO
         for f in range(6):
+            if t < cutout:
+                for k in range(nb):
+                    obuf[6 + f, row, k] = NAN
+            elif t == cutout:
+                for k in range(nb):
+                    obuf[6 + f, row, k] = start_equity(weights[f])
+            else:
+                for k in range(nb):
+                    obuf[6 + f, row, k] = equity_step(obuf[6 + f, row - 1, k], obuf[f, row - 1, k],
+                                                      r[row, k], keep)
             for k in range(nb):
-                num[k] += cut(obuf[f, t, k], short_thr, long_thr) * obuf[6 + f, t, k]
-                den[k] += obuf[6 + f, t, k]
-        for k in range(nb):
-            obuf[12, t, k] = ratio_or_zero(num[k], den[k])
-    if strategy:
-        for t in range(T - 1, 0, -1):
+                num[k] += cut(obuf[f, row, k], short_thr, long_thr) * obuf[6 + f, row, k]
+                den[k] += obuf[6 + f, row, k]
+        if strategy:
             for k in range(nb):
-                obuf[12, t, k] = obuf[12, t - 1, k]
-        for k in range(nb):
-            obuf[12, 0, k] = ZERO
+                avg = ratio_or_zero(num[k], den[k])
+                obuf[12, row, k] = avg_prev[k]
+                avg_prev[k] = avg
+        else:
+            for k in range(nb):
+                obuf[12, row, k] = ratio_or_zero(num[k], den[k])
 
 
 @_kernel()
 def process_block(x, p, r, T, nb, growth, lens, coef, weights, cutout, keep, short_thr, long_thr,
-                  strategy, obuf):
-    """x: MA source (T, nb); p: closes for returns; writes the 13 outputs into obuf (13, T, nb)."""
+                  strategy, obuf, syms, nk, lane_n, cap):
+    """x: MA source (T, nb); p: closes for returns; writes the 13 outputs into obuf (13, T, nb).
+
+    `cap` = (on, t, xo, x, fam, ring, prev, avg) are a stream state's arrays (kernels.stream),
+    indexed by symbol. With `on`, the block runs in segments that end where a lane's own history
+    ends, and each lane's state (window of closes, per-line state, HMA rings, last outputs) is
+    copied into `cap` for symbol `syms[k]` at its own last bar: the stream then continues exactly
+    where the batch stopped, at no extra compute cost. Segments do not change the arithmetic.
+    """
+    cap_on, c_t, c_xo, c_x, c_fam, c_ring, c_prev, c_avg = cap
     for k in range(nb):
         r[0, k] = NAN
     for t in range(1, T):
@@ -352,9 +406,49 @@ def process_block(x, p, r, T, nb, growth, lens, coef, weights, cutout, keep, sho
             r[t, k] = ((p[t, k] - p[t - 1, k]) / p[t - 1, k]) * g
     no_sig = np.zeros((1, 1, 1), np.int8)
     no_ma = np.zeros((1, 1, 1), ft)
+    sqmax = 1
+    lmax = 1
+    for ln in range(54):
+        sqmax = max(sqmax, lens[ln, 2])
+        lmax = max(lmax, lens[ln, 0])
+    sts = np.zeros((6, 9, 9 * nb), ft)
     for f in range(6):
-        family_pass(f, x, r, T, nb, lens, coef, cutout, keep, obuf[f], no_sig, False, no_ma, False)
-    layer2_and_average(obuf, r, T, nb, weights, cutout, keep, short_thr, long_thr, strategy)
+        for q in range(9 * nb):
+            sts[f, 0, q] = NAN
+    rings = np.zeros((6, 9, sqmax, nb), ft)
+    avg_prev = np.zeros(nb, ft)
+    t0 = 0
+    while t0 < T:
+        e = T
+        if cap_on:
+            for k in range(nk):
+                if lane_n[k] > t0 and lane_n[k] < e:
+                    e = lane_n[k]
+        for f in range(6):
+            family_steps(f, x, 0, r, 0, t0, e, nb, lens, coef, cutout, keep, obuf[f], sts[f], rings[f],
+                         no_sig, False, no_ma, False)
+        layer2_steps(obuf, 0, r, t0, e, nb, weights, cutout, keep, short_thr, long_thr, strategy, avg_prev)
+        if cap_on:
+            for k in range(nk):
+                if lane_n[k] == e:
+                    i = syms[k]
+                    xo = max(0, e - lmax - 1)  # the stream reads back max(L) + 1 bars
+                    c_t[i] = e
+                    c_xo[i] = xo
+                    for row in range(e - xo):
+                        c_x[i, row, 0] = x[xo + row, k]
+                    for f in range(6):
+                        for kind in range(9):
+                            for j in range(9):
+                                c_fam[i, f, kind, j] = sts[f, kind, j * nb + k]
+                        for j in range(9):
+                            for sl in range(sqmax):
+                                c_ring[i, f, j, sl, 0] = rings[f, j, sl, k]
+                    for c in range(13):
+                        c_prev[i, c, 0, 0] = obuf[c, e - 1, k]
+                    c_avg[i, 0] = avg_prev[k]
+        t0 = e
+
 
 # ---- panel <-> block buffers -----------------------------------------------------------------
 
@@ -409,7 +503,7 @@ def scatter(obuf, out, panel, syms, starts, ends, nk):
 
 @_kernel()
 def process_chunk(c, n_chunks, nb, close, src, same_src, order, starts, ends, lens_sym, growth, lens,
-                  coef, weights, cutout, keep, short_thr, long_thr, strategy, out):
+                  coef, weights, cutout, keep, short_thr, long_thr, strategy, out, cap):
     n_valid = order.shape[0]
     n_blocks = (n_valid + nb - 1) // nb
     if c >= n_blocks:
@@ -419,34 +513,36 @@ def process_chunk(c, n_chunks, nb, close, src, same_src, order, starts, ends, le
     p = x if same_src else np.empty((t_max, nb), ft)
     r = np.empty((t_max, nb), ft)
     obuf = np.empty((13, t_max, nb), ft)
+    lane_n = np.zeros(nb, np.int64)
     for b in range(c, n_blocks, n_chunks):
         lo = b * nb
         nk = min(nb, n_valid - lo)
         syms = order[lo:lo + nk]
         T = 0
         for k in range(nk):
-            T = max(T, lens_sym[syms[k]])
+            lane_n[k] = lens_sym[syms[k]]
+            T = max(T, lane_n[k])
         gather(src, syms, starts, ends, nk, T, x)
         if not same_src:
             gather(close, syms, starts, ends, nk, T, p)
         process_block(x, p, r, T, nb, growth, lens, coef, weights, cutout, keep, short_thr,
-                      long_thr, strategy, obuf)
+                      long_thr, strategy, obuf, syms, nk, lane_n, cap)
         scatter(obuf, out, close, syms, starts, ends, nk)
 
 
 @_kernel()
 def run_serial(nb, close, src, same_src, order, starts, ends, lens_sym, growth, lens, coef, weights,
-               cutout, keep, short_thr, long_thr, strategy, out):
+               cutout, keep, short_thr, long_thr, strategy, out, cap):
     process_chunk(0, 1, nb, close, src, same_src, order, starts, ends, lens_sym, growth, lens, coef,
-                  weights, cutout, keep, short_thr, long_thr, strategy, out)
+                  weights, cutout, keep, short_thr, long_thr, strategy, out, cap)
 
 
 @_kernel(parallel=True)
 def run_parallel(n_chunks, nb, close, src, same_src, order, starts, ends, lens_sym, growth, lens,
-                 coef, weights, cutout, keep, short_thr, long_thr, strategy, out):
+                 coef, weights, cutout, keep, short_thr, long_thr, strategy, out, cap):
     for c in prange(n_chunks):
         process_chunk(c, n_chunks, nb, close, src, same_src, order, starts, ends, lens_sym, growth,
-                      lens, coef, weights, cutout, keep, short_thr, long_thr, strategy, out)
+                      lens, coef, weights, cutout, keep, short_thr, long_thr, strategy, out, cap)
 
 
 def _float_env(ft) -> dict:
