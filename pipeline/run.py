@@ -150,8 +150,8 @@ def _worker_name() -> str:
         return f"pid {os.getpid()}"
 
 
-def read_close(task: ChunkTask) -> tuple[np.ndarray, list[str]]:
-    """The task's ``close`` slice and symbol names, from the price store it opens itself."""
+def read_close(task: ChunkTask) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """The task's ``close`` slice, symbol names and the time axis, from the price store it opens itself."""
     from pipeline.store import open_prices
 
     ds = open_prices(task.prices)
@@ -163,9 +163,10 @@ def read_close(task: ChunkTask) -> tuple[np.ndarray, list[str]]:
         sl = slice(task.start, task.stop)
         close = np.asarray(ds["close"][sl].values, dtype=np.float64)
         symbols = [str(s) for s in ds["symbol"].values[sl]]
+        times = np.asarray(ds["time"].values)
     finally:
         ds.close()
-    return close, symbols
+    return close, symbols, times
 
 
 def _reasons(messages: Mapping[int, str], status: np.ndarray) -> list[str]:
@@ -177,25 +178,26 @@ def _reasons(messages: Mapping[int, str], status: np.ndarray) -> list[str]:
 
 def backtest_settings(backtest: Any, ds: Any) -> dict[str, Any] | None:
     """The backtest settings a run records and its tasks use (`atc run --backtest`): those of
-    ``backtest`` (a BacktestParams, or None for no backtest) with ``periods_per_year`` inferred from
-    the price store's time axis unless given."""
+    ``backtest`` (a BacktestParams, or None for no backtest). ``periods_per_year`` None means: each
+    symbol's own, inferred from the times of its own bars (a monthly symbol beside daily ones gets
+    about 12, not the union axis' figure)."""
     if backtest is None:
         return None
-    from kernels.metrics import infer_periods_per_year
-
-    d = backtest.to_dict()
-    if d["periods_per_year"] is None:
-        d["periods_per_year"] = infer_periods_per_year(ds["time"].values)
-    return d
+    return backtest.to_dict()
 
 
-def backtest_outputs(close: np.ndarray, res: Any, params: ATCParams, settings: Mapping[str, Any]) -> dict:
+def backtest_outputs(close: np.ndarray, times: np.ndarray, res: Any, params: ATCParams,
+                     settings: Mapping[str, Any]) -> dict:
     """Positions, strategy returns, equity and per-symbol metrics of a chunk, as store variables."""
     from kernels.backtest import BACKTEST_SERIES, BacktestParams, run_backtest
+    from kernels.metrics import periods_per_year_by_symbol
 
+    ppy = settings["periods_per_year"]
+    if ppy is None:
+        ppy = periods_per_year_by_symbol(times, close)
     bt = run_backtest(close, res["Average_Signal"], params,
                       BacktestParams(fee_bps=settings["fee_bps"], long_only=settings["long_only"]),
-                      periods_per_year=settings["periods_per_year"], ok=np.asarray(res.status) == OK)
+                      periods_per_year=ppy, ok=np.asarray(res.status) == OK)
     out: dict[str, Any] = {name: (("symbol", "time"), bt[name]) for name in BACKTEST_SERIES}
     out.update({name: (("symbol",), values) for name, values in bt.metrics.items()})
     return out
@@ -206,13 +208,13 @@ def run_chunk(task: ChunkTask) -> dict[str, Any]:
     from kernels import compute_atc
 
     t0 = time.perf_counter()
-    close, symbols = read_close(task)
+    close, symbols, times = read_close(task)
     t1 = time.perf_counter()
     parallel = bool(task.parallel) and _worker_threads() == 1
     res = compute_atc(close, task.params, backend=task.backend, dtype=np.dtype(task.dtype), parallel=parallel,
                       on_bad="status", symbols=symbols, index_offset=task.start)
     settings = task.options.get("backtest")
-    extra = backtest_outputs(close, res, task.params, settings) if settings else None
+    extra = backtest_outputs(close, times, res, task.params, settings) if settings else None
     del close
     t2 = time.perf_counter()
     status = np.asarray(res.status, dtype=np.int8)

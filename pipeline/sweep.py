@@ -46,7 +46,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from kernels.errors import ATCUserError
-from kernels.metrics import HIGHER_IS_BETTER, METRIC_DESCRIPTIONS, METRIC_NAMES, infer_periods_per_year
+from kernels.metrics import HIGHER_IS_BETTER, METRIC_DESCRIPTIONS, METRIC_NAMES, periods_per_year_by_symbol
 from kernels.status import OK, STATUS_NAMES
 from kernels.sweep import SweepGrid
 from pipeline import results as rs
@@ -87,7 +87,7 @@ class SweepIdentity:
     code: str
 
     @classmethod
-    def of(cls, grid: SweepGrid, ppy: float, prices_fingerprint: str, dtype: str, save_signals: bool):
+    def of(cls, grid: SweepGrid, ppy: float | None, prices_fingerprint: str, dtype: str, save_signals: bool):
         g = {"dims": list(grid.dims), "values": [[_jsonable(v) for v in vals] for vals in grid.values]}
         bt = grid.base_backtest.to_dict()
         bt["periods_per_year"] = ppy
@@ -158,7 +158,7 @@ class SweepTask:
     start: int
     stop: int
     grid: SweepGrid
-    periods_per_year: float
+    periods_per_year: float | None
     prices_fingerprint: str
     dtype: str = "float64"
     save_signals: bool = False
@@ -185,11 +185,14 @@ def run_sweep_task(task: SweepTask) -> dict[str, Any]:
     from pipeline.run import _worker_name, _worker_threads, read_close
 
     t0 = time.perf_counter()
-    close, symbols = read_close(task)
+    close, symbols, times = read_close(task)
     t1 = time.perf_counter()
     combos = task_combinations(task.grid, task.block)
     parallel = bool(task.parallel) and _worker_threads() == 1
-    res = sweep_panel(close, combos, periods_per_year=task.periods_per_year, dtype=np.dtype(task.dtype),
+    ppy = task.periods_per_year
+    if ppy is None:  # each symbol's own, from the times of its own bars
+        ppy = periods_per_year_by_symbol(times, close)
+    res = sweep_panel(close, combos, periods_per_year=ppy, dtype=np.dtype(task.dtype),
                       parallel=parallel, save_signals=task.save_signals, on_bad="status", symbols=symbols,
                       index_offset=task.start)
     del close
@@ -320,7 +323,7 @@ class SweepSummary:
     already_done: int
     action: str
     fingerprint: str
-    periods_per_year: float
+    periods_per_year: float | None
     seconds: float
     records: list[dict[str, Any]] = field(default_factory=list)
 
@@ -331,7 +334,8 @@ class SweepSummary:
             f"sweep {self.store}: {self.n_combinations} combinations ({' x '.join(self.dims)}) x {self.n_symbols} "
             f"symbols, {verb}",
             f"  {self.n_tasks} tasks: {self.computed} computed now, {self.already_done} already done; "
-            f"{self.seconds:.1f} s; {self.periods_per_year:.6g} periods per year",
+            f"{self.seconds:.1f} s; " + (f"{self.periods_per_year:.6g} periods per year" if self.periods_per_year
+                                          is not None else "periods per year from each symbol's own bars"),
             f"  fingerprint {self.fingerprint}",
         ])
 
@@ -345,10 +349,11 @@ def _resolve(grid: SweepGrid, dtype: Any, prices: Any, store: Any) -> tuple[str,
     return resolve_dtype(dtype), prices_path, store_path
 
 
-def _ppy(grid: SweepGrid, ds: Any) -> float:
+def _ppy(grid: SweepGrid, ds: Any) -> float | None:
+    """The fixed periods per year, or None: each symbol's own, from the times of its own bars."""
     if grid.base_backtest.periods_per_year is not None:
         return float(grid.base_backtest.periods_per_year)
-    return infer_periods_per_year(ds["time"].values)
+    return None
 
 
 @dataclass
@@ -359,7 +364,7 @@ class _Plan:
     bshape: tuple[int, ...]
     n_sym: int
     n_time: int
-    ppy: float
+    ppy: float | None
     price_k: int
 
 
