@@ -131,7 +131,10 @@ def describe_store(path: str | Path) -> str:
             lines.append(f"  chunks done: {done} of {total}" + ("" if done == total else " (incomplete: rerun atc run "
                                                                                         "to resume)"))
         if "backtest" in info:
-            lines.append(f"  backtest: {_params(info['backtest'])}")
+            bt = dict(info["backtest"])
+            if bt.get("periods_per_year", 0) is None:
+                bt["periods_per_year"] = "each symbol's own bars"
+            lines.append(f"  backtest: {_params(bt)}")
         counts = info.get("status_counts", {})
         unit = "symbol x combination pairs" if kind == "atc-sweep" else "symbols"
         lines.append(f"  status ({unit}): " + ", ".join(f"{n:,} {name}" for name, n in counts.items()))

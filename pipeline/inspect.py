@@ -362,6 +362,8 @@ def sweep_setup(path: str | Path) -> tuple[list[str], list[list[Any]], dict[str,
     grid = _json(ds.attrs, "grid", {})
     dims, values = list(grid.get("dims", [])), list(grid.get("values", []))
     fixed = {**(_json(ds.attrs, "params", {}) or {}), **(_json(ds.attrs, "backtest", {}) or {})}
+    if "periods_per_year" in fixed and fixed["periods_per_year"] is None:
+        fixed["periods_per_year"] = "each symbol's own bars"  # inferred per symbol (not given)
     return dims, values, {k: v for k, v in sorted(fixed.items()) if k not in dims}
 
 
