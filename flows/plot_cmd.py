@@ -174,7 +174,7 @@ def symbol_figure(view):
     ax.scatter(num(tt[~up]), yy[~up], marker="v", s=28, color="#d7191c", edgecolor="black", lw=0.4, zorder=3,
                label=f"turns short ({n_down:,}){thinned}")
     ax.set_ylabel("close")
-    ax.legend(loc="upper left", fontsize=8, ncols=3)
+    ax.legend(loc="best", fontsize=8, ncols=3)
     ax.set_title(_title(view) + " (background: Average_Signal, red -1 .. green +1)", fontsize=10, loc="left")
 
     ax = axes[1]
