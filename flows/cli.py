@@ -90,9 +90,11 @@ def _register() -> None:
     app.command("plot")(plot_cmd.plot)
     app.command("show")(show_cmd.show)
 
-    from flows import bench_stream_cmd
+    from flows import bench_stream_cmd, update_cmd
 
     bench_app.command("stream")(bench_stream_cmd.bench_stream)
+    app.command("update")(update_cmd.update)
+    app.command("scan")(update_cmd.scan)
 
 
 _register()

@@ -223,12 +223,15 @@ class StreamState:
 
 
 def build_stream(close, params: ATCParams | None = None, *, dtype=np.float64, on_bad: str = "status",
-                 symbols=None, parallel: bool = True) -> tuple[st.ATCResult, StreamState]:
+                 symbols=None, parallel: bool = True, index_offset: int = 0,
+                 replay: bool = True) -> tuple[st.ATCResult, StreamState]:
     """`compute_atc` on a history `(n_symbols, n_times)` plus the state to continue it bar by bar.
 
     The outputs are the batch kernel's; the state is copied out by the same kernel at each symbol's
     own last bar. Symbols too short for the batch are fed to the stream one bar at a time (they
-    join the computed outputs once they have enough bars); bad data stays bad.
+    join the computed outputs once they have enough bars); bad data stays bad. With
+    `replay=False` their state is left empty (the caller rebuilds them later), and the streaming
+    kernel is not even compiled.
     """
     from kernels.api import _as_panel, compute_atc
 
@@ -236,10 +239,10 @@ def build_stream(close, params: ATCParams | None = None, *, dtype=np.float64, on
     panel = _as_panel(close, "close")
     state = StreamState.empty(panel.shape[0], params, dtype)
     res = compute_atc(panel, params, dtype=dtype, on_bad=on_bad, symbols=symbols, parallel=parallel,
-                      capture=state.capture())
+                      index_offset=index_offset, capture=state.capture())
     state.status[res.status == st.BAD_DATA] = st.BAD_DATA
     short = np.flatnonzero(res.status == st.INSUFFICIENT_HISTORY)
-    if len(short):
+    if len(short) and replay:
         kern = build_stream_kernel(state.dtype.name)
         need, growth, lens, coef, weights, cutout, keep, sthr, lthr, strat = state._consts(panel.shape[1] + 1)
         sink = np.empty((13, 1), state.dtype)

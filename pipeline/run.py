@@ -40,7 +40,7 @@ import numpy as np
 
 from kernels.errors import ATCUserError
 from kernels.params import OUTPUT_NAMES, ATCParams
-from kernels.status import OK, STATUS_NAMES
+from kernels.status import INSUFFICIENT_HISTORY, OK, STATUS_NAMES
 from pipeline import results as rs
 
 __all__ = ["BACKENDS", "BACKEND_SUBMIT", "ChunkTask", "PricesChangedError", "Route", "RunError", "RunSummary",
@@ -206,13 +206,25 @@ def backtest_outputs(close: np.ndarray, times: np.ndarray, res: Any, params: ATC
 def run_chunk(task: ChunkTask) -> dict[str, Any]:
     """Compute and write one symbol chunk; return a small record of what happened."""
     from kernels import compute_atc
+    from pipeline.stream_store import has_stream, history_hashes, write_stream_region
 
     t0 = time.perf_counter()
     close, symbols, times = read_close(task)
     t1 = time.perf_counter()
     parallel = bool(task.parallel) and _worker_threads() == 1
-    res = compute_atc(close, task.params, backend=task.backend, dtype=np.dtype(task.dtype), parallel=parallel,
-                      on_bad="status", symbols=symbols, index_offset=task.start)
+    stream = task.backend == "cpu" and has_stream(task.results)
+    if stream:  # the same batch kernel, also capturing the state `atc update` continues from
+        from kernels.stream import build_stream
+
+        res, state = build_stream(close, task.params, dtype=np.dtype(task.dtype), symbols=symbols,
+                                  parallel=parallel, index_offset=task.start, replay=False)
+        state_arrays = state.to_arrays()
+        # short histories are not captured (`atc update` rebuilds them: they are short)
+        state_arrays["have"] = (np.asarray(res.status) != INSUFFICIENT_HISTORY).astype(np.int8)
+        state_arrays["hist_hash"] = history_hashes(close)
+    else:
+        res = compute_atc(close, task.params, backend=task.backend, dtype=np.dtype(task.dtype), parallel=parallel,
+                          on_bad="status", symbols=symbols, index_offset=task.start)
     settings = task.options.get("backtest")
     extra = backtest_outputs(close, times, res, task.params, settings) if settings else None
     del close
@@ -222,6 +234,8 @@ def run_chunk(task: ChunkTask) -> dict[str, Any]:
     parts = task.parts()
     for index, a, b in parts:  # one region write per store chunk: regions of tasks never overlap
         sl = slice(a - task.start, b - task.start)
+        if stream:  # before write_chunk marks the chunk done
+            write_stream_region(task.results, a, b, {n: v[sl] for n, v in state_arrays.items()})
         rs.write_chunk(task.results, index, a, b, {n: res[n][sl] for n in OUTPUT_NAMES}, status[sl], reasons[sl],
                        {n: (dims, v[sl]) for n, (dims, v) in extra.items()} if extra else None)
     t3 = time.perf_counter()
@@ -405,6 +419,13 @@ def _existing_state(results: Any, results_path: Path, identity: rs.RunIdentity, 
         return None
     state = rs.read_state(results_path)
     diffs = identity.differences(state.attrs)
+    grew = shape[1] - state.n_time
+    if (diffs and state.n_symbols == shape[0] and grew > 0 and state.complete
+            and not identity.differences({**state.attrs, "prices_fingerprint": identity.prices_fingerprint,
+                                          "fingerprint": identity.fingerprint()})):
+        raise rs.ResultsError(
+            f"{results}: the price store has {grew} more time(s) than this results store; if bars were appended, "
+            f"`atc update PRICES {results}` adds just those (use --overwrite to recompute everything)")
     if diffs:
         raise rs.ResultsError(
             f"{results}: this results store was computed from " + "; ".join(diffs)
@@ -589,6 +610,9 @@ def run_atc(
                     _gpu_group(gpu_chunk_symbols, k)
                 rs.create_results(results_path, ds, identity, k, prices_path=prices_path,
                                   backend="+".join(sorted(kinds)), replace=overwrite)
+                from pipeline.stream_store import create_stream_group
+
+                create_stream_group(results_path, n_sym, k, params, dtype, n_time, price_fp)
                 action = "overwritten" if existed else "created"
                 done = np.zeros(len(rs.chunk_bounds(n_sym, k)), bool)
         finally:

@@ -14,7 +14,7 @@ from flows.cli import main
 from kernels import ATCParams, compute_atc
 from kernels import status as st
 from kernels.backtest import BACKTEST_SERIES, run_backtest
-from kernels.metrics import METRIC_NAMES, infer_periods_per_year
+from kernels.metrics import METRIC_NAMES, periods_per_year_by_symbol
 from kernels.sweep import make_grid, sweep_panel
 from pipeline import results as rs
 from pipeline.cluster import connect
@@ -44,7 +44,7 @@ def prices(tmp_path_factory):
 @pytest.fixture(scope="module")
 def close(prices):
     ds = open_prices(prices)
-    out = (ds["close"].values, infer_periods_per_year(ds["time"].values))
+    out = (ds["close"].values, periods_per_year_by_symbol(ds["time"].values, ds["close"].values))  # own bars
     ds.close()
     return out
 

@@ -1,0 +1,230 @@
+"""`atc update`: extend a results store by the bars appended to its price store, exactly.
+
+After `atc ingest --append`, the price store holds the old times plus new ones. The results store
+keeps, in its `stream` group (pipeline/stream_store.py), the state each symbol's recurrences reached
+at the old last time. An update advances that state over the new times (kernels.stream, one
+compiled call per new time over all symbols) and writes only the new times' region, so the store
+ends up equal, bit for bit, to a full `atc run` on the grown price store.
+
+Some symbols cannot simply be advanced; they are recomputed from their whole history (the batch
+kernel, with state capture) and named in the summary:
+
+* revised: a past close changed in the price store (the per-symbol digest of the bars the state has
+  seen differs);
+* without a saved state: computed on a GPU, or too short to be computed at the last run (their
+  early outputs change once they have enough bars, as a full run would give);
+* no data or insufficient history before, with new bars now (their status changes).
+
+Refused, with the command that works instead: an incomplete results store (`atc run` resumes it),
+other parameters, dtype or code version, another symbol list, or a time axis that is not the old one
+extended (`atc run ... --overwrite`). Updates run in-process (no cluster): they are small. The
+results store's lock is held throughout; the new time steps, the outputs, the state and finally
+the root attributes (new price fingerprint) are written in that order, so an interrupted update is
+finished by running it again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kernels import status as st
+from kernels.params import OUTPUT_NAMES, ATCParams
+from pipeline import results as rs
+
+
+class UpdateError(rs.ResultsError):
+    """An update that cannot continue the results store (the message says what works instead)."""
+
+
+@dataclass
+class UpdateSummary:
+    results: Path
+    action: str  # "updated" or "up to date"
+    n_symbols: int
+    n_old: int
+    n_new: int
+    recomputed: dict[str, list[str]] = field(default_factory=dict)  # reason -> symbols
+    seconds: float = 0.0
+
+    def describe(self) -> str:
+        if self.action == "up to date":
+            return f"{self.results}: already up to date with its price store ({self.n_old} times)"
+        lines = [f"{self.results}: {self.n_new - self.n_old} new time(s) for {self.n_symbols} symbols "
+                 f"({self.n_old} -> {self.n_new} times) in {self.seconds:.2f} s"]
+        for why, syms in self.recomputed.items():
+            shown = ", ".join(syms[:10]) + (f" and {len(syms) - 10} more" if len(syms) > 10 else "")
+            lines.append(f"  recomputed from their history ({why}): {shown}")
+        return "\n".join(lines)
+
+
+def _status_messages(res, index: np.ndarray) -> list[str]:
+    """Reasons as `atc run` stores them, naming each symbol by its index in the whole store."""
+    out = []
+    for j in range(len(index)):
+        code = int(res.status[j])
+        msg = res.messages.get(j, "").replace(f"(index {j})", f"(index {int(index[j])})")
+        out.append("" if code == st.OK else f"{st.STATUS_NAMES[code]}: {msg}")
+    return out
+
+
+def update_results(prices: str | os.PathLike, results: str | os.PathLike) -> UpdateSummary:
+    """Extend the complete results store `results` by the times its price store `prices` gained."""
+    import xarray as xr
+    import zarr
+
+    from kernels.stream import StreamState, build_stream
+    from pipeline.store import open_prices
+    from pipeline.stream_store import has_stream, history_hashes, read_stream, stream_attrs, write_stream
+    from pipeline.time_axis import extend_time
+
+    t_start = time.perf_counter()
+    results_path = Path(results)
+    if not results_path.exists():
+        raise UpdateError(f"{results}: no such results store; create it with `atc run {prices} {results}`")
+    with rs.ResultsLock(results_path):
+        state_info = rs.read_state(results_path)
+        attrs = state_info.attrs
+        if not state_info.complete:
+            raise UpdateError(f"{results} is not complete ({int((~state_info.chunk_done).sum())} chunks to go): "
+                              f"finish it with `atc run {prices} {results}` (it resumes), then update")
+        if attrs.get("code_version") != rs.code_version():
+            raise UpdateError(f"{results} was computed by code version {attrs.get('code_version')!r}, this is "
+                              f"{rs.code_version()!r}: recompute it with `atc run {prices} {results} --overwrite`")
+        params = ATCParams(**json.loads(attrs["params"]))
+        dtype = np.dtype(attrs["dtype"])
+        pds = open_prices(prices)
+        try:
+            p_fp = str(pds.attrs.get("fingerprint"))
+            p_symbols = [str(s) for s in pds["symbol"].values]
+            p_times = np.asarray(pds["time"].values)
+            if p_fp == attrs.get("prices_fingerprint"):
+                return UpdateSummary(results_path, "up to date", len(p_symbols), state_info.n_time, state_info.n_time)
+            close = np.asarray(pds["close"].values, np.float64)
+        finally:
+            pds.close()
+        rds = xr.open_zarr(results_path)
+        r_symbols = [str(s) for s in rds["symbol"].values]
+        r_times = np.asarray(rds["time"].values)
+        status_old = np.asarray(rds["status"].values, np.int8)
+        rds.close()
+        if p_symbols != r_symbols:
+            added = sorted(set(p_symbols) - set(r_symbols))
+            removed = sorted(set(r_symbols) - set(p_symbols))
+            raise UpdateError(f"the symbols of {prices} changed ({len(added)} added, {len(removed)} removed"
+                              + (", order changed" if not added and not removed else "")
+                              + f"): recompute with `atc run {prices} {results} --overwrite`")
+        have_stream = has_stream(results_path)
+        if have_stream:
+            state, have, hist_hash, sattrs = read_stream(results_path)
+            n_old = int(sattrs["n_time"])
+            if sattrs.get("params") != json.dumps(params.to_dict(), sort_keys=True) or sattrs.get("dtype") != dtype.name:
+                have[:] = False  # a state of other parameters cannot continue this store
+        else:
+            state, have, hist_hash = StreamState.empty(len(r_symbols), params, dtype), None, None
+            n_old = len(r_times)
+        if (len(p_times) < len(r_times) or not np.array_equal(p_times[:len(r_times)], r_times)
+                or n_old > len(r_times)):
+            raise UpdateError(f"the time axis of {prices} is not the results store's with new times appended "
+                              f"(bars inserted or removed in the past): recompute with "
+                              f"`atc run {prices} {results} --overwrite`")
+        n_new = len(p_times)
+        if have is None:
+            have = np.zeros(len(r_symbols), bool)
+            hist_hash = np.zeros(len(r_symbols), np.uint64)
+        state.status[~have & (status_old == st.BAD_DATA)] = st.BAD_DATA  # stays bad, as a full run says
+
+        counts = np.count_nonzero(~np.isnan(close), axis=1)
+        new_bars = np.count_nonzero(~np.isnan(close[:, n_old:]), axis=1)
+        revised = have & (history_hashes(close[:, :n_old]) != hist_hash)
+        was_short = (status_old != st.OK) & (status_old != st.BAD_DATA) & (new_bars > 0)
+        why = {"revised past bars": revised, "no saved state": ~have & ~was_short & (status_old != st.BAD_DATA),
+               "enough bars now or a first bar": was_short}
+        recompute = np.zeros(len(r_symbols), bool)
+        for mask in why.values():
+            recompute |= mask
+
+        # every symbol advances over the new times (recomputed ones are overwritten below)
+        k = n_new - n_old
+        outs = np.empty((len(OUTPUT_NAMES), len(r_symbols), k), dtype)
+        for j in range(k):
+            o = state.advance(close[:, n_old + j])
+            for c, name in enumerate(OUTPUT_NAMES):
+                outs[c, :, j] = o[name]
+        idx = np.flatnonzero(recompute)
+        rows = None
+        if idx.size:
+            res_r, st_r = build_stream(close[idx], params, dtype=dtype, symbols=[r_symbols[i] for i in idx])
+            for name in ("t", "xo", "x", "fam", "ring", "prev", "avg", "status"):
+                getattr(state, name)[idx] = getattr(st_r, name)
+            rows = res_r
+            outs[:, idx, :] = np.stack([res_r[name][:, n_old:] for name in OUTPUT_NAMES])
+
+        # write: time axis, new region, recomputed rows, per-symbol status
+        if len(r_times) < n_new:
+            extend_time(results_path, p_times[len(r_times):])
+        g = zarr.open_group(str(results_path), mode="r+", zarr_format=3, use_consolidated=False)
+        for c, name in enumerate(OUTPUT_NAMES):
+            g[name][:, n_old:n_new] = outs[c]
+            if rows is not None:
+                g[name].oindex[idx, :n_old] = rows[name][:, :n_old]
+        status_new = status_old.copy()
+        if rows is not None:
+            status_new[idx] = np.asarray(rows.status, np.int8)
+            g["status"].oindex[idx] = status_new[idx]
+            g["reason"].oindex[idx] = np.array(_status_messages(rows, idx), dtype=object)
+        if attrs.get("backtest"):
+            _update_backtest(g, close, p_times, params, json.loads(attrs["backtest"]), status_new, n_old, idx)
+
+        hashes = history_hashes(close)
+        write_stream_or_create = write_stream if have_stream else _create_and_write
+        write_stream_or_create(results_path, state, np.ones(len(r_symbols), bool), hashes,
+                               stream_attrs(params, dtype.name, n_new, p_fp))
+        identity = rs.RunIdentity(params, p_fp, dtype.name, rs.code_version(), attrs.get("backtest") or "")
+        counts_by_name = {rs.STATUS_FLAGS[c]: int(np.count_nonzero(status_new == c))
+                          for c in sorted(rs.STATUS_FLAGS) if c != rs.NOT_COMPUTED}
+        rs.finalize_results(results_path, {
+            "prices_fingerprint": p_fp, "fingerprint": identity.fingerprint(), "updated": rs.utc_now(),
+            "status_counts": json.dumps(counts_by_name),
+        })
+        recomputed = {w: [r_symbols[i] for i in np.flatnonzero(m)] for w, m in why.items() if m.any()}
+        del counts
+        return UpdateSummary(results_path, "updated", len(r_symbols), n_old, n_new, recomputed,
+                             time.perf_counter() - t_start)
+
+
+def _create_and_write(path: Path, state, have, hashes, attrs: dict[str, Any]) -> None:
+    from pipeline.stream_store import create_stream_group, write_stream
+
+    n = state.n_symbols
+    k = int(rs.read_state(path).chunk_symbols)
+    create_stream_group(path, n, k, state.params, state.dtype.name, attrs["n_time"], attrs["prices_fingerprint"])
+    write_stream(path, state, have, hashes, attrs)
+
+
+def _update_backtest(g, close: np.ndarray, times: np.ndarray, params: ATCParams, settings: dict,
+                     status: np.ndarray, n_old: int, idx: np.ndarray) -> None:
+    """Positions, returns and equity over the new times (and whole rows of recomputed symbols), and
+    every symbol's metrics over its whole history: the backtest of the whole extended signal, as a
+    full run computes it (its earlier bars cannot change: positions depend only on the past)."""
+    from kernels.backtest import BACKTEST_SERIES, BacktestParams, run_backtest
+    from kernels.metrics import periods_per_year_by_symbol
+
+    avg = np.asarray(g["Average_Signal"][:])
+    ppy = settings.get("periods_per_year")
+    if ppy is None:
+        ppy = periods_per_year_by_symbol(times, close)
+    bt = run_backtest(close, avg, params, BacktestParams(fee_bps=settings["fee_bps"], long_only=settings["long_only"]),
+                      periods_per_year=ppy, ok=status == st.OK)
+    for name in BACKTEST_SERIES:
+        g[name][:, n_old:] = bt[name][:, n_old:]
+        if idx.size:
+            g[name].oindex[idx, :n_old] = bt[name][idx, :n_old]
+    for name, values in bt.metrics.items():
+        g[name][:] = values

@@ -1,0 +1,171 @@
+"""`atc update` and `atc scan` on real stores.
+
+An update after appending bars must leave the results store equal, variable by variable and bit for
+bit, to a full `atc run` on the grown price store: for symbols that simply advance, for a symbol
+whose past close was revised, for one that had too little history before and for one that had no
+bar at all, with and without a backtest. The scan table is checked against a plain pandas reading
+of the store.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from flows.cli import main
+from kernels import ATCParams
+from kernels.backtest import BacktestParams
+from pipeline.cluster import connect
+from pipeline.run import run_atc
+from pipeline.scan import newest_signals, rank
+from pipeline.store import write_prices
+from pipeline.synth import synth_prices
+from pipeline.update import UpdateError, update_results
+
+PARAMS = ATCParams(ema_len=10, hma_len=10, wma_len=10, dema_len=10, lsma_len=10, kama_len=10, cutout=5)
+N_SYM, N_OLD, N_NEW = 24, 300, 330
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with connect(None, workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cl:
+        yield cl
+
+
+def universe() -> xr.Dataset:
+    ds = synth_prices(N_SYM, N_NEW, seed=5)
+    close = ds["close"].values.copy()
+    for i in range(4, 10):  # full histories (the first symbol spans the whole axis), shaped below
+        close[i] = close[0] * (1.0 + 0.1 * i) if i % 2 else close[0][::-1] * (1.0 + 0.1 * i)
+    rng = np.random.default_rng(1)
+    close[4][rng.random(N_NEW) < 0.3] = np.nan      # many times without a bar
+    close[5, : N_OLD - 12] = np.nan                 # too short before the update, enough after
+    close[6, : N_OLD - 1] = np.nan                  # one bar before the update
+    close[7, N_OLD - 40:] = np.nan                  # delisted before the new bars
+    close[8, N_OLD:] = np.nan                       # no new bar
+    close[9, N_OLD + 3] = np.nan                    # misses one new time
+    ds["close"] = (("symbol", "time"), close)
+    return ds
+
+
+def write(ds: xr.Dataset, path, **kw):
+    write_prices(ds, path, chunk_symbols=8, **kw)
+
+
+def run(cl, prices, results, backtest=None):
+    return run_atc(prices, results, PARAMS, client=cl.client, chunk_symbols=8, progress=False, backtest=backtest)
+
+
+def assert_same_store(a, b):
+    x, y = xr.open_zarr(a), xr.open_zarr(b)
+    assert list(x.data_vars) == list(y.data_vars)
+    for name in x.data_vars:
+        assert np.array_equal(x[name].values, y[name].values, equal_nan=x[name].dtype.kind == "f"), name
+    np.testing.assert_array_equal(x["time"].values, y["time"].values)
+    for key in ("fingerprint", "prices_fingerprint", "params"):
+        assert x.attrs[key] == y.attrs[key], key
+
+
+@pytest.mark.parametrize("backtest", [None, BacktestParams(fee_bps=10)], ids=["signals", "backtest"])
+def test_update_equals_a_full_run(cluster, tmp_path, backtest):
+    full = universe()
+    write(full.isel(time=slice(0, N_OLD)), tmp_path / "p.zarr")
+    run(cluster, tmp_path / "p.zarr", tmp_path / "r.zarr", backtest)
+    assert "different price store" not in str(update_results(tmp_path / "p.zarr", tmp_path / "r.zarr").describe())
+    write(full, tmp_path / "p.zarr", overwrite=True)      # the grown price store
+    summary = update_results(tmp_path / "p.zarr", tmp_path / "r.zarr")
+    assert (summary.action, summary.n_old, summary.n_new) == ("updated", N_OLD, N_NEW)
+    assert summary.recomputed == {"enough bars now or a first bar": [str(full["symbol"].values[i]) for i in (5, 6)]}
+    run(cluster, tmp_path / "p.zarr", tmp_path / "full.zarr", backtest)
+    assert_same_store(tmp_path / "r.zarr", tmp_path / "full.zarr")
+    again = update_results(tmp_path / "p.zarr", tmp_path / "r.zarr")
+    assert again.action == "up to date"
+
+
+def test_revised_past_close_is_recomputed_and_named(cluster, tmp_path):
+    full = universe()
+    write(full.isel(time=slice(0, N_OLD)), tmp_path / "p.zarr")
+    run(cluster, tmp_path / "p.zarr", tmp_path / "r.zarr")
+    revised = full.copy(deep=True)
+    c = revised["close"].values
+    c[2, 100] *= 1.01                                   # a revised price in the past
+    revised["close"] = (("symbol", "time"), c)
+    write(revised, tmp_path / "p.zarr", overwrite=True)
+    summary = update_results(tmp_path / "p.zarr", tmp_path / "r.zarr")
+    assert summary.recomputed["revised past bars"] == [str(full["symbol"].values[2])]
+    assert "revised past bars" in summary.describe()
+    run(cluster, tmp_path / "p.zarr", tmp_path / "full.zarr")
+    assert_same_store(tmp_path / "r.zarr", tmp_path / "full.zarr")
+
+
+def test_refusals_name_the_command_that_works(cluster, tmp_path):
+    full = universe()
+    write(full.isel(time=slice(0, N_OLD)), tmp_path / "p.zarr")
+    run(cluster, tmp_path / "p.zarr", tmp_path / "r.zarr")
+    write(full, tmp_path / "grown.zarr")
+    with pytest.raises(Exception, match=r"atc update PRICES .*r\.zarr"):  # atc run points to atc update
+        run(cluster, tmp_path / "grown.zarr", tmp_path / "r.zarr")
+    write(full.isel(symbol=slice(0, N_SYM - 1)), tmp_path / "fewer.zarr")
+    with pytest.raises(UpdateError, match="symbols of .* changed .*--overwrite"):
+        update_results(tmp_path / "fewer.zarr", tmp_path / "r.zarr")
+    shifted = full.isel(time=slice(1, N_NEW))
+    write(shifted, tmp_path / "shifted.zarr")
+    with pytest.raises(UpdateError, match="time axis .* --overwrite"):
+        update_results(tmp_path / "shifted.zarr", tmp_path / "r.zarr")
+    with pytest.raises(UpdateError, match="no such results store"):
+        update_results(tmp_path / "grown.zarr", tmp_path / "nothing.zarr")
+
+
+def expected_table(results) -> pd.DataFrame:
+    """Each symbol's newest values read the obvious way, with pandas, from the whole store."""
+    ds = xr.open_zarr(results)
+    rows = []
+    for sym in ds["symbol"].values:
+        r = ds.sel(symbol=sym)
+        avg = r["Average_Signal"].to_series().dropna()
+        if avg.empty:
+            continue
+        trend = np.sign(avg.where(avg.abs() > 0.1, 0.0)).astype(int)  # thresholds +-0.1 (defaults)
+        changed = trend.ne(trend.iloc[-1])
+        since = len(trend) - 1 - (np.flatnonzero(changed.to_numpy())[-1] if changed.any() else -1) - 1
+        t = avg.index[-1]
+        fams = [float(r[f"{f}_Signal"].sel(time=t)) for f in ("EMA", "HMA", "WMA", "DEMA", "LSMA", "KAMA")]
+        rows.append(dict(symbol=str(sym), signal=float(avg.iloc[-1]), trend=int(trend.iloc[-1]),
+                         families_long=sum(v > 0.1 for v in fams), families_short=sum(v < -0.1 for v in fams),
+                         time=t, bars_since_change=int(since), stale=bool(t < ds["time"].values[-1])))
+    return pd.DataFrame(rows)
+
+
+def test_scan_table_matches_the_store(cluster, tmp_path):
+    full = universe()
+    write(full, tmp_path / "p.zarr")
+    run(cluster, tmp_path / "p.zarr", tmp_path / "r.zarr")
+    got = newest_signals(tmp_path / "r.zarr")
+    want = expected_table(tmp_path / "r.zarr")
+    pd.testing.assert_frame_equal(got.drop(columns=["close"]).reset_index(drop=True), want, check_dtype=False)
+    closes = full["close"].values
+    for _, row in got.iterrows():
+        i = list(full["symbol"].values).index(row["symbol"])
+        assert row["close"] == closes[i][~np.isnan(closes[i])][-1]
+    long, short = rank(got, top=3, min_signal=0.0)
+    assert len(long) <= 3 and (long["signal"] > 0).all() and long["signal"].is_monotonic_decreasing
+    assert (short["signal"] < 0).all() and short["signal"].is_monotonic_increasing
+    assert got.loc[got["symbol"] == str(full["symbol"].values[7]), "stale"].item()
+
+
+def test_scan_cli_formats_and_prices_input(cluster, tmp_path, capsys):
+    ds = synth_prices(12, 200, seed=3)
+    write(ds, tmp_path / "p.zarr")
+    assert main(["run", str(tmp_path / "p.zarr"), str(tmp_path / "r.zarr"), "--workers", "1", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["scan", str(tmp_path / "r.zarr"), "--top", "3", "--format", "csv"]) == 0
+    from_results = pd.read_csv(pd.io.common.StringIO(capsys.readouterr().out))
+    assert set(from_results["side"]) <= {"long", "short"} and len(from_results) <= 6
+    assert main(["scan", str(tmp_path / "p.zarr"), "--top", "3", "--format", "csv"]) == 0
+    from_prices = pd.read_csv(pd.io.common.StringIO(capsys.readouterr().out))
+    pd.testing.assert_frame_equal(from_results, from_prices)
+    assert main(["scan", str(tmp_path / "r.zarr"), "--format", "table"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("LONG (") and "SHORT (" in out
