@@ -212,9 +212,37 @@ def layer1_from_signals(sig, r, T, nb, cutout, keep, fsig, e, num, den):
             fsig[t, k] = round2(num[k] / den[k])
 
 @_kernel()
+def fold_stats(ret, close_row, s0, e0, folds, out):
+    """Sufficient statistics of one symbol's strategy returns per block of the time axis.
+
+    The axis (all of `close_row`'s times) is cut into `folds` contiguous blocks of equal length
+    (block of time column c: c * folds // n_times); for each, the count and the sums of r, r^2, r^3
+    and r^4 over the symbol's own bars in it that carry a return (all but its first bar), into
+    out (folds, 5). Out-of-sample statistics (kernels/overfit.py) combine any union of blocks.
+    """
+    n_times = close_row.shape[0]
+    for b in range(folds):
+        for m in range(5):
+            out[b, m] = 0.0
+    t = 0
+    for col in range(s0, e0):
+        if np.isnan(close_row[col]):
+            continue
+        if t > 0:
+            v = ret[t]
+            b = col * folds // n_times
+            out[b, 0] += 1.0
+            out[b, 1] += v
+            out[b, 2] += v * v
+            out[b, 3] += v * v * v
+            out[b, 4] += v * v * v * v
+        t += 1
+
+
+@_kernel()
 def sweep_chunk(ch, n_chunks, nb, close, order, starts, ends, lens_sym, stage, out_idx, gidx, growth,
                 lens, coef, cutout, keep, weights, short_ft, long_ft, strategy, short64, long64,
-                long_only, fee, need, ppy, m_out, save, avg_out):
+                long_only, fee, need, ppy, m_out, save, avg_out, folds, fold_out):
     """Blocks ch, ch + n_chunks, ... of the symbols in `order`, every combination of one length group.
 
     Combinations come sorted by their stage keys; stage[c] says what combination c recomputes:
@@ -288,17 +316,19 @@ def sweep_chunk(ch, n_chunks, nb, close, order, starts, ends, lens_sym, stage, o
                 xs = xc[:n, k]
                 simulate(obuf[12, :, k], xs, n, long64[c], short64[c], long_only[c], fee[c], pos, ret, eq)
                 symbol_metrics(pos, ret, eq, xs, n, fee[c], ppy[i], m_out[oc, :, i])
+                if folds > 0:
+                    fold_stats(ret, close[i], starts[i], ends[i], folds, fold_out[oc, :, :, i])
                 if save:
                     scatter_row(obuf[12, :, k], avg_out[oc, i], close[i], starts[i], ends[i])
 
 @_kernel(parallel=True)
 def run_parallel(n_chunks, nb, close, order, starts, ends, lens_sym, stage, out_idx, gidx, growth,
                  lens, coef, cutout, keep, weights, short_ft, long_ft, strategy, short64, long64,
-                 long_only, fee, need, ppy, m_out, save, avg_out):
+                 long_only, fee, need, ppy, m_out, save, avg_out, folds, fold_out):
     for ch in prange(n_chunks):
         sweep_chunk(ch, n_chunks, nb, close, order, starts, ends, lens_sym, stage, out_idx, gidx, growth,
                     lens, coef, cutout, keep, weights, short_ft, long_ft, strategy, short64,
-                    long64, long_only, fee, need, ppy, m_out, save, avg_out)
+                    long64, long_only, fee, need, ppy, m_out, save, avg_out, folds, fold_out)
 
 
 @lru_cache(maxsize=None)
@@ -327,9 +357,12 @@ class SweepResult:
     - `average_signal`: `(n_combinations, n_symbols, n_bars)` in the compute dtype, or None unless
       `save_signals`.
     - `messages`: symbol index -> reason, for symbols with bad data (same for every combination).
+    - `fold_stats`: with `folds`, float64 `(n_combinations, folds, 5, n_symbols)`: per block of the
+      time axis, the count and sums of r, r^2, r^3, r^4 of the strategy returns (0 where not OK).
     """
 
-    def __init__(self, metrics, status, average_signal, messages):
+    def __init__(self, metrics, status, average_signal, messages, fold_stats=None):
+        self.fold_stats = fold_stats
         self.metrics = metrics
         self.status = status
         self.average_signal = average_signal
@@ -361,7 +394,7 @@ def _stage_of(prev, cur) -> int:
 
 def sweep_panel(close, combos: Sequence[tuple[ATCParams, BacktestParams]], *, periods_per_year: float = float("nan"),
                 dtype=np.float64, parallel: bool = True, save_signals: bool = False, on_bad: str = "status",
-                symbols=None, index_offset: int = 0, lanes: int | None = None) -> SweepResult:
+                symbols=None, index_offset: int = 0, lanes: int | None = None, folds: int = 0) -> SweepResult:
     """Metrics of every `(ATCParams, BacktestParams)` combination for every symbol of `close`.
 
     `close` is `(n_symbols, n_bars)` (or one series). Symbol status follows `compute_atc` per
@@ -369,8 +402,11 @@ def sweep_panel(close, combos: Sequence[tuple[ATCParams, BacktestParams]], *, pe
     it BAD_DATA. `periods_per_year` (a number, or one per symbol, e.g. from
     `kernels.metrics.periods_per_year_by_symbol`) is used where a combination's
     `BacktestParams.periods_per_year` is None. A NaN close is a time without a bar of that symbol:
-    signals, positions and metrics use each symbol's own bars only (as `compute_atc`). `parallel=False` keeps the work on the calling thread. `symbols` and `index_offset`
-    only make messages name symbols as in `compute_atc`.
+    signals, positions and metrics use each symbol's own bars only (as `compute_atc`).
+    `parallel=False` keeps the work on the calling thread. `symbols` and `index_offset` only make
+    messages name symbols as in `compute_atc`. With `folds` S > 0, the result's `fold_stats`
+    `(n_combinations, S, 5, n_symbols)` holds, per block of the time axis, the count and sums of
+    r..r^4 of each strategy's returns (see `fold_stats`; used by kernels/overfit.py).
     """
     from kernels.api import _as_panel, _bad_reason, _symbol_label
     from kernels.cpu import line_tables, scan_bars
@@ -418,8 +454,12 @@ def sweep_panel(close, combos: Sequence[tuple[ATCParams, BacktestParams]], *, pe
         status[c] = np.where(candidate & (lens < need), st.INSUFFICIENT_HISTORY, base_status)
     metrics = np.full((n_c, N_METRICS, n_sym), np.nan)
     avg = np.full((n_c, n_sym, n_bars), np.nan, ft) if save_signals else np.empty((1, 1, 1), ft)
+    if folds < 0 or (folds and n_bars < folds):
+        raise ATCUserError(f"folds must be 0 (none) or between 1 and the number of times ({n_bars}), got {folds}")
+    fstats = np.zeros((n_c, folds, 5, n_sym)) if folds else np.zeros((1, 1, 5, 1))
     if n_c == 0 or not candidate.any():
-        return SweepResult(metrics, status, avg if save_signals else None, messages)
+        return SweepResult(metrics, status, avg if save_signals else None, messages,
+                           fstats if folds else None)
 
     order_c = sorted(range(n_c), key=lambda i: _sort_key(combos[i]))
     kern = build_sweep_kernel(ft.name)
@@ -470,14 +510,14 @@ def sweep_panel(close, combos: Sequence[tuple[ATCParams, BacktestParams]], *, pe
             np.array([b.long_only for b in B], np.bool_),
             np.array([b.fee for b in B], np.float64),
             np.array([max(p.min_bars, p.cutout + 1) for p in P], np.int64),
-            ppy, metrics, bool(save_signals), avg,
+            ppy, metrics, bool(save_signals), avg, int(folds), fstats,
         )
         n_blocks = -(-len(order) // nb)
         if parallel and n_blocks > 1:
             kern.run_parallel(min(n_blocks, 4 * numba.get_num_threads()), *args)
         else:
             kern.sweep_chunk(0, 1, *args)
-    return SweepResult(metrics, status, avg if save_signals else None, messages)
+    return SweepResult(metrics, status, avg if save_signals else None, messages, fstats if folds else None)
 
 
 def sweep_grid(close, grid: SweepGrid, start: int = 0, stop: int | None = None, **kw) -> SweepResult:

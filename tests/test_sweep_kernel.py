@@ -126,3 +126,28 @@ def test_grid_values_are_coerced_and_scalars_accepted():
     p, b = g.params(1)
     assert (p.ema_len, p.strategy_mode, b.fee_bps) == (14, True, 1.0)
     assert g.point(0) == {"ema_len": 12, "strategy_mode": True, "fee_bps": 1.0}
+
+
+def test_fold_statistics_are_sums_of_the_backtest_returns_per_block():
+    """Per block of the time axis: count and sums of r..r^4 of each symbol's strategy returns over
+    its own bars (not the first, which carries no return), straight from run_backtest's series."""
+    x = _panel()
+    combos = [(SHORT, BacktestParams(fee_bps=f)) for f in (0.0, 10.0)]
+    folds = 6
+    res = sweep_panel(x, combos, periods_per_year=252.0, parallel=False, folds=folds)
+    assert res.fold_stats.shape == (2, folds, 5, x.shape[0])
+    n_times = x.shape[1]
+    block = np.arange(n_times) * folds // n_times
+    for c, (p, b) in enumerate(combos):
+        exp = compute_atc(x, p, parallel=False, on_bad="status")
+        bt = run_backtest(x, exp["Average_Signal"], p, b, periods_per_year=252.0, ok=exp.status == st.OK)
+        for i in range(x.shape[0]):
+            want = np.zeros((folds, 5))
+            own = np.flatnonzero(~np.isnan(bt["strategy_return"][i]))[1:]
+            for col in own:
+                r = bt["strategy_return"][i, col]
+                want[block[col]] += [1.0, r, r**2, r**3, r**4]
+            np.testing.assert_allclose(res.fold_stats[c, :, :, i], want, rtol=1e-12, atol=1e-300)
+    assert res.fold_stats[:, :, 0, :].sum() > 0
+    with pytest.raises(Exception, match="folds must be"):
+        sweep_panel(x, combos, folds=-1)
