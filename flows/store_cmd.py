@@ -29,13 +29,16 @@ def synth(
     overwrite: Annotated[bool, _OVERWRITE] = False,
 ) -> None:
     """Create a synthetic price universe: geometric random walks with their own volatility and
-    drift, regime changes, jumps, late listings and a few delistings. Deterministic for a seed."""
-    from pipeline.store import check_target, write_prices
-    from pipeline.synth import synth_prices
+    drift, regime changes, jumps, late listings and a few delistings. Deterministic for a seed,
+    whatever --chunk-symbols; written one symbol chunk at a time (memory does not grow with --symbols)."""
+    from pipeline.price_store import write_prices_chunked
+    from pipeline.store import check_target
+    from pipeline.synth import synth_universe
 
     check_target(store, overwrite=overwrite)
-    ds = synth_prices(symbols, bars, seed, freq, start=start, ohlcv=ohlcv)
-    summary = write_prices(ds, store, chunk_symbols=chunk_symbols, overwrite=overwrite, source=ds.attrs["source"])
+    u = synth_universe(symbols, bars, seed, freq, start=start, ohlcv=ohlcv)
+    summary = write_prices_chunked(store, u.symbols, u.times.as_unit("ns").values, u.variables, u.batches(),
+                                   chunk_symbols=chunk_symbols, overwrite=overwrite, source=u.source)
     typer.echo(summary.describe())
 
 

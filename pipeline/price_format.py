@@ -15,8 +15,11 @@ FORMAT_NAME = "price-store"
 #: Version 2: a NaN close inside a symbol's span means "no bar" (ATC_SPEC.md section 7) and the
 #: ``fill`` attribute records whether gaps were forward-filled. Version 1 stores were always
 #: forward-filled and are read as ``fill="ffill"``.
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+#: Version 3: ``time`` is chunked too (``TIME_CHUNK`` bars per chunk, so an append rewrites only
+#: the last time chunk) and the fingerprint is the block fingerprint of
+#: :func:`pipeline.price_store.fingerprint_arrays` (updated from the touched blocks on append).
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 #: How gaps inside a symbol's span are treated at ingest: "none" (a NaN close is "no bar") or
 #: "ffill" (the previous close is repeated, volume 0, and the bar is counted in ``filled_gaps``).
 FILL_MODES = ("none", "ffill")
@@ -25,6 +28,15 @@ PRICE_VARS: tuple[str, ...] = ("open", "high", "low", "close", "volume")
 POSITIVE_VARS = ("open", "high", "low", "close")
 #: Raw values per chunk the automatic chunk size aims at (2**20 float64 = 8 MiB uncompressed).
 TARGET_CHUNK_VALUES = 2**20
+#: Bars per time chunk of new price and results stores. Measured on a 2000 x 5000 synthetic close
+#: panel (zstd-5 bitshuffle): the compression ratio is the same (1.377x whole histories, 1.373x at
+#: 1024, 1.370x at 512), a one-symbol history read stays ~10 ms, and an append or a newest-bar
+#: read touches at most 1024 bars per symbol instead of the whole history. 1024 rather than 512
+#: keeps the chunk count (files, tasks' metadata) low for long intraday histories.
+TIME_CHUNK = 1024
+#: Bars per fingerprint block (see ``fingerprint_arrays``): an append rehashes only the blocks it
+#: touches. Fixed, so the fingerprint does not depend on how a store is chunked.
+FINGERPRINT_BLOCK = 1024
 #: Overlapping bars of an append agree when they match to this relative tolerance.
 APPEND_RTOL = 1e-12
 

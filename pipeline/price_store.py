@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,42 +27,127 @@ from pipeline.price_format import (
     FORMAT_VERSION,
     PRICE_VARS,
     READABLE_VERSIONS,
+    FINGERPRINT_BLOCK,
     TARGET_CHUNK_VALUES,
+    TIME_CHUNK,
     StoreError,
     blosc_codec,
 )
 
 __all__ = ["StoreSummary", "auto_chunk_symbols", "check_target", "fingerprint_prices", "open_prices",
+           "write_prices_chunked",
            "store_nbytes", "to_frames", "validate_prices", "write_prices"]
 
 
-def fingerprint_arrays(symbols: list[str], times: np.ndarray, arrays: Mapping[str, np.ndarray]) -> str:
-    """See :func:`fingerprint_prices`; on plain arrays so writers can stamp a store before writing it."""
+def fingerprint_arrays_v1(symbols: list[str], times: np.ndarray, arrays: Mapping[str, np.ndarray]) -> str:
+    """The whole-content fingerprint of format versions 1 and 2 (``atc-price-store/1``), still
+    used to verify those stores; see ``data/README.md``."""
     h = hashlib.sha256(b"atc-price-store/1\n")
-    h.update(b"symbol\n" + len(symbols).to_bytes(8, "little"))
-    for s in symbols:
-        b = s.encode("utf-8")
-        h.update(len(b).to_bytes(8, "little") + b)
-    h.update(b"time\n" + np.ascontiguousarray(times, dtype="<i8").tobytes())
+    _hash_coords(h, symbols, times)
     for v in sorted(arrays):
         a = arrays[v]
         h.update(f"{v}\n".encode() + np.asarray(a.shape, dtype="<i8").tobytes())
         step = max(1, TARGET_CHUNK_VALUES // max(1, a.shape[1]))
         for r in range(0, a.shape[0], step):
-            block = np.asarray(a[r: r + step], dtype="<f8") + 0.0  # -0.0 -> 0.0
-            block[np.isnan(block)] = np.nan  # one NaN bit pattern
-            h.update(np.ascontiguousarray(block).tobytes())
+            h.update(_canonical(a[r: r + step]).tobytes())
     return "sha256:" + h.hexdigest()
+
+
+def _hash_coords(h: Any, symbols: list[str], times: np.ndarray) -> None:
+    h.update(b"symbol\n" + len(symbols).to_bytes(8, "little"))
+    for s in symbols:
+        b = s.encode("utf-8")
+        h.update(len(b).to_bytes(8, "little") + b)
+    h.update(b"time\n" + np.ascontiguousarray(times, dtype="<i8").tobytes())
+
+
+def _canonical(block: np.ndarray) -> np.ndarray:
+    """float64 little endian, ``-0.0`` as ``0.0``, one NaN bit pattern: equal data, equal bytes."""
+    out = np.asarray(block, dtype="<f8") + 0.0
+    out[np.isnan(out)] = np.nan
+    return np.ascontiguousarray(out)
+
+
+class BlockHasher:
+    """Per-block digests of a price panel fed in symbol order, a batch of whole rows at a time.
+
+    Block ``b`` covers times ``[b * FINGERPRINT_BLOCK, (b + 1) * FINGERPRINT_BLOCK)``; its digest
+    is sha256 over, for each variable in name order, ``name + "\n"`` and the sha256 of that
+    variable's values in the block (all symbols, C order, canonical float64). Feeding rows in
+    batches gives the same bytes as one C-order pass, so a writer that streams symbol chunks
+    (``atc synth``) and one that hashes a block of the whole panel (an append) agree.
+    """
+
+    def __init__(self, n_times: int, variables: list[str] | tuple[str, ...], first_block: int = 0,
+                 offset: int = 0):
+        self.variables = sorted(variables)
+        self.offset = offset  # time index of the first column fed (a multiple of the block size)
+        self.first_block = first_block
+        n_blocks = -(-(n_times + offset) // FINGERPRINT_BLOCK) - first_block
+        self.h = [{v: hashlib.sha256() for v in self.variables} for _ in range(max(0, n_blocks))]
+
+    def update(self, arrays: Mapping[str, np.ndarray]) -> None:
+        for v in self.variables:
+            a = arrays[v]
+            for i, hs in enumerate(self.h):
+                lo = (self.first_block + i) * FINGERPRINT_BLOCK - self.offset
+                hs[v].update(_canonical(a[:, max(0, lo): lo + FINGERPRINT_BLOCK]).tobytes())
+
+    def blocks(self) -> list[str]:
+        out = []
+        for hs in self.h:
+            h = hashlib.sha256()
+            for v in self.variables:
+                h.update(f"{v}\n".encode() + hs[v].digest())
+            out.append(h.hexdigest())
+        return out
+
+
+def combine_fingerprint(symbols: list[str], times: np.ndarray, variables: list[str] | tuple[str, ...],
+                        blocks: list[str]) -> str:
+    """The price fingerprint (format version 3) from the coordinates and the block digests."""
+    h = hashlib.sha256(b"atc-price-store/2\n")
+    _hash_coords(h, symbols, times)
+    h.update(b"vars\n" + "\n".join(sorted(variables)).encode() + b"\n")
+    h.update(b"blocks\n" + FINGERPRINT_BLOCK.to_bytes(8, "little"))
+    for b in blocks:
+        h.update(bytes.fromhex(b))
+    return "sha256:" + h.hexdigest()
+
+
+def block_fingerprint(symbols: list[str], times: np.ndarray, arrays: Mapping[str, np.ndarray]) -> tuple[str, list[str]]:
+    """``(fingerprint, block digests)`` of a panel held in memory."""
+    hasher = BlockHasher(len(times), list(arrays))
+    hasher.update(arrays)
+    blocks = hasher.blocks()
+    return combine_fingerprint(symbols, times, list(arrays), blocks), blocks
+
+
+def fingerprint_arrays(symbols: list[str], times: np.ndarray, arrays: Mapping[str, np.ndarray]) -> str:
+    """See :func:`fingerprint_prices`; on plain arrays so writers can stamp a store before writing it."""
+    return block_fingerprint(symbols, times, arrays)[0]
 
 
 def fingerprint_prices(ds: xr.Dataset) -> str:
     """Content fingerprint of a price dataset: sha256 over the symbol and time coordinates and
-    every price variable (values as little-endian float64, NaN canonical). ``filled_gaps`` and
-    attributes do not enter. Equal data gives an equal fingerprint, whatever the chunking."""
+    every price variable (values as little-endian float64, NaN canonical), hashed in blocks of
+    ``FINGERPRINT_BLOCK`` bars so an append rehashes only the blocks it touches. ``filled_gaps``
+    and attributes do not enter. Equal data gives an equal fingerprint, whatever the chunking.
+    A dataset of a version 1 or 2 store gets that store's whole-content fingerprint instead.
+    Reads one block of bars at a time."""
     symbols = [str(s) for s in ds["symbol"].values]
     times = ds["time"].values.astype("datetime64[ns]").astype(np.int64)
-    arrays = {v: np.asarray(ds[v].transpose("symbol", "time").values) for v in PRICE_VARS if v in ds.data_vars}
-    return fingerprint_arrays(symbols, times, arrays)
+    variables = [v for v in PRICE_VARS if v in ds.data_vars]
+    if ds.attrs.get("atc_format_version") in (1, 2):
+        arrays = {v: np.asarray(ds[v].transpose("symbol", "time").values) for v in variables}
+        return fingerprint_arrays_v1(symbols, times, arrays)
+    blocks = []
+    for b, lo in enumerate(range(0, times.size, FINGERPRINT_BLOCK)):
+        sub = BlockHasher(min(FINGERPRINT_BLOCK, times.size - lo), variables)
+        sub.update({v: np.asarray(ds[v].transpose("symbol", "time")[:, lo: lo + FINGERPRINT_BLOCK].values)
+                    for v in variables})
+        blocks += sub.blocks()
+    return combine_fingerprint(symbols, times, variables, blocks)
 
 @dataclass(frozen=True)
 class StoreSummary:
@@ -168,13 +253,19 @@ def check_target(path: str | os.PathLike, *, overwrite: bool = False, append: bo
     return path
 
 
-def write_store(ds: xr.Dataset, path: Path, chunk_symbols: int, *, replace: bool) -> None:
-    """Write ``ds`` into a temporary sibling of ``path`` and rename it into place."""
-    n_time = ds.sizes["time"]
+def store_encoding(ds: xr.Dataset, chunk_symbols: int) -> dict[str, dict[str, Any]]:
+    """Chunks ``(chunk_symbols, TIME_CHUNK)`` for every ``(symbol, time)`` variable (see
+    ``TIME_CHUNK``), ``(chunk_symbols,)`` on ``symbol``; one codec for all."""
     encoding: dict[str, dict[str, Any]] = {}
     for v in ds.data_vars:
-        chunks = (chunk_symbols, max(1, n_time)) if ds[v].ndim == 2 else (chunk_symbols,)
+        chunks = (chunk_symbols, TIME_CHUNK) if ds[v].ndim == 2 else (chunk_symbols,)
         encoding[v] = {"compressors": [blosc_codec()], "chunks": chunks}
+    return encoding
+
+
+def write_store(ds: xr.Dataset, path: Path, chunk_symbols: int, *, replace: bool) -> None:
+    """Write ``ds`` into a temporary sibling of ``path`` and rename it into place."""
+    encoding = store_encoding(ds, chunk_symbols)
     with atomic_directory(path, error=StoreError, what="store", replace=replace) as tmp:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=UserWarning)
@@ -200,6 +291,27 @@ def summarise(path: Path, ds: xr.Dataset, action: str, chunk_symbols: int, **kw:
         chunk_symbols=chunk_symbols,
         **kw,
     )
+
+
+def new_attrs(source: str, fill: str, chunk_symbols: int, fingerprint: str, blocks: list[str],
+              filled_total: int) -> dict[str, Any]:
+    """Root attributes of a newly created store."""
+    now = utc_now()
+    return {
+        "atc_format": FORMAT_NAME,
+        "atc_format_version": FORMAT_VERSION,
+        "source": str(source),
+        "created": now,
+        "modified": now,
+        "history": [f"{now} created from {source}"],
+        "fingerprint": fingerprint,
+        "fingerprint_blocks": list(blocks),
+        "fill": fill,
+        "filled_gaps_total": int(filled_total),
+        "chunk_symbols": int(chunk_symbols),
+        "time_chunk": TIME_CHUNK,
+        "timezone": "UTC",
+    }
 
 
 def write_prices(
@@ -231,20 +343,8 @@ def write_prices(
     if chunk_symbols < 1:
         raise StoreError(f"chunk_symbols must be >= 1, got {chunk_symbols}")
     chunk_symbols = min(chunk_symbols, max(1, len(panel.symbols)))
-    now = utc_now()
-    attrs = {
-        "atc_format": FORMAT_NAME,
-        "atc_format_version": FORMAT_VERSION,
-        "source": str(source),
-        "created": now,
-        "modified": now,
-        "history": [f"{now} created from {source}"],
-        "fingerprint": fingerprint_arrays(panel.symbols, panel.times, panel.arrays),
-        "fill": fill,
-        "filled_gaps_total": int(panel.filled.sum()),
-        "chunk_symbols": int(chunk_symbols),
-        "timezone": "UTC",
-    }
+    fp, blocks = block_fingerprint(panel.symbols, panel.times, panel.arrays)
+    attrs = new_attrs(source, fill, chunk_symbols, fp, blocks, int(panel.filled.sum()))
     ds = panel.to_dataset(attrs)
     write_store(ds, path, chunk_symbols, replace=overwrite)
     return summarise(path, ds, "overwritten" if existed else "created", chunk_symbols)
@@ -312,3 +412,118 @@ def to_frames(
         out[sym] = pd.DataFrame(cols, index=pd.DatetimeIndex(times[sl], name="time").as_unit(time_unit))
     return out
 
+
+
+def _consolidate(path: str | os.PathLike) -> None:
+    import zarr
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "consolidated metadata is not part of the Zarr v3 spec"
+        zarr.consolidate_metadata(str(path), zarr_format=3)
+
+
+def _rechunk(batches: Iterable[Mapping[str, np.ndarray]], k: int) -> Iterator[dict[str, np.ndarray]]:
+    """Batches of any number of rows -> batches of exactly ``k`` rows (the last may be shorter), so
+    every write covers whole symbol chunks and never reads a chunk back."""
+    pending: list[Mapping[str, np.ndarray]] = []
+    have = 0
+    for b in batches:
+        pending.append(b)
+        have += next(iter(b.values())).shape[0]
+        while have >= k:
+            joined = {v: np.concatenate([p[v] for p in pending]) for v in pending[0]}
+            yield {v: a[:k] for v, a in joined.items()}
+            rest = {v: a[k:] for v, a in joined.items()}
+            have -= k
+            pending = [rest] if have else []
+    if have:
+        yield {v: np.concatenate([p[v] for p in pending]) for v in pending[0]}
+
+
+def write_prices_chunked(
+    path: str | os.PathLike,
+    symbols: list[str],
+    times: np.ndarray,
+    variables: list[str] | tuple[str, ...],
+    batches: Iterable[Mapping[str, np.ndarray]],
+    *,
+    chunk_symbols: int | None = None,
+    overwrite: bool = False,
+    source: str = "python",
+    fill: str = "none",
+) -> StoreSummary:
+    """Create a price store from row batches (``{var: (rows, n_times) float64}``, in symbol order),
+    one symbol chunk in memory at a time: peak memory does not grow with the number of symbols.
+
+    ``times`` (int64 ns or datetime64) is the whole time axis and every batch is already on it (a
+    NaN close = no bar). Each chunk is checked like :func:`write_prices` checks a whole panel, and
+    the fingerprint is hashed as chunks pass (see :class:`BlockHasher`), so the store equals what
+    :func:`write_prices` writes for the concatenated panel. Atomic like every other write.
+    """
+    import dask.array as da
+    import zarr
+
+    from pipeline.panel import Panel, check_values, fill_gaps
+
+    path = check_target(path, overwrite=overwrite)
+    existed = path.exists()
+    check_fill(fill)
+    symbols = [str(s) for s in symbols]
+    times = np.asarray(times)
+    times = times.astype("datetime64[ns]").astype(np.int64) if times.dtype.kind == "M" else times.astype(np.int64)
+    variables = [v for v in PRICE_VARS if v in variables]
+    if "close" not in variables:
+        raise StoreError("input: no 'close' variable")
+    n, m = len(symbols), int(times.size)
+    if n == 0 or m == 0:
+        raise StoreError(f"input: need at least 1 symbol and 1 time, got {n} symbols and {m} times")
+    if len(set(symbols)) != n or "" in symbols:
+        check_values(Panel(symbols, times[:0], {"close": np.empty((n, 0))}, np.zeros(n, np.int64)), "input")
+    if m > 1 and np.any(np.diff(times) <= 0):
+        raise StoreError("input: time coordinate is not strictly increasing")
+    k = auto_chunk_symbols(n, m) if chunk_symbols is None else int(chunk_symbols)
+    if k < 1:
+        raise StoreError(f"chunk_symbols must be >= 1, got {k}")
+    k = min(k, n)
+    lazy = {v: (("symbol", "time"), da.zeros((n, m), dtype=np.float64, chunks=(k, min(m, TIME_CHUNK))))
+            for v in variables}
+    lazy["filled_gaps"] = (("symbol",), da.zeros(n, dtype=np.int64, chunks=k))
+    template = xr.Dataset(lazy, coords={"symbol": np.array(symbols, dtype=object), "time": times.view("datetime64[ns]")},
+                          attrs=new_attrs(source, fill, k, "", [], 0))
+    filled = np.zeros(n, np.int64)
+    hasher = BlockHasher(m, variables)
+    own = lo = 0
+    with atomic_directory(path, error=StoreError, what="store", replace=overwrite) as tmp:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=UserWarning)
+            template.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=False, compute=False,
+                             encoding=store_encoding(template, k))
+        g = zarr.open_group(str(tmp), mode="r+", zarr_format=3, use_consolidated=False)
+        arrs = {v: g[v] for v in variables}
+        for rows in _rechunk(batches, k):
+            rows = {v: np.array(rows[v], dtype=np.float64) for v in variables}
+            r = rows["close"].shape[0]
+            if lo + r > n or rows["close"].shape[1] != m:
+                raise StoreError(f"input: batches hold more rows than the {n} symbols or not {m} times")
+            no_bar = np.isnan(rows["close"])
+            for v, a in rows.items():
+                if v != "close":
+                    a[no_bar] = np.nan
+            check_values(Panel(symbols[lo: lo + r], times, rows, np.zeros(r, np.int64)), "input")
+            if fill == "ffill":
+                filled[lo: lo + r] = fill_gaps(rows)
+            for v in variables:
+                arrs[v][lo: lo + r, :] = rows[v]
+            hasher.update(rows)
+            own += int(np.count_nonzero(~np.isnan(rows["close"])))
+            lo += r
+        if lo != n:
+            raise StoreError(f"input: batches hold {lo} rows for {n} symbols")
+        g["filled_gaps"][:] = filled
+        blocks = hasher.blocks()
+        fp = combine_fingerprint(symbols, times, variables, blocks)
+        g.attrs.update({"fingerprint": fp, "fingerprint_blocks": blocks, "filled_gaps_total": int(filled.sum())})
+        _consolidate(tmp)
+    return StoreSummary(path=path, action="overwritten" if existed else "created", n_symbols=n, n_bars=m,
+                        variables=tuple(variables), filled_gaps=int(filled.sum()), nbytes=store_nbytes(path),
+                        raw_nbytes=n * m * 8 * len(variables), fingerprint=fp, chunk_symbols=k, own_bars=own, fill=fill)

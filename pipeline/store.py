@@ -6,7 +6,7 @@ done in small modules, one job each: :mod:`pipeline.price_format` (names, versio
 validation, gap filling), :mod:`pipeline.price_store` (write, open, fingerprint) and
 :mod:`pipeline.price_append`.
 
-Format version 2 (see ``data/README.md``; version 1 is still read):
+Format version 3 (see ``data/README.md``; versions 1 and 2 are still read):
 
 * variables ``close`` (required), ``open``, ``high``, ``low``, ``volume`` (optional), all float64
   on ``(symbol, time)``; a NaN close means the symbol has no bar at that time (ATC_SPEC.md
@@ -16,14 +16,16 @@ Format version 2 (see ``data/README.md``; version 1 is still read):
 * coordinates ``symbol`` (strings, any characters: only values, never paths) and ``time``
   (datetime64[ns], UTC, strictly increasing; the union of every symbol's calendar);
 * codec ``BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")``, chunked along ``symbol``
-  only (each chunk holds whole histories);
+  and ``time`` (``TIME_CHUNK`` bars), so an append rewrites only the last time chunk (versions 1
+  and 2: whole histories per chunk);
 * root attributes: ``atc_format``, ``atc_format_version``, ``source``, ``created``,
-  ``modified``, ``history``, ``fingerprint`` (sha256 of coordinates and data, see
-  :func:`fingerprint_prices`), ``fill`` (``"none"`` or ``"ffill"``), ``filled_gaps_total``,
+  ``modified``, ``history``, ``fingerprint`` (sha256 of coordinates and data hashed in blocks of
+  bars, see :func:`fingerprint_prices`), ``fingerprint_blocks``, ``time_chunk``, ``fill`` (``"none"`` or ``"ffill"``), ``filled_gaps_total``,
   ``chunk_symbols``, ``timezone``; consolidated metadata, so plain ``xarray.open_zarr`` opens it.
 
 Every write builds a complete store in a temporary sibling directory and renames it into place,
-so a failure (bad data, full disk, Ctrl-C) leaves the previous store, or nothing, behind.
+so a failure (bad data, full disk, Ctrl-C) leaves the previous store, or nothing, behind; an
+append links the chunks it keeps into that sibling instead of copying them (``price_append``).
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ from pipeline.price_format import (
     POSITIVE_VARS,
     PRICE_VARS,
     READABLE_VERSIONS,
+    FINGERPRINT_BLOCK,
     TARGET_CHUNK_VALUES,
+    TIME_CHUNK,
     StoreError,
     blosc_codec,
 )
@@ -53,6 +57,7 @@ from pipeline.price_store import (
     store_nbytes,
     to_frames,
     write_prices,
+    write_prices_chunked,
 )
 from pipeline.tables import CanonicalFrames, frames_from, has_symbol_column, normalise_table, split_table
 
@@ -64,7 +69,9 @@ __all__ = [
     "POSITIVE_VARS",
     "PRICE_VARS",
     "READABLE_VERSIONS",
+    "FINGERPRINT_BLOCK",
     "TARGET_CHUNK_VALUES",
+    "TIME_CHUNK",
     "CanonicalFrames",
     "StoreError",
     "StoreSummary",
@@ -83,4 +90,5 @@ __all__ = [
     "to_frames",
     "validate_prices",
     "write_prices",
+    "write_prices_chunked",
 ]

@@ -142,7 +142,7 @@ def test_codec_and_chunks_in_written_arrays(tmp_path):
         assert codec.typesize == 8
         assert arr.chunks[0] == 2
         if arr.ndim == 2:
-            assert arr.chunks == (2, 60) and arr.dtype == np.float64
+            assert arr.chunks == (2, store_mod.TIME_CHUNK) and arr.dtype == np.float64  # time chunked too
     # and on disk, as the Zarr v3 spec spells it
     meta = json.loads((tmp_path / "p.zarr" / "close" / "zarr.json").read_text())
     blosc = [c for c in meta["codecs"] if c["name"] == "blosc"][0]["configuration"]
@@ -555,8 +555,13 @@ def _write_v1_store(path: Path) -> xr.Dataset:
     write_prices(frames, path.parent / "tmp.zarr", fill="ffill")
     ds = open_prices(path.parent / "tmp.zarr").load()
     ds.attrs["atc_format_version"] = 1
-    del ds.attrs["fill"]
-    ds.to_zarr(path, zarr_format=3, consolidated=False, mode="w-")
+    for a in ("fill", "fingerprint_blocks", "time_chunk"):
+        del ds.attrs[a]
+    ds.attrs["fingerprint"] = fingerprint_prices(ds)  # the whole-content fingerprint versions 1 and 2 used
+    for v in ds.variables.values():
+        v.encoding.pop("chunks", None)
+        v.encoding.pop("preferred_chunks", None)
+    ds.to_zarr(path, zarr_format=3, consolidated=False, mode="w-")  # one chunk per variable: no time chunks
     return ds
 
 
@@ -573,7 +578,7 @@ def test_version_1_store_opens_verifies_and_appends(tmp_path):
     nxt = pd.date_range("2024-01-15", periods=2, name="time")
     s = append_prices({"A": pd.Series([11.0, 12.0], index=nxt), "D": pd.Series([1.0], index=nxt[1:])}, p)
     got = open_prices(p, verify=True)
-    assert got.attrs["atc_format_version"] == store_mod.FORMAT_VERSION == 2 and got.attrs["fill"] == "ffill"
+    assert got.attrs["atc_format_version"] == store_mod.FORMAT_VERSION == 3 and got.attrs["fill"] == "ffill"
     # A's stored values (filled weekend included) are unchanged; the 2nd weekend is now inside its span
     np.testing.assert_array_equal(got["close"].sel(symbol="A").values[:14][:12], v1["close"].sel(symbol="A").values[:12])
     assert got["filled_gaps"].values.tolist() == [4, 1, 0, 0] and s.filled_gaps == 5
