@@ -147,7 +147,7 @@ def test_codec_and_chunks_in_written_arrays(tmp_path):
     meta = json.loads((tmp_path / "p.zarr" / "close" / "zarr.json").read_text())
     blosc = [c for c in meta["codecs"] if c["name"] == "blosc"][0]["configuration"]
     assert blosc["cname"] == "zstd" and blosc["clevel"] == 5 and blosc["shuffle"] == "bitshuffle"
-    assert meta["chunk_grid"]["configuration"]["chunk_shape"] == [2, 60]
+    assert meta["chunk_grid"]["configuration"]["chunk_shape"] == [2, store_mod.TIME_CHUNK]
 
 
 def test_auto_chunk_size():
