@@ -1,12 +1,22 @@
 """Appending newer bars and new symbols to a price store.
 
 An append must never change a stored value, so overlapping bars are compared before anything is
-written, and the whole new store is built beside the old one (via :func:`write_store`).
+written. On a time-chunked store (format version 3) it reads and rewrites only the time chunks
+from the first one it changes (usually the last) and, with new symbols, their symbol chunks:
+the new store is built beside the old one with every other chunk file hard-linked (never
+written to: each rewritten chunk is a new file), then renamed into place, so a failure leaves the
+old store as it was (:func:`_cheap_append`). Anything else (a version 1 or 2 store, a new time
+inside the axis, a new variable, another chunk size) rebuilds the whole store beside the old one
+(:func:`write_store`).
 """
 
 from __future__ import annotations
 
+import math
 import os
+import shutil
+import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,16 +24,30 @@ import pandas as pd
 import xarray as xr
 
 from pipeline.panel import Panel, check_fill, check_values, fill_gaps, panel_union
-from pipeline.price_format import APPEND_RTOL, FORMAT_VERSION, PRICE_VARS, StoreError, format_time
+from pipeline.atomic import atomic_directory
+from pipeline.price_format import (
+    APPEND_RTOL,
+    FINGERPRINT_BLOCK,
+    TIME_CHUNK,
+    FORMAT_VERSION,
+    PRICE_VARS,
+    StoreError,
+    format_time,
+)
 from pipeline.price_store import (
+    BlockHasher,
     StoreSummary,
+    _consolidate,
     auto_chunk_symbols,
+    block_fingerprint,
     check_target,
-    fingerprint_arrays,
+    combine_fingerprint,
+    store_nbytes,
     open_prices,
     summarise,
     to_frames,
     utc_now,
+    write_time_coord,
     write_store,
 )
 from pipeline.tables import frames_from
@@ -51,7 +75,7 @@ def append_prices(
     built beside the old one and renamed into place: on any error the old store is unchanged.
     """
     path = check_target(path, append=True)
-    old = open_prices(path).load()
+    old = open_prices(path)
     where = "append"
     store_fill = str(old.attrs["fill"])
     if fill is not None and check_fill(fill) != store_fill:
@@ -63,9 +87,17 @@ def append_prices(
         frames = frames_from(data, where)
 
     old_syms = [str(s) for s in old["symbol"].values]
-    old_pos = {s: i for i, s in enumerate(old_syms)}
     old_times = old["time"].values.astype("datetime64[ns]").astype(np.int64)
     old_vars = [v for v in PRICE_VARS if v in old.data_vars]
+    store_k = int(old.attrs.get("chunk_symbols", auto_chunk_symbols(len(old_syms), old_times.size)))
+    if chunk_symbols is not None and chunk_symbols < 1:
+        raise StoreError(f"chunk_symbols must be >= 1, got {chunk_symbols}")
+    if _time_chunked(old) and chunk_symbols in (None, store_k):
+        got = _cheap_append(frames, path, old, old_syms, old_times, old_vars, store_k, store_fill, source)
+        if got is not None:
+            return got
+    old = old.load()
+    old_pos = {s: i for i, s in enumerate(old_syms)}
     old_arr = {v: np.asarray(old[v].transpose("symbol", "time").values, dtype=np.float64) for v in old_vars}
     old_close = old_arr["close"]
 
@@ -146,16 +178,270 @@ def append_prices(
     added_bars = int(sum(np.count_nonzero(~np.isnan(new_panel.arrays["close"][r])) for r in range(len(new_panel.symbols))))
     history.append(f"{now} appended {added_bars} bars ({added_symbols} new symbols) from {source}")
     attrs = dict(old.attrs)
+    fp, blocks = block_fingerprint(panel.symbols, panel.times, panel.arrays)
     attrs.update(
-        atc_format_version=FORMAT_VERSION,  # a version 1 store is rewritten whole, so it becomes current
+        atc_format_version=FORMAT_VERSION,  # an older store is rewritten whole, so it becomes current
         fill=store_fill,
         modified=now,
         history=history,
-        fingerprint=fingerprint_arrays(panel.symbols, panel.times, panel.arrays),
+        fingerprint=fp,
+        fingerprint_blocks=blocks,
         filled_gaps_total=int(panel.filled.sum()),
+        own_bars=int(np.count_nonzero(~np.isnan(panel.arrays["close"]))),
         chunk_symbols=int(chunk_symbols),
+        time_chunk=TIME_CHUNK,
     )
     ds = panel.to_dataset(attrs)
     old.close()
     write_store(ds, path, chunk_symbols, replace=True)
     return summarise(path, ds, "appended", chunk_symbols, added_symbols=added_symbols, added_bars=added_bars)
+
+
+def _time_chunked(ds: xr.Dataset) -> bool:
+    """A version 3 store, chunked along time with the block fingerprint: the cheap append applies."""
+    return (ds.attrs.get("atc_format_version") == FORMAT_VERSION and "fingerprint_blocks" in ds.attrs
+            and int(ds.attrs.get("time_chunk", 0)) > 0)
+
+
+def _link_copy(src: Path, dst: Path, rewritten) -> None:
+    """``dst`` = ``src`` with chunk files hard-linked and metadata copied, except the chunk files
+    ``rewritten(var, symbol_chunk, time_chunk)`` says will be rewritten (left out: the writer
+    creates them as new files, so a linked file is never written through)."""
+    for root, _dirs, files in os.walk(src):
+        rel = Path(root).relative_to(src)
+        (dst / rel).mkdir(parents=True, exist_ok=True)
+        parts = rel.parts
+        for f in files:
+            s, d = Path(root) / f, dst / rel / f
+            # 2-D chunk files live at <var>/c/<symbol chunk>/<time chunk>
+            if len(parts) == 3 and parts[1] == "c" and f.isdigit() and parts[2].isdigit():
+                if rewritten(parts[0], int(parts[2]), int(f)):
+                    continue
+                try:
+                    os.link(s, d)
+                    continue
+                except OSError:  # no hard links here (another file system): copy instead
+                    pass
+            shutil.copy2(s, d)
+
+
+def last_valid_index(close, rows: np.ndarray, n_time: int, step: int) -> np.ndarray:
+    """Index of each row's last non-NaN close, reading back ``step`` bars at a time only for the
+    rows not yet found (most symbols have a bar in the last chunk); -1 if none."""
+    out = np.full(rows.size, -1, np.int64)
+    todo = np.arange(rows.size)
+    hi = n_time
+    while todo.size and hi > 0:
+        lo = max(0, (hi - 1) // step * step)
+        block = np.asarray(close.get_orthogonal_selection((rows[todo], slice(lo, hi))))
+        valid = ~np.isnan(block)
+        has = valid.any(axis=1)
+        out[todo[has]] = lo + block.shape[1] - 1 - valid[has][:, ::-1].argmax(axis=1)
+        todo = todo[~has]
+        hi = lo
+    return out
+
+
+def _cheap_append(frames, path: Path, old: xr.Dataset, old_syms: list[str], old_times: np.ndarray,
+                  old_vars: list[str], k: int, store_fill: str, source: str) -> StoreSummary | None:
+    """Append by rewriting only the time chunks from the first changed bar on, and the symbol
+    chunks of new symbols; None when the change needs the whole store rebuilt (a new time inside
+    the axis, a variable the store lacks). Same checks and errors as the full path."""
+    import zarr
+
+    where = "append"
+    g_old = zarr.open_group(str(path), mode="r", zarr_format=3)
+    T = int(old.attrs["time_chunk"])
+    if tuple(g_old["close"].chunks) != (k, T):
+        return None
+    n_old, m_old = len(old_syms), int(old_times.size)
+    old_pos = {s: i for i, s in enumerate(old_syms)}
+    incoming = [v for v in PRICE_VARS if any(v in f.columns for f in frames.values())]
+    if any(v not in old_vars for v in incoming):
+        return None
+    all_new_t = np.unique(np.concatenate([f.index.asi8 for f in frames.values()])) if frames else np.empty(0, np.int64)
+    inside = all_new_t[all_new_t <= old_times[-1]]
+    if inside.size and not np.isin(inside, old_times).all():
+        return None  # a time inside the axis: every later column moves, rebuild
+    times = np.union1d(old_times, all_new_t)
+    m_new = int(times.size)
+
+    ex = [s for s in frames if s in old_pos]
+    rows = np.array([old_pos[s] for s in ex], dtype=np.int64)
+    close_z = g_old["close"]
+    last = last_valid_index(close_z, rows, m_old, T) if rows.size else np.empty(0, np.int64)
+    # first column each existing symbol's check or change needs
+    need = m_old
+    plan = {}
+    for r, sym, li in zip(rows, ex, last):
+        t = frames[sym].index.asi8
+        t_last = old_times[li]
+        ov = t <= t_last
+        newer = ~ov
+        first_col = m_old
+        if ov.any():
+            first_col = int(np.searchsorted(old_times, t[ov][0]))
+        if newer.any():
+            first_col = min(first_col, int(li) if store_fill == "ffill" else int(np.searchsorted(times, t[newer][0])))
+        need = min(need, first_col)
+        plan[sym] = (int(r), int(li), ov, newer)
+    new_syms = [s for s in frames if s not in old_pos]
+    step = math.lcm(T, FINGERPRINT_BLOCK)
+    w0 = need // step * step
+    win = {v: np.asarray(g_old[v][:, w0:m_old], dtype=np.float64) for v in old_vars}
+    # checks of the overlapping bars, exactly as the full path words them
+    for sym, (r, li, ov, newer) in plan.items():
+        f = frames[sym]
+        t = f.index.asi8
+        if not ov.any():
+            continue
+        tov = t[ov]
+        j = np.searchsorted(old_times, tov)
+        j_clip = np.minimum(j, m_old - 1)
+        missing = np.flatnonzero((old_times[j_clip] != tov) | np.isnan(win["close"][r, np.maximum(j_clip - w0, 0)])
+                                 | (j_clip < w0))
+        if missing.size:
+            first = int(np.flatnonzero(~np.isnan(np.asarray(close_z[r, :])))[0])
+            if tov[0] < old_times[first]:
+                raise StoreError(f"{where}: bar {format_time(tov[0])} for symbol {sym!r} is before its first stored bar "
+                                 f"{format_time(old_times[first])}; an append only adds newer bars")
+            raise StoreError(f"{where}: bar {format_time(tov[missing[0]])} for symbol {sym!r} is not in the store but "
+                             f"inside its stored history (up to {format_time(old_times[li])}); an append cannot insert bars")
+        for v in f.columns:
+            if v not in win:
+                continue
+            a_old = win[v][r, j - w0]
+            a_new = f[v].to_numpy()[ov]
+            both = ~np.isnan(a_old) & ~np.isnan(a_new)
+            diff = both & ~np.isclose(a_new, a_old, rtol=APPEND_RTOL, atol=0.0)
+            if diff.any():
+                q = int(np.flatnonzero(diff)[0])
+                raise StoreError(f"{where}: overlapping bar disagrees for symbol {sym!r} at {format_time(tov[q])}: "
+                                 f"{v} stored {float(a_old[q])!r}, new {float(a_new[q])!r}")
+    added_bars = sum(int(np.count_nonzero(~np.isnan(frames[s]["close"].to_numpy()[p[3]]))) for s, p in plan.items())
+    added_bars += sum(int(np.count_nonzero(~np.isnan(frames[s]["close"].to_numpy()))) for s in new_syms)
+    if added_bars == 0:
+        return _summary(path, old, "unchanged", k)
+
+    # the new window of the existing rows, and the new symbols' whole rows
+    w = m_new - w0
+    neww = {v: np.full((n_old, w), np.nan) for v in old_vars}
+    for v in old_vars:
+        neww[v][:, : m_old - w0] = win[v]
+    for sym, (r, li, ov, newer) in plan.items():
+        f = frames[sym]
+        if not newer.any():
+            continue
+        c = np.searchsorted(times, f.index.asi8[newer]) - w0
+        for v in f.columns:
+            if v in neww:
+                vals = f[v].to_numpy()[newer]
+                neww[v][r, c] = vals
+                if v != "close":
+                    neww[v][r, c[np.isnan(f["close"].to_numpy()[newer])]] = np.nan
+    syms = old_syms + new_syms
+    new_panel = panel_union({s: frames[s] for s in new_syms}) if new_syms else None
+    new_rows = {v: np.full((len(new_syms), m_new), np.nan) for v in old_vars}
+    if new_panel is not None:
+        c = np.searchsorted(times, new_panel.times)
+        for v, a in new_panel.arrays.items():
+            new_rows[v][:, c] = a
+        no_bar = np.isnan(new_rows["close"])
+        for v in old_vars:
+            if v != "close":
+                new_rows[v][no_bar] = np.nan
+    filled_old = np.asarray(old["filled_gaps"].values, dtype=np.int64)
+    filled = np.concatenate([filled_old, np.zeros(len(new_syms), np.int64)])
+    _check_window(Panel(old_syms, times[w0:], neww, filled_old), where)
+    if new_syms:
+        check_values(Panel(new_syms, times, new_rows, np.zeros(len(new_syms), np.int64)), where)
+    if store_fill == "ffill":
+        filled[:n_old] += fill_gaps(neww)
+        if new_syms:
+            filled[n_old:] = fill_gaps(new_rows)
+
+    # fingerprint: blocks before w0 keep their digest unless new symbols add rows to them
+    b0 = w0 // FINGERPRINT_BLOCK
+    old_blocks = list(old.attrs["fingerprint_blocks"])
+    blocks = old_blocks[:b0]
+    if new_syms:
+        blocks = []
+        for b in range(b0):
+            lo, hi = b * FINGERPRINT_BLOCK, (b + 1) * FINGERPRINT_BLOCK
+            h = BlockHasher(hi - lo, old_vars)
+            h.update({v: np.asarray(g_old[v][:, lo:hi]) for v in old_vars})
+            h.update({v: new_rows[v][:, lo:hi] for v in old_vars})
+            blocks += h.blocks()
+    h = BlockHasher(w, old_vars, first_block=b0, offset=w0)
+    h.update(neww)
+    if new_syms:
+        h.update({v: new_rows[v][:, w0:] for v in old_vars})
+    blocks += h.blocks()
+    fp = combine_fingerprint(syms, times, old_vars, blocks)
+
+    # build the new store beside the old one: links for kept chunks, new files for the rest
+    s0 = n_old // k * k if new_syms else len(syms)
+    tc0 = w0 // T
+    now = utc_now()
+    history = list(old.attrs.get("history", []))
+    history.append(f"{now} appended {added_bars} bars ({len(new_syms)} new symbols) from {source}")
+    old.close()
+    with atomic_directory(path, error=StoreError, what="store", replace=True) as tmp:
+        _link_copy(path, tmp, lambda v, i, j: v in old_vars and (j >= tc0 or i >= s0 // k))
+        g = zarr.open_group(str(tmp), mode="r+", zarr_format=3, use_consolidated=False)
+        for v in old_vars:
+            a = g[v]
+            a.resize((len(syms), m_new))
+            if new_syms:
+                head = np.concatenate([np.asarray(g_old[v][s0:n_old, :w0]), new_rows[v][:, :w0]])
+                a[s0:, :w0] = head
+                a[:, w0:] = np.concatenate([neww[v], new_rows[v][:, w0:]])
+            else:
+                a[:, w0:] = neww[v]
+        _write_coords(g, syms, times, filled, n_old != len(syms))
+        attrs = {"modified": now, "history": history, "fingerprint": fp, "fingerprint_blocks": blocks,
+                 "filled_gaps_total": int(filled.sum())}
+        if "own_bars" in old.attrs:  # filled bars are bars too (as in the summary of a full write)
+            attrs["own_bars"] = int(old.attrs["own_bars"]) + added_bars + int(filled.sum() - filled_old.sum())
+        g.attrs.update(attrs)
+        _consolidate(tmp)
+    ds = open_prices(path)
+    return _summary(path, ds, "appended", k, added_symbols=len(new_syms), added_bars=added_bars)
+
+
+def _check_window(p: Panel, where: str) -> None:
+    """:func:`check_values` on a window of the existing rows: a row may be all NaN there (a
+    symbol without bars in the window), so only the value checks apply."""
+    for v, a in p.arrays.items():
+        if np.isinf(a).any():
+            i, j = np.argwhere(np.isinf(a))[0]
+            raise StoreError(f"{where}: infinite {v} for symbol {p.symbols[i]!r} at {format_time(p.times[j])}")
+    check_values(Panel(p.symbols, p.times, {v: np.where(np.isnan(a), 1.0, a) for v, a in p.arrays.items()},
+                       p.filled), where)
+
+
+def _write_coords(g, symbols: list[str], times: np.ndarray, filled: np.ndarray, new_symbols: bool) -> None:
+    """Rewrite the small 1-D arrays whole: ``time`` in units that represent every time exactly
+    (finer bars may follow coarser ones), ``symbol`` and ``filled_gaps``."""
+    write_time_coord(g["time"], times)
+    if new_symbols:
+        s = g["symbol"]
+        s.resize((len(symbols),))
+        s[:] = np.array(symbols, dtype=object)
+    f = g["filled_gaps"]
+    f.resize((len(symbols),))
+    f[:] = filled
+
+
+def _summary(path: Path, ds: xr.Dataset, action: str, k: int, **kw: Any) -> StoreSummary:
+    """A summary without reading the data: counts from the attributes (a store written before
+    ``own_bars`` existed counts its closes once)."""
+    variables = tuple(v for v in PRICE_VARS if v in ds.data_vars)
+    own = ds.attrs.get("own_bars")
+    if own is None:
+        own = int(np.count_nonzero(~np.isnan(np.asarray(ds["close"].values))))
+    return StoreSummary(path=path, action=action, n_symbols=ds.sizes["symbol"], n_bars=ds.sizes["time"],
+                        variables=variables, filled_gaps=int(ds.attrs.get("filled_gaps_total", 0)),
+                        own_bars=int(own), fill=str(ds.attrs.get("fill", "ffill")), nbytes=store_nbytes(path),
+                        raw_nbytes=int(sum(ds[v].size * 8 for v in variables)), fingerprint=str(ds.attrs["fingerprint"]),
+                        chunk_symbols=k, **kw)

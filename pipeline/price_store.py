@@ -294,7 +294,7 @@ def summarise(path: Path, ds: xr.Dataset, action: str, chunk_symbols: int, **kw:
 
 
 def new_attrs(source: str, fill: str, chunk_symbols: int, fingerprint: str, blocks: list[str],
-              filled_total: int) -> dict[str, Any]:
+              filled_total: int, own_bars: int = 0) -> dict[str, Any]:
     """Root attributes of a newly created store."""
     now = utc_now()
     return {
@@ -308,6 +308,7 @@ def new_attrs(source: str, fill: str, chunk_symbols: int, fingerprint: str, bloc
         "fingerprint_blocks": list(blocks),
         "fill": fill,
         "filled_gaps_total": int(filled_total),
+        "own_bars": int(own_bars),
         "chunk_symbols": int(chunk_symbols),
         "time_chunk": TIME_CHUNK,
         "timezone": "UTC",
@@ -344,7 +345,8 @@ def write_prices(
         raise StoreError(f"chunk_symbols must be >= 1, got {chunk_symbols}")
     chunk_symbols = min(chunk_symbols, max(1, len(panel.symbols)))
     fp, blocks = block_fingerprint(panel.symbols, panel.times, panel.arrays)
-    attrs = new_attrs(source, fill, chunk_symbols, fp, blocks, int(panel.filled.sum()))
+    attrs = new_attrs(source, fill, chunk_symbols, fp, blocks, int(panel.filled.sum()),
+                      int(np.count_nonzero(~np.isnan(panel.arrays["close"]))))
     ds = panel.to_dataset(attrs)
     write_store(ds, path, chunk_symbols, replace=overwrite)
     return summarise(path, ds, "overwritten" if existed else "created", chunk_symbols)
@@ -522,8 +524,31 @@ def write_prices_chunked(
         g["filled_gaps"][:] = filled
         blocks = hasher.blocks()
         fp = combine_fingerprint(symbols, times, variables, blocks)
-        g.attrs.update({"fingerprint": fp, "fingerprint_blocks": blocks, "filled_gaps_total": int(filled.sum())})
+        g.attrs.update({"fingerprint": fp, "fingerprint_blocks": blocks, "filled_gaps_total": int(filled.sum()),
+                        "own_bars": own})
         _consolidate(tmp)
     return StoreSummary(path=path, action="overwritten" if existed else "created", n_symbols=n, n_bars=m,
                         variables=tuple(variables), filled_gaps=int(filled.sum()), nbytes=store_nbytes(path),
                         raw_nbytes=n * m * 8 * len(variables), fingerprint=fp, chunk_symbols=k, own_bars=own, fill=fill)
+
+
+def write_time_coord(arr: Any, times: np.ndarray) -> None:
+    """Rewrite a Zarr ``time`` coordinate (CF-encoded int64) with ``times`` (int64 ns), keeping its
+    units when they represent every time exactly and choosing finer ones otherwise (hourly bars
+    may follow daily ones). Used by appends to price stores and by ``results.extend_time``."""
+    from xarray.coding.times import decode_cf_datetime, encode_cf_datetime
+
+    units, calendar = arr.attrs.get("units"), arr.attrs.get("calendar", "proleptic_gregorian")
+    dt = np.asarray(times).astype(np.int64).view("datetime64[ns]")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            vals, units2, cal2 = encode_cf_datetime(dt, units, calendar, dtype=np.dtype(np.int64))
+            exact = np.array_equal(np.asarray(decode_cf_datetime(vals, units2, cal2), "datetime64[ns]"), dt)
+        except (ValueError, OverflowError, TypeError):
+            exact = False
+        if not exact:
+            vals, units2, cal2 = encode_cf_datetime(dt, None, calendar)
+    arr.resize((dt.size,))
+    arr[:] = np.asarray(vals, dtype=arr.dtype)
+    arr.attrs.update({"units": units2, "calendar": cal2})

@@ -13,8 +13,11 @@ Format (see ``data/README.md``):
   on ``symbol``) and the root attribute ``backtest`` (JSON: fee_bps, long_only, periods_per_year);
 * ``chunk_done`` (int8 on ``chunk``, one Zarr chunk per entry): 1 once a task has written its
   whole symbol chunk (written last, so a 1 means every variable of that chunk is on disk);
-* chunked along ``symbol`` (``chunk_symbols`` per chunk, aligned with the price store), ``time``
-  in one chunk; codec Blosc (see :func:`results_codec`);
+* chunked along ``symbol`` (``chunk_symbols`` per chunk, aligned with the price store) and
+  ``time`` (``TIME_CHUNK`` bars, as the price store: the newest bar of every symbol is one time
+  chunk away, and new time steps rewrite only the last chunk, see :func:`extend_time`); stores
+  written before keep ``time`` in one chunk and still open, run and resume; codec Blosc (see
+  :func:`results_codec`);
 * root attributes: ``atc_format`` ("atc-results"), ``atc_format_version``, ``params`` (JSON of
   ``ATCParams.to_dict()``), ``prices_fingerprint``, ``prices_path``, ``fingerprint`` (the results
   fingerprint: sha256 of parameters, price fingerprint, dtype and code version; see
@@ -49,6 +52,7 @@ from kernels.errors import ATCUserError
 from pipeline.atomic import atomic_directory, store_format
 from kernels.params import FAMILIES, OUTPUT_NAMES, ATCParams
 from kernels.status import STATUS_NAMES
+from pipeline.price_format import TIME_CHUNK
 
 __all__ = [
     "FORMAT_NAME",
@@ -62,8 +66,10 @@ __all__ = [
     "chunk_bounds",
     "code_version",
     "create_results",
+    "extend_time",
     "finalize_results",
     "open_results",
+    "read_last_bars",
     "read_state",
     "results_codec",
     "versions",
@@ -328,18 +334,20 @@ def create_results(
     ft = np.dtype(identity.dtype)
     data_vars: dict[str, Any] = {}
     encoding: dict[str, dict[str, Any]] = {}
+    tk = TIME_CHUNK  # every task writes (its symbol chunk, all time): whole chunks, never shared
+    lazy_chunks = (k, max(1, min(n_time, tk)))
     for name in OUTPUT_NAMES:
-        lazy = da.zeros((n_sym, n_time), dtype=ft, chunks=(k, max(1, n_time)))
+        lazy = da.zeros((n_sym, n_time), dtype=ft, chunks=lazy_chunks)
         data_vars[name] = (("symbol", "time"), lazy, {"description": _DESCRIPTIONS[name]})
-        encoding[name] = {"compressors": [results_codec(name)], "chunks": (k, max(1, n_time))}
+        encoding[name] = {"compressors": [results_codec(name)], "chunks": (k, tk)}
     if identity.backtest:  # `atc run --backtest`: series on (symbol, time), metrics on symbol, float64
         from kernels.backtest import BACKTEST_DESCRIPTIONS
         from kernels.metrics import METRIC_DESCRIPTIONS
 
         for name, desc in BACKTEST_DESCRIPTIONS.items():
-            lazy = da.zeros((n_sym, n_time), dtype=np.float64, chunks=(k, max(1, n_time)))
+            lazy = da.zeros((n_sym, n_time), dtype=np.float64, chunks=lazy_chunks)
             data_vars[name] = (("symbol", "time"), lazy, {"description": desc})
-            encoding[name] = {"compressors": [results_codec(name)], "chunks": (k, max(1, n_time))}
+            encoding[name] = {"compressors": [results_codec(name)], "chunks": (k, tk)}
         for name, desc in METRIC_DESCRIPTIONS.items():
             data_vars[name] = (("symbol",), np.full(n_sym, np.nan), {"description": desc})
             encoding[name] = {"chunks": (k,)}
@@ -479,3 +487,103 @@ def finalize_results(path: str | os.PathLike, extra_attrs: Mapping[str, Any]) ->
     g = zarr.open_group(str(path), mode="r+", zarr_format=3, use_consolidated=False)
     g.attrs.update(dict(extra_attrs))
     _consolidate(path)
+
+
+# --------------------------------------------------------------------------------------------
+# Growing by new time steps, reading the newest bars
+# --------------------------------------------------------------------------------------------
+
+def _time_values(g: Any) -> np.ndarray:
+    """The decoded ``time`` coordinate of an open Zarr group, as int64 ns."""
+    from xarray.coding.times import decode_cf_datetime
+
+    t = g["time"]
+    raw = np.asarray(t[:])
+    units = t.attrs.get("units")
+    if units:
+        raw = decode_cf_datetime(raw, units, t.attrs.get("calendar", "proleptic_gregorian"))
+    return np.asarray(raw, dtype="datetime64[ns]").astype(np.int64)
+
+
+def extend_time(path: str | os.PathLike, new_times: Any) -> int:
+    """Append ``new_times`` (after the store's last time, increasing) to the results store at
+    ``path``; returns the new number of times.
+
+    Every ``(symbol, time)`` variable grows and its new region reads NaN: only the time chunk that
+    held the old last time is rewritten (the part past the old end set to NaN); later chunks are
+    not written at all (they read as the fill value, NaN). The ``time`` coordinate is rewritten
+    (small) and the consolidated metadata refreshed last. Not atomic, but repeatable: the old
+    length is taken from the ``time`` coordinate, written after the variables, so running it again
+    after an interruption finishes the job. Per-symbol variables, ``chunk_done`` and any subgroup
+    (``stream``) are left alone.
+    """
+    import zarr
+
+    from pipeline.price_store import write_time_coord
+
+    path = Path(path)
+    if not is_results_store(path):
+        raise ResultsError(f"{path}: not an atc results store")
+    new = np.asarray(new_times)
+    new = (new.astype("datetime64[ns]") if new.dtype.kind in "MO" else new.astype("datetime64[ns]")).astype(np.int64)
+    g = zarr.open_group(str(path), mode="r+", zarr_format=3, use_consolidated=False)
+    old = _time_values(g)
+    n_old = int(old.size)
+    if new.size == 0:
+        return n_old
+    if np.any(np.diff(new) <= 0) or (n_old and new[0] <= old[-1]):
+        raise ResultsError(f"{path}: new times must be increasing and after the store's last time")
+    times = np.concatenate([old, new])
+    n = int(times.size)
+    for _, arr in g.arrays():
+        if tuple(arr.metadata.dimension_names or ()) != ("symbol", "time"):
+            continue
+        arr.resize((arr.shape[0], n))
+        tail = min(n, -(-n_old // arr.chunks[1]) * arr.chunks[1])  # end of the old last chunk
+        if tail > n_old:
+            fill = np.nan if arr.dtype.kind == "f" else arr.fill_value
+            arr[:, n_old:tail] = fill
+    write_time_coord(g["time"], times)
+    _consolidate(path)
+    return n
+
+
+def read_last_bars(path: str | os.PathLike, variables: Any = ("Average_Signal",)) -> xr.Dataset:
+    """Per symbol, the ``variables`` at its own last bar and that bar's ``time``.
+
+    A symbol's last bar is the last time where the first of ``variables`` is not NaN (NaT and NaN
+    when it has none: not computed, no data). Reads the store's last time chunk of every symbol
+    and goes back one time chunk at a time only for the symbols not found yet (a delisted or
+    stale symbol), so the cost is about one time chunk whatever the history length.
+    """
+    import zarr
+
+    from pipeline.price_append import last_valid_index
+
+    path = Path(path)
+    if not is_results_store(path):
+        raise ResultsError(f"{path}: not an atc results store")
+    names = [variables] if isinstance(variables, str) else list(variables)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        g = zarr.open_group(str(path), mode="r", zarr_format=3)
+    missing = [v for v in names if v not in g or tuple(g[v].metadata.dimension_names or ()) != ("symbol", "time")]
+    if not names or missing:
+        raise ResultsError(f"{path}: no (symbol, time) variable {missing[0] if missing else ''!r} in this results store")
+    key = g[names[0]]
+    n_sym, n_time = key.shape
+    rows = np.arange(n_sym)
+    idx = last_valid_index(key, rows, n_time, int(key.chunks[1]))
+    found = idx >= 0
+    times = _time_values(g)
+    t_out = np.full(n_sym, np.iinfo(np.int64).min, np.int64)  # NaT
+    t_out[found] = times[idx[found]]
+    data = {}
+    for v in names:
+        out = np.full(n_sym, np.nan, dtype=g[v].dtype if g[v].dtype.kind == "f" else np.float64)
+        if found.any():
+            out[found] = np.asarray(g[v].get_coordinate_selection((rows[found], idx[found])))
+        data[v] = (("symbol",), out)
+    data["time"] = (("symbol",), t_out.view("datetime64[ns]"))
+    symbols = np.asarray(g["symbol"][:], dtype=object)
+    return xr.Dataset(data, coords={"symbol": symbols})
