@@ -380,14 +380,14 @@ def _cheap_append(frames, path: Path, old: xr.Dataset, old_syms: list[str], old_
     fp = combine_fingerprint(syms, times, old_vars, blocks)
 
     # build the new store beside the old one: links for kept chunks, new files for the rest
-    s0 = n_old // k * k if new_syms else len(syms)
+    s0 = n_old // k * k if new_syms else None  # first symbol chunk the new symbols rewrite
     tc0 = w0 // T
     now = utc_now()
     history = list(old.attrs.get("history", []))
     history.append(f"{now} appended {added_bars} bars ({len(new_syms)} new symbols) from {source}")
     old.close()
     with atomic_directory(path, error=StoreError, what="store", replace=True) as tmp:
-        _link_copy(path, tmp, lambda v, i, j: v in old_vars and (j >= tc0 or i >= s0 // k))
+        _link_copy(path, tmp, lambda v, i, j: v in old_vars and (j >= tc0 or (s0 is not None and i >= s0 // k)))
         g = zarr.open_group(str(tmp), mode="r+", zarr_format=3, use_consolidated=False)
         for v in old_vars:
             a = g[v]

@@ -21,7 +21,7 @@ from kernels.errors import ATCUserError
 from pipeline import results as rs
 from pipeline.cluster import ClusterError, connect, kernel_parallel
 from pipeline.run import _check_alignment, default_chunk_symbols
-from pipeline.store import open_prices, write_prices
+from pipeline.store import TIME_CHUNK, open_prices, write_prices
 from pipeline.synth import synth_prices
 
 
@@ -49,7 +49,7 @@ def test_template_is_plain_xarray_readable(prices, tmp_path):
     np.testing.assert_array_equal(ds["time"].values, src["time"].values)
     for name in OUTPUT_NAMES:
         assert ds[name].dims == ("symbol", "time") and ds[name].dtype == np.float64
-        assert ds[name].encoding["chunks"] == (4, 50)
+        assert ds[name].encoding["chunks"] == (4, TIME_CHUNK)  # time chunked too
         assert np.isnan(ds[name].values).all()  # never written: fill value
     assert (ds["status"].values == rs.NOT_COMPUTED).all() and ds["status"].dtype == np.int8
     assert list(ds["chunk_done"].values) == [0, 0, 0]
