@@ -43,7 +43,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from statistics import NormalDist
-from typing import Callable, Iterable, Union
+from typing import Callable, Union
 
 import numpy as np
 
