@@ -4,6 +4,13 @@ Each figure is the best of `--repeat` timed runs after one warm-up run (which al
 seeded geometric random walks. The slow reference implementation (tests/reference.py, the literal
 reading of ATC_SPEC.md) is timed on a small case in the same run, so the ratio is like for like.
 
+`--literal` (default on, CPU) also times, per case and in the same run, kernels/literal.py: a literal
+Numba transcription of the spec (one symbol at a time, O(L) windows, plain loops), compute bound like
+the kernel, so the ratio kernel/literal survives the swings of a shared machine far better than the
+absolute figures. It runs on the first LITERAL_SYMBOLS symbols of the panel (all of its bars) and is
+scaled per symbol-bar; it is timed single-threaded against the kernel single-threaded, and with the
+kernel's threads (prange over symbols) against the kernel as timed above.
+
 `--backend cuda` (default 10,000 x 5,000 float64) reports, per case: the kernels alone with the
 panel already on the device ("kernel"), `compute_atc(..., backend="cuda")` from host arrays to host
 arrays including transfers ("end-to-end"), the CPU backend on the same panel, and the largest
@@ -26,6 +33,7 @@ DEFAULT_SIZES = "99x1500,2000x5000"
 DEFAULT_DTYPES = "float64,float32"
 CUDA_SIZES = "10000x5000"
 CUDA_DTYPES = "float64"
+LITERAL_SYMBOLS = 100
 
 
 def _parse_sizes(text: str) -> list[tuple[int, int]]:
@@ -78,12 +86,17 @@ def bench_kernel(
     fma_compare: Annotated[bool, typer.Option("--fma-compare/--no-fma-compare", help="cuda: also time kernels compiled with FMA contraction.")] = True,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the figures to this JSON file.")] = None,
     holes: Annotated[str, typer.Option("--holes", help="cpu: shares of times without a bar (NaN closes at random places), comma-separated; each is timed in the same run.")] = "0,0.3",
+    literal: Annotated[bool, typer.Option("--literal/--no-literal", help=f"cpu: also time kernels/literal.py (literal Numba transcription of the spec, on the first {LITERAL_SYMBOLS} symbols) single-threaded and with the kernel's threads, and print kernel/literal.")] = True,
 ) -> None:
     """Time the full 13-output ATC computation on synthetic random walks.
 
     With holes, a share of each symbol's times has no bar (a NaN close, computed on the symbol's
     own compacted bars): `M symbol-bars/s` counts panel cells (symbols x times), `own` only the
     bars the symbols have.
+
+    With `--literal`, each case also reports the literal transcription (kernels/literal.py) on at
+    most the first 100 symbols of the same panel, scaled per symbol-bar, and the ratio kernel/literal
+    single-threaded (the kernel timed again with one thread) and with the kernel's threads.
     """
     import numba
 
@@ -105,10 +118,20 @@ def bench_kernel(
     if not shares or any(not 0.0 <= h < 1.0 for h in shares):
         raise ATCUserError(f"--holes wants shares between 0 and 1 (0 <= share < 1), got {holes!r}")
     rows = []
-    typer.echo(f"atc bench kernel: backend={backend}, numba threads={numba.get_num_threads() if threads else 1}")
+    n_threads = numba.get_num_threads() if threads else 1
+    typer.echo(f"atc bench kernel: backend={backend}, numba threads={n_threads}")
+    if literal:
+        from kernels.literal import literal_panel
+
+        for par in {False, n_threads > 1}:  # compile, or load from the cache, before timing
+            literal_panel(random_walk_panel(2, 200), parallel=par)
     for name in [d.strip() for d in dtypes.split(",") if d.strip()]:
         dtype = np.dtype(name)
-        compute_atc(random_walk_panel(4, 200), backend=backend, dtype=dtype, parallel=threads, lanes=lanes)
+        # warm-up (compiles or loads the kernels): enough symbols for more than one block, so the
+        # multi-threaded path is compiled too, and one symbol on the calling thread
+        warm = random_walk_panel(2 * max(lanes or 32, 1) + 1, 200)
+        compute_atc(warm, backend=backend, dtype=dtype, parallel=threads, lanes=lanes)
+        compute_atc(warm[:1], backend=backend, dtype=dtype, parallel=False, lanes=lanes)
         for n_sym, n_bars in _parse_sizes(sizes):
             for share in shares:
                 panel = random_walk_panel(n_sym, n_bars, seed=0)
@@ -122,6 +145,8 @@ def bench_kernel(
                              "seconds": secs, "symbol_bars_per_s": rate, "own_bars_per_s": own / secs})
                 typer.echo(f"  {name:8s} {n_sym:6d} x {n_bars:<6d} holes {share:4.0%} {secs:8.3f} s  "
                            f"{rate / 1e6:8.2f} M symbol-bars/s  ({own / secs / 1e6:.2f} M own bars/s)")
+                if literal:
+                    _time_literal(rows[-1], panel, dtype, repeat, n_threads, lanes, literal_panel)
     ref = _reference_rate() if reference else None
     if ref is not None:
         typer.echo(f"  reference (tests/reference.py, 1 x 600): {ref:,.0f} symbol-bars/s")
@@ -130,7 +155,42 @@ def bench_kernel(
         best = max(rows, key=lambda r: r["symbol_bars_per_s"])
         typer.echo(f"  fastest case is {best['x_reference']:,.0f} x the reference")
     if json_out is not None:
-        json_out.write_text(json.dumps({"kernel": rows, "reference_symbol_bars_per_s": ref}, indent=2))
+        json_out.write_text(json.dumps({"kernel": rows, "reference_symbol_bars_per_s": ref,
+                                        "literal_symbols": LITERAL_SYMBOLS if literal else None}, indent=2))
+
+
+def _time_literal(row: dict, panel: np.ndarray, dtype, repeat: int, n_threads: int, lanes, literal_panel) -> None:
+    """Time kernels/literal.py on the first LITERAL_SYMBOLS symbols of `panel` (float64, all bars),
+    single-threaded and with `n_threads`, and add the rates and kernel/literal ratios to `row`.
+
+    The single-threaded ratio times the kernel again with one thread on the whole panel; the other
+    uses the kernel figure already in `row` (timed with `n_threads`). Rates count panel cells."""
+    from kernels import compute_atc
+
+    n_sym, n_bars = panel.shape
+    sub = np.ascontiguousarray(panel[:LITERAL_SYMBOLS])
+    k = sub.shape[0]
+    repeat = max(1, repeat)
+    scope = f"{k} of {n_sym} symbols x {n_bars} bars, scaled per symbol-bar" if k < n_sym else f"all {k} symbols"
+    lit1 = sub.size / _time_best(lambda: literal_panel(sub, parallel=False), repeat)
+    if n_threads > 1:
+        kern1 = panel.size / _time_best(lambda: compute_atc(panel, dtype=dtype, parallel=False, lanes=lanes), repeat)
+    else:
+        kern1 = row["symbol_bars_per_s"]
+    row.update(literal_symbols=k, literal_threads=n_threads,
+               kernel_1thread_symbol_bars_per_s=kern1, literal_1thread_symbol_bars_per_s=lit1,
+               x_literal_1thread=kern1 / lit1)
+    typer.echo(f"  {'':8s} literal ({scope}):")
+    typer.echo(f"  {'':8s}   1 thread : kernel {kern1 / 1e6:8.2f} M/s, literal {lit1 / 1e6:6.3f} M/s  "
+               f"-> kernel/literal {kern1 / lit1:6.1f}x")
+    if n_threads > 1:
+        litn = sub.size / _time_best(lambda: literal_panel(sub, parallel=True), repeat)
+        kern = row["symbol_bars_per_s"]
+        row.update(literal_symbol_bars_per_s=litn, x_literal=kern / litn)
+        typer.echo(f"  {'':8s}   {n_threads} threads: kernel {kern / 1e6:8.2f} M/s, literal {litn / 1e6:6.3f} M/s  "
+                   f"-> kernel/literal {kern / litn:6.1f}x")
+    else:
+        row.update(literal_symbol_bars_per_s=lit1, x_literal=kern1 / lit1)
 
 
 def _max_abs_diff(a: np.ndarray, b: np.ndarray) -> tuple[float, int]:
