@@ -96,6 +96,10 @@ def _register() -> None:
     app.command("update")(update_cmd.update)
     app.command("scan")(update_cmd.scan)
 
+    from flows import trades_cmd
+
+    app.command("trades")(trades_cmd.trades)
+
 
 _register()
 

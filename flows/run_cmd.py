@@ -152,6 +152,16 @@ def run(
                                       "(default: inferred from the time axis).")
     ] = None,
     verbose: Annotated[bool, _VERBOSE] = False,
+    portfolio: Annotated[
+        Optional[str], typer.Option("--portfolio", help="With --backtest, also backtest a portfolio of every symbol "
+                                    "after the chunks: equal (equal-weight sleeves of the per-symbol strategies) or "
+                                    "signal (weights proportional to Average_Signal). Default: none.",
+                                    show_default=False)
+    ] = None,
+    rebalance: Annotated[
+        Optional[int], typer.Option("--rebalance", help="Rebalance the portfolio every N times of the time axis "
+                                    "(default 1).", show_default=False)
+    ] = None,
 ) -> None:
     """Compute ATC for every symbol of PRICES into the results store RESULTS on a Dask cluster.
 
@@ -160,7 +170,12 @@ def run(
     from pipeline.cluster import connect
     from pipeline.run import RunError, preflight, run_atc
 
+    from pipeline.portfolio_store import portfolio_settings
+
     bt = None
+    pf = portfolio_settings(portfolio, rebalance)
+    if pf is not None and not backtest:
+        raise ATCUserError("--portfolio applies to backtests: add --backtest")
     if backtest:
         params, bt = load_params(config, set_, backtest=True)
         if periods_per_year is not None:
@@ -180,7 +195,7 @@ def run(
             summary = run_atc(prices, results, params, client=cl.client, chunk_symbols=chunk_symbols,
                               overwrite=overwrite, dtype=dtype, backend=backend, progress=progress, report=report,
                               backtest=bt, gpu_chunk_symbols=gpu_chunk_symbols,
-                              on_notice=lambda m: typer.echo(f"notice: {m}"), verbose=verbose)
+                              on_notice=lambda m: typer.echo(f"notice: {m}"), verbose=verbose, portfolio=pf)
     except KeyboardInterrupt:
         from flows.cli import Interrupted
 
@@ -192,6 +207,16 @@ def run(
     typer.echo(summary.describe())
     if report is not None:
         typer.echo(f"  performance report: {report}")
+    if bt is not None:
+        from flows.show_cmd import backtest_summary
+        from pipeline.portfolio_store import portfolio_summary
+
+        typer.echo("")
+        typer.echo(backtest_summary(results))
+        pf_lines = portfolio_summary(results)
+        if pf_lines:
+            typer.echo("")
+            typer.echo(pf_lines)
 
 
 def interrupted_line(store: Path, overwrite: bool, *, what: str = "chunks") -> str:

@@ -233,7 +233,12 @@ def last_valid_index(close, rows: np.ndarray, n_time: int, step: int) -> np.ndar
     hi = n_time
     while todo.size and hi > 0:
         lo = max(0, (hi - 1) // step * step)
-        block = np.asarray(close.get_orthogonal_selection((rows[todo], slice(lo, hi))))
+        want = rows[todo]
+        r0, r1 = int(want.min()), int(want.max()) + 1
+        if (r1 - r0) <= 4 * want.size:  # dense: one slice (orthogonal selection is slow per row)
+            block = np.asarray(close[r0:r1, lo:hi])[want - r0]
+        else:
+            block = np.asarray(close.get_orthogonal_selection((want, slice(lo, hi))))
         valid = ~np.isnan(block)
         has = valid.any(axis=1)
         out[todo[has]] = lo + block.shape[1] - 1 - valid[has][:, ::-1].argmax(axis=1)
@@ -256,10 +261,12 @@ def _cheap_append(frames, path: Path, old: xr.Dataset, old_syms: list[str], old_
         return None
     n_old, m_old = len(old_syms), int(old_times.size)
     old_pos = {s: i for i, s in enumerate(old_syms)}
-    incoming = [v for v in PRICE_VARS if any(v in f.columns for f in frames.values())]
+    # each frame's times and columns as numpy arrays once (pandas access costs ~20 us a call)
+    cols = {s: (f.index.asi8, dict(zip(f.columns, f.to_numpy(dtype=np.float64).T))) for s, f in frames.items()}
+    incoming = set().union(*(c.keys() for _, c in cols.values()))
     if any(v not in old_vars for v in incoming):
         return None
-    all_new_t = np.unique(np.concatenate([f.index.asi8 for f in frames.values()])) if frames else np.empty(0, np.int64)
+    all_new_t = np.unique(np.concatenate([t for t, _ in cols.values()])) if cols else np.empty(0, np.int64)
     inside = all_new_t[all_new_t <= old_times[-1]]
     if inside.size and not np.isin(inside, old_times).all():
         return None  # a time inside the axis: every later column moves, rebuild
@@ -269,14 +276,27 @@ def _cheap_append(frames, path: Path, old: xr.Dataset, old_syms: list[str], old_
     ex = [s for s in frames if s in old_pos]
     rows = np.array([old_pos[s] for s in ex], dtype=np.int64)
     close_z = g_old["close"]
-    last = last_valid_index(close_z, rows, m_old, T) if rows.size else np.empty(0, np.int64)
+    step = math.lcm(T, FINGERPRINT_BLOCK)
+    # the last chunk of every variable is read once: it finds most last bars and is the usual window
+    tail_lo = (m_old - 1) // step * step
+    tail = {v: np.asarray(g_old[v][:, tail_lo:m_old], dtype=np.float64) for v in old_vars}
+    # a symbol's last stored bar matters only if its new rows reach back into the axis (overlap
+    # checks) or gaps before its new bars are filled; bars after the axis are newer for everyone
+    last = np.full(rows.size, -1, np.int64)
+    wanted = np.array([store_fill == "ffill" or cols[s][0][0] <= old_times[-1] for s in ex], dtype=bool)
+    if wanted.any():
+        sel = np.flatnonzero(wanted)
+        valid = ~np.isnan(tail["close"][rows[sel]])
+        has = valid.any(axis=1)
+        last[sel[has]] = m_old - 1 - valid[has][:, ::-1].argmax(axis=1)
+        if not has.all():
+            last[sel[~has]] = last_valid_index(close_z, rows[sel[~has]], tail_lo, T)
     # first column each existing symbol's check or change needs
     need = m_old
     plan = {}
     for r, sym, li in zip(rows, ex, last):
-        t = frames[sym].index.asi8
-        t_last = old_times[li]
-        ov = t <= t_last
+        t = cols[sym][0]
+        ov = t <= old_times[li] if li >= 0 else np.zeros(t.size, dtype=bool)
         newer = ~ov
         first_col = m_old
         if ov.any():
@@ -286,15 +306,14 @@ def _cheap_append(frames, path: Path, old: xr.Dataset, old_syms: list[str], old_
         need = min(need, first_col)
         plan[sym] = (int(r), int(li), ov, newer)
     new_syms = [s for s in frames if s not in old_pos]
-    step = math.lcm(T, FINGERPRINT_BLOCK)
-    w0 = need // step * step
-    win = {v: np.asarray(g_old[v][:, w0:m_old], dtype=np.float64) for v in old_vars}
+    w0 = min(need // step * step, tail_lo)
+    win = tail if w0 == tail_lo else {
+        v: np.concatenate([np.asarray(g_old[v][:, w0:tail_lo], dtype=np.float64), tail[v]], axis=1) for v in old_vars}
     # checks of the overlapping bars, exactly as the full path words them
     for sym, (r, li, ov, newer) in plan.items():
-        f = frames[sym]
-        t = f.index.asi8
         if not ov.any():
             continue
+        t, c = cols[sym]
         tov = t[ov]
         j = np.searchsorted(old_times, tov)
         j_clip = np.minimum(j, m_old - 1)
@@ -307,19 +326,19 @@ def _cheap_append(frames, path: Path, old: xr.Dataset, old_syms: list[str], old_
                                  f"{format_time(old_times[first])}; an append only adds newer bars")
             raise StoreError(f"{where}: bar {format_time(tov[missing[0]])} for symbol {sym!r} is not in the store but "
                              f"inside its stored history (up to {format_time(old_times[li])}); an append cannot insert bars")
-        for v in f.columns:
+        for v in c:
             if v not in win:
                 continue
             a_old = win[v][r, j - w0]
-            a_new = f[v].to_numpy()[ov]
+            a_new = c[v][ov]
             both = ~np.isnan(a_old) & ~np.isnan(a_new)
             diff = both & ~np.isclose(a_new, a_old, rtol=APPEND_RTOL, atol=0.0)
             if diff.any():
                 q = int(np.flatnonzero(diff)[0])
                 raise StoreError(f"{where}: overlapping bar disagrees for symbol {sym!r} at {format_time(tov[q])}: "
                                  f"{v} stored {float(a_old[q])!r}, new {float(a_new[q])!r}")
-    added_bars = sum(int(np.count_nonzero(~np.isnan(frames[s]["close"].to_numpy()[p[3]]))) for s, p in plan.items())
-    added_bars += sum(int(np.count_nonzero(~np.isnan(frames[s]["close"].to_numpy()))) for s in new_syms)
+    added_bars = sum(int(np.count_nonzero(~np.isnan(cols[s][1]["close"][p[3]]))) for s, p in plan.items())
+    added_bars += sum(int(np.count_nonzero(~np.isnan(cols[s][1]["close"]))) for s in new_syms)
     if added_bars == 0:
         return _summary(path, old, "unchanged", k)
 
@@ -329,16 +348,15 @@ def _cheap_append(frames, path: Path, old: xr.Dataset, old_syms: list[str], old_
     for v in old_vars:
         neww[v][:, : m_old - w0] = win[v]
     for sym, (r, li, ov, newer) in plan.items():
-        f = frames[sym]
         if not newer.any():
             continue
-        c = np.searchsorted(times, f.index.asi8[newer]) - w0
-        for v in f.columns:
-            if v in neww:
-                vals = f[v].to_numpy()[newer]
-                neww[v][r, c] = vals
-                if v != "close":
-                    neww[v][r, c[np.isnan(f["close"].to_numpy()[newer])]] = np.nan
+        t, c = cols[sym]
+        at = np.searchsorted(times, t[newer]) - w0
+        no_bar = np.isnan(c["close"][newer])
+        for v, vals in c.items():
+            neww[v][r, at] = vals[newer]
+            if v != "close":
+                neww[v][r, at[no_bar]] = np.nan
     syms = old_syms + new_syms
     new_panel = panel_union({s: frames[s] for s in new_syms}) if new_syms else None
     new_rows = {v: np.full((len(new_syms), m_new), np.nan) for v in old_vars}

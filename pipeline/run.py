@@ -207,6 +207,7 @@ def run_chunk(task: ChunkTask) -> dict[str, Any]:
     """Compute and write one symbol chunk; return a small record of what happened."""
     from kernels import compute_atc
     from pipeline.stream_store import has_stream, history_hashes, write_stream_region
+    from pipeline.trades_store import task_trades, write_trades_part
 
     t0 = time.perf_counter()
     close, symbols, times = read_close(task)
@@ -227,6 +228,7 @@ def run_chunk(task: ChunkTask) -> dict[str, Any]:
                           on_bad="status", symbols=symbols, index_offset=task.start)
     settings = task.options.get("backtest")
     extra = backtest_outputs(close, times, res, task.params, settings) if settings else None
+    trades = task_trades(task.results, close, extra, settings)  # adds the trade statistics to extra
     del close
     t2 = time.perf_counter()
     status = np.asarray(res.status, dtype=np.int8)
@@ -236,6 +238,8 @@ def run_chunk(task: ChunkTask) -> dict[str, Any]:
         sl = slice(a - task.start, b - task.start)
         if stream:  # before write_chunk marks the chunk done
             write_stream_region(task.results, a, b, {n: v[sl] for n, v in state_arrays.items()})
+        if trades is not None:  # before write_chunk marks the chunk done (pipeline/trades_store.py)
+            write_trades_part(task.results, index, sl.start, sl.stop, task.start, trades)
         rs.write_chunk(task.results, index, a, b, {n: res[n][sl] for n in OUTPUT_NAMES}, status[sl], reasons[sl],
                        {n: (dims, v[sl]) for n, (dims, v) in extra.items()} if extra else None)
     t3 = time.perf_counter()
@@ -561,6 +565,7 @@ def run_atc(
     gpu_chunk_symbols: int | None = None,
     on_notice: Callable[[str], None] | None = None,
     verbose: bool = False,
+    portfolio: Mapping[str, Any] | None = None,
 ) -> RunSummary:
     """Compute ATC for every symbol of the price store ``prices`` into the results store ``results``
     on the cluster of ``client``. See the module docstring for resume, refusal, locking and the
@@ -570,7 +575,9 @@ def run_atc(
     go to :func:`failure_log_path`).
 
     ``backtest`` (a ``kernels.backtest.BacktestParams``) also backtests ``Average_Signal`` and adds
-    ``position``, ``strategy_return``, ``equity`` and the per-symbol metrics to the store."""
+    ``position``, ``strategy_return``, ``equity`` and the per-symbol metrics to the store, and every
+    symbol's trades; ``portfolio`` (``pipeline.portfolio_store.portfolio_settings``) a portfolio,
+    computed after the chunks (pipeline/portfolio_store.py)."""
     from pipeline.cluster import kernel_parallel
     from pipeline.store import open_prices
 
@@ -613,6 +620,10 @@ def run_atc(
                 from pipeline.stream_store import create_stream_group
 
                 create_stream_group(results_path, n_sym, k, params, dtype, n_time, price_fp)
+                if bt_settings is not None:
+                    from pipeline.trades_store import create_trades
+
+                    create_trades(results_path, n_sym, k)
                 action = "overwritten" if existed else "created"
                 done = np.zeros(len(rs.chunk_bounds(n_sym, k)), bool)
         finally:
@@ -660,6 +671,10 @@ def run_atc(
                 "completed": rs.utc_now(),
                 "status_counts": json.dumps({n: c for n, c in counts.items() if n != "not computed"}),
             })
+        if bt_settings is not None:  # trades (if missing) and the portfolio post-pass, on the complete store
+            from pipeline.portfolio_store import finish_backtest
+
+            finish_backtest(results_path, prices_path, portfolio, on_notice=on_notice or _stderr)
         return RunSummary(
             results=results_path, prices=prices_path, n_symbols=n_sym, n_time=n_time, n_chunks=len(bounds),
             chunk_symbols=k, computed=len(todo), already_done=len(bounds) - len(todo), action=action,

@@ -167,6 +167,10 @@ def update_results(prices: str | os.PathLike, results: str | os.PathLike) -> Upd
             outs[:, idx, :] = np.stack([res_r[name][:, n_old:] for name in OUTPUT_NAMES])
 
         # write: time axis, new region, recomputed rows, per-symbol status
+        if attrs.get("backtest"):  # a portfolio's series (on time alone) cannot follow the axis: recomputed below
+            from pipeline.portfolio_store import drop_portfolio
+
+            drop_portfolio(results_path, keep_settings=True)
         if len(r_times) < n_new:
             extend_time(results_path, p_times[len(r_times):])
         g = zarr.open_group(str(results_path), mode="r+", zarr_format=3, use_consolidated=False)
@@ -187,6 +191,10 @@ def update_results(prices: str | os.PathLike, results: str | os.PathLike) -> Upd
         write_stream_or_create(results_path, state, np.ones(len(r_symbols), bool), hashes,
                                stream_attrs(params, dtype.name, n_new, p_fp))
         identity = rs.RunIdentity(params, p_fp, dtype.name, rs.code_version(), attrs.get("backtest") or "")
+        if attrs.get("backtest"):  # trades and portfolio from the grown store, before the attributes say it is done
+            from pipeline.portfolio_store import refresh_after_update
+
+            refresh_after_update(results_path, prices, identity.fingerprint())
         counts_by_name = {rs.STATUS_FLAGS[c]: int(np.count_nonzero(status_new == c))
                           for c in sorted(rs.STATUS_FLAGS) if c != rs.NOT_COMPUTED}
         rs.finalize_results(results_path, {
