@@ -17,13 +17,140 @@ from pathlib import Path
 from typing import Any, Callable
 
 import typer
+from typer.core import TyperGroup
 
 try:  # typer >= 0.26 raises the exceptions of its bundled click
     from typer._click import ClickException
 except ImportError:  # pragma: no cover - older typer uses click itself
     from click import ClickException
 
-from kernels.errors import ATCUserError
+#: Commands, each "module:function" in flows/ (with an optional wrapper name), imported only when
+#: the command runs: `atc --help` and a typo then cost milliseconds, not the seconds numba, pandas,
+#: xarray and dask take to import (every command module imports the kernels package).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("store_cmd", "synth"),
+    "ingest": ("store_cmd", "ingest"),
+    "run": ("run_cmd", "run"),
+    "demo": ("run_cmd", "demo"),
+    "sweep": ("sweep_cmd", "sweep"),
+    "plot": ("plot_cmd", "plot"),
+    "show": ("show_cmd", "show"),
+    "update": ("update_cmd", "update"),
+    "scan": ("update_cmd", "scan"),
+    "trades": ("trades_cmd", "trades"),
+}
+BENCH_COMMANDS: dict[str, tuple[str, str]] = {
+    "kernel": ("bench_cmd", "bench_kernel"),
+    "pipeline": ("bench_pipeline_cmd", "bench_pipeline"),
+    "sweep": ("sweep_cmd", "bench_sweep"),
+    "stream": ("bench_stream_cmd", "bench_stream"),
+    "startup": ("bench_startup_cmd", "bench_startup"),
+}
+
+
+def _docstring(module: str, function: str) -> str:
+    """A command's docstring read from its source (ast), for the command list of `--help`
+    without importing the module."""
+    import ast
+
+    path = Path(__file__).with_name(f"{module}.py")
+    doc = ""
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.FunctionDef) and node.name == function:
+            doc = ast.get_docstring(node) or ""
+        elif (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Attribute)
+              and node.targets[0].attr == "__doc__" and isinstance(node.targets[0].value, ast.Name)
+              and node.targets[0].value.id == function):
+            # a docstring built at import time (e.g. from tables): its first literal part, the summary
+            first = next((n.value for n in ast.walk(node.value) if isinstance(n, ast.Constant)
+                          and isinstance(n.value, str)), "")
+            doc = first.split("\n\n")[0]
+    return doc
+
+
+class _LazyGroup(TyperGroup):
+    """A command group whose commands are built from their module on first use (``lazy``: name ->
+    (module, function)); listing them in a help page reads only their docstrings."""
+
+    lazy: dict[str, tuple[str, str]] = {}
+    _listing = False
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return list(self.commands) + [n for n, (module, _) in self.lazy.items()
+                                      if n not in self.commands and _exists(module)]
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name in self.commands or cmd_name not in self.lazy or not _exists(self.lazy[cmd_name][0]):
+            return self.commands.get(cmd_name)
+        module, function = self.lazy[cmd_name]
+        if self._listing:
+            import click
+
+            return click.Command(cmd_name, help=_docstring(module, function))
+        cmd = _build(cmd_name, module, function)
+        self.commands[cmd_name] = cmd
+        return cmd
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        """Typer suggests close command names from the commands built so far; offer every name."""
+        try:
+            return super().resolve_command(ctx, args)
+        except Exception as exc:
+            message = getattr(exc, "message", None)
+            if isinstance(message, str) and args and "Did you mean" not in message:
+                from difflib import get_close_matches
+
+                matches = get_close_matches(args[0], self.list_commands(ctx))
+                if matches:
+                    exc.message = f"{message.rstrip('.')}. Did you mean {', '.join(repr(m) for m in matches)}?"
+            raise
+
+    def format_help(self, ctx: Any, formatter: Any) -> Any:
+        self._listing = True
+        try:
+            return super().format_help(ctx, formatter)
+        finally:
+            self._listing = False
+
+
+def _exists(module: str) -> bool:
+    """Whether flows/<module>.py is there (a command whose module is missing is not offered)."""
+    return not module or Path(__file__).with_name(f"{module}.py").is_file()
+
+
+def _build(name: str, module: str, function: str) -> Any:
+    """The click command typer makes of ``flows.<module>.<function>`` (wrapped as COMMAND_WRAPPERS says)."""
+    import importlib
+
+    fn = getattr(importlib.import_module(f"flows.{module}"), function)
+    if name in _WRAPPERS:
+        fn = _WRAPPERS[name](fn)
+    one = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    one.command(name)(fn)
+    cmd = typer.main.get_command(one)
+    cmd.name = name
+    return cmd
+
+
+class _AtcGroup(_LazyGroup):
+    lazy = {**COMMANDS, "bench": ("", "")}
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name == "bench":
+            return _bench_group()
+        return super().get_command(ctx, cmd_name)
+
+
+class _BenchGroup(_LazyGroup):
+    lazy = BENCH_COMMANDS
+
+
+@functools.lru_cache(maxsize=None)
+def _bench_group() -> Any:
+    return _BenchGroup(name="bench", help=BENCH_HELP, no_args_is_help=True)
+
+
+BENCH_HELP = "Benchmarks (throughput in symbol-bars per second)."
 
 app = typer.Typer(
     name="atc",
@@ -31,9 +158,13 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=_AtcGroup,
 )
-bench_app = typer.Typer(help="Benchmarks (throughput in symbol-bars per second).", no_args_is_help=True)
-app.add_typer(bench_app, name="bench")
+
+
+@app.callback()
+def _root() -> None:
+    """Adaptive Trend Classification for whole markets: compute, store, backtest, scan."""
 
 
 class Interrupted(Exception):
@@ -67,41 +198,10 @@ def _ingest_interrupted(store: Path | None = None, **_: Any) -> str:
     return f"interrupted: atc ingest wrote nothing; no store was created at {store}"
 
 
-def _register() -> None:
-    from flows import bench_cmd, store_cmd
-
-    bench_app.command("kernel")(bench_cmd.bench_kernel)
-    app.command("synth")(store_cmd.synth)
-    app.command("ingest")(on_interrupt(_ingest_interrupted)(store_cmd.ingest))
-
-    from flows import bench_pipeline_cmd, run_cmd
-
-    app.command("run")(run_cmd.run)
-    app.command("demo")(run_cmd.demo)
-    bench_app.command("pipeline")(bench_pipeline_cmd.bench_pipeline)
-
-    from flows import sweep_cmd
-
-    app.command("sweep")(sweep_cmd.sweep)
-    bench_app.command("sweep")(sweep_cmd.bench_sweep)
-
-    from flows import plot_cmd, show_cmd
-
-    app.command("plot")(plot_cmd.plot)
-    app.command("show")(show_cmd.show)
-
-    from flows import bench_stream_cmd, update_cmd
-
-    bench_app.command("stream")(bench_stream_cmd.bench_stream)
-    app.command("update")(update_cmd.update)
-    app.command("scan")(update_cmd.scan)
-
-    from flows import trades_cmd
-
-    app.command("trades")(trades_cmd.trades)
-
-
-_register()
+#: Wrappers applied to a command when it is built (Ctrl-C handling of commands that do not do it themselves).
+_WRAPPERS: dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]] = {
+    "ingest": lambda fn: on_interrupt(_ingest_interrupted)(fn),
+}
 
 
 #: Exit status after Ctrl-C (128 + SIGINT), as shells report it.
@@ -136,7 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except ATCUserError as exc:
+    except Exception as exc:
+        if not _is_user_error(exc):
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
     # without standalone mode typer returns, not raises, the status of a typer.Exit, and turns a
@@ -144,6 +246,13 @@ def main(argv: list[str] | None = None) -> int:
     if rv == EXIT_INTERRUPTED:
         print("interrupted", file=sys.stderr)
     return rv if isinstance(rv, int) and not isinstance(rv, bool) else 0
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is an ATCUserError, without importing the kernels package (and numba) to
+    find out: if kernels.errors was never imported, nothing raised one."""
+    errors = sys.modules.get("kernels.errors")
+    return errors is not None and isinstance(exc, errors.ATCUserError)
 
 
 if __name__ == "__main__":

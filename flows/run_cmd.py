@@ -102,6 +102,12 @@ _SCHEDULER = typer.Option(
 )
 
 
+_PLACE = typer.Option(
+    "--in-process/--cluster",
+    help="Run on threads of this process, or on a Dask cluster (default: in-process for a job of at most 10 "
+    "million symbol-bars, or one with nothing left to compute, unless --scheduler, $DASK_SCHEDULER_ADDRESS, "
+    "--threads-per-worker, --report or local GPUs ask for a cluster).", show_default=False)
+
 _VERBOSE = typer.Option("--verbose", help="Print each failed task's traceback under its line (it always goes to "
                         "RESULTS.errors.log beside the store).")
 
@@ -162,15 +168,14 @@ def run(
         Optional[int], typer.Option("--rebalance", help="Rebalance the portfolio every N times of the time axis "
                                     "(default 1).", show_default=False)
     ] = None,
+    in_process: Annotated[Optional[bool], _PLACE] = None,
 ) -> None:
     """Compute ATC for every symbol of PRICES into the results store RESULTS on a Dask cluster.
 
     One task per symbol chunk; each reads its slice of the price store, runs the kernel and writes
     its own region of RESULTS. Rerunning the same command resumes an interrupted run."""
-    from pipeline.cluster import connect
-    from pipeline.run import RunError, preflight, run_atc
-
     from pipeline.portfolio_store import portfolio_settings
+    from pipeline.run import RunError, preflight, run_atc
 
     bt = None
     pf = portfolio_settings(portfolio, rebalance)
@@ -185,17 +190,27 @@ def run(
             raise ATCUserError("--periods-per-year applies to backtests: add --backtest")
         params = load_params(config, set_)
     # refusals (missing prices, other parameters, a store in use, bad options) before a cluster starts
-    preflight(prices, results, params, chunk_symbols=chunk_symbols, overwrite=overwrite, dtype=dtype, backend=backend,
-              backtest=bt)
+    n_sym, n_time, complete = preflight(prices, results, params, chunk_symbols=chunk_symbols, overwrite=overwrite,
+                                        dtype=dtype, backend=backend, backtest=bt)
     if gpu_chunk_symbols is not None and gpu_chunk_symbols < 1:
         raise ATCUserError(f"--gpu-chunk-symbols must be >= 1, got {gpu_chunk_symbols}")
+    local = choose_in_process(n_sym * n_time, complete, in_process, scheduler, workers=workers,
+                              threads_per_worker=threads_per_worker, report=report, backend=backend)
+    kw = dict(chunk_symbols=chunk_symbols, overwrite=overwrite, dtype=dtype, backend=backend, progress=progress,
+              backtest=bt, gpu_chunk_symbols=gpu_chunk_symbols, on_notice=lambda m: typer.echo(f"notice: {m}"),
+              verbose=verbose, portfolio=pf)
     try:
-        with connect(scheduler, workers=workers, threads_per_worker=threads_per_worker, backend=backend) as cl:
-            _announce(cl)
-            summary = run_atc(prices, results, params, client=cl.client, chunk_symbols=chunk_symbols,
-                              overwrite=overwrite, dtype=dtype, backend=backend, progress=progress, report=report,
-                              backtest=bt, gpu_chunk_symbols=gpu_chunk_symbols,
-                              on_notice=lambda m: typer.echo(f"notice: {m}"), verbose=verbose, portfolio=pf)
+        if local:
+            if not complete:
+                _announce_in_process(workers, n_sym * n_time)
+            summary = run_atc(prices, results, params, threads=workers, **kw)
+        else:
+            from pipeline.cluster import connect
+
+            _warm_before_cluster(scheduler, workers, threads_per_worker, backend, params, dtype, bt, n_time)
+            with connect(scheduler, workers=workers, threads_per_worker=threads_per_worker, backend=backend) as cl:
+                _announce(cl)
+                summary = run_atc(prices, results, params, client=cl.client, report=report, **kw)
     except KeyboardInterrupt:
         from flows.cli import Interrupted
 
@@ -252,6 +267,75 @@ def overwrite_command() -> str:
     return shlex.join(["atc", *args])
 
 
+def choose_in_process(size: int, complete: bool, forced: bool | None, scheduler: str | None, *,
+                      workers: int | None = None, threads_per_worker: int | None = None, report: Any = None,
+                      backend: str = "cpu") -> bool:
+    """Whether a run or sweep of ``size`` symbol-bars runs on threads of this process (see
+    pipeline/executor.py): a cluster costs seconds to start, worth it only for work that needs it.
+    ``--in-process``/``--cluster`` decide if given (conflicting options are refused); otherwise a
+    store with nothing left to compute, or a small job on a machine without GPUs, runs in-process,
+    and an explicit scheduler, Dask-only options (``--threads-per-worker``, ``--report``) or a GPU
+    backend mean a cluster."""
+    from pipeline.executor import use_in_process
+
+    if forced:
+        clash = [name for name, v in (("--scheduler", scheduler), ("--threads-per-worker", threads_per_worker),
+                                      ("--report", report)) if v is not None]
+        if backend == "cuda":
+            clash.append("--backend cuda")
+        if clash:
+            raise ATCUserError(f"--in-process runs on threads of this process; {', '.join(clash)} need(s) a Dask "
+                               "cluster: drop --in-process")
+        if workers is not None and workers < 1:
+            raise ATCUserError(f"--workers must be >= 1, got {workers}")
+        return True
+    if forced is False:
+        return False
+    if complete:
+        return True  # nothing to compute: the fingerprints are checked, no cluster is worth starting
+    if threads_per_worker is not None or report is not None or backend == "cuda":
+        return False
+    if scheduler is None:
+        from pipeline.cluster import scheduler_address
+
+        scheduler = scheduler_address(None)
+    if not use_in_process(size, forced=None, scheduler=scheduler):
+        return False
+    if backend == "auto":
+        from pipeline.cluster import local_gpu_count
+
+        if local_gpu_count():
+            return False
+    if workers is not None and workers < 1:
+        raise ATCUserError(f"--workers must be >= 1, got {workers}")
+    return True
+
+
+def _announce_in_process(threads: int | None, size: int) -> None:
+    from pipeline.executor import default_threads
+
+    n = threads or default_threads()
+    typer.echo(f"in-process: {n} thread{'s' if n != 1 else ''}, serial kernel ({size:,} symbol-bars; no cluster "
+               "started, --cluster for one)")
+
+
+def _warm_before_cluster(scheduler: str | None, workers: int | None, threads_per_worker: int | None, backend: str,
+                         params: Any, dtype: str, backtest: Any, n_time: int) -> None:
+    """Compile the kernels here, once, before a local cluster's worker processes start and would
+    each compile them at the same time (pipeline.executor.warm_up). Only where that happens: a local
+    cluster of several single-threaded CPU workers; a joined cluster's workers have their own caches."""
+    from pipeline.cluster import default_local_shape, local_gpu_count, scheduler_address
+
+    if scheduler_address(scheduler) is not None or backend == "cuda":
+        return
+    n = workers if workers is not None else default_local_shape()[0]
+    if n < 2 or (backend == "auto" and local_gpu_count()):
+        return
+    from pipeline.executor import warm_up
+
+    warm_up(params, dtype=dtype, backtest=backtest, n_time=min(int(n_time), 2000))
+
+
 def _announce(cl) -> None:
     from pipeline.cluster import kernel_parallel
 
@@ -281,12 +365,13 @@ def demo(
     progress: Annotated[
         Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar (default: on a terminal).")
     ] = None,
+    in_process: Annotated[Optional[bool], _PLACE] = None,
 ) -> None:
-    """The whole pipeline in one command: a synthetic universe, the ATC run on a local Dask
-    cluster, the strongest long and short signals on the last bar, and how to read the results."""
+    """The whole pipeline in one command: a synthetic universe, the ATC run (in-process, or on a
+    local Dask cluster for a large universe), the strongest long and short signals on the last bar,
+    and how to read the results."""
     import time
 
-    from pipeline.cluster import connect
     from pipeline.run import run_atc
 
     t0 = time.perf_counter()
@@ -294,9 +379,17 @@ def demo(
     results = dir_ / "results.zarr"
     made = _demo_prices(prices, symbols, bars)
     typer.echo(f"prices:  {prices}  ({symbols} symbols x {bars} daily bars, synthetic, {made})")
-    with connect(None, workers=workers, threads_per_worker=threads_per_worker) as cl:
-        _announce(cl)
-        summary = run_atc(prices, results, client=cl.client, progress=progress, overwrite=made == "created")
+    if choose_in_process(symbols * bars, False, in_process, None, workers=workers,
+                         threads_per_worker=threads_per_worker, backend="cpu"):
+        _announce_in_process(workers, symbols * bars)
+        summary = run_atc(prices, results, threads=workers, progress=progress, overwrite=made == "created")
+    else:
+        from pipeline.cluster import connect
+
+        _warm_before_cluster(None, workers, threads_per_worker, "cpu", None, "float64", None, bars)
+        with connect(None, workers=workers, threads_per_worker=threads_per_worker) as cl:
+            _announce(cl)
+            summary = run_atc(prices, results, client=cl.client, progress=progress, overwrite=made == "created")
     typer.echo(f"results: {results}  ({summary.n_chunks} chunks, {summary.computed} computed now, "
                f"{summary.seconds:.1f} s)")
     typer.echo("  status: " + ", ".join(f"{n} {name}" for name, n in summary.status_counts.items() if n))

@@ -73,14 +73,19 @@ def sweep(
                                                      help="Progress bar (default: on a terminal).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", help="Print each failed task's traceback under its line "
                                           "(it always goes to SWEEP.errors.log beside the store).")] = False,
+    in_process: Annotated[Optional[bool], typer.Option(
+        "--in-process/--cluster", help="Run on threads of this process, or on a Dask cluster (default: in-process "
+        "when symbols x bars x combinations is at most 10 million or nothing is left to compute, unless "
+        "--scheduler, $DASK_SCHEDULER_ADDRESS, --threads-per-worker or --report ask for a cluster).",
+        show_default=False)] = None,
 ) -> None:
     """Backtest every combination of a parameter grid on every symbol of PRICES into the sweep store
     SWEEP (metrics over one dimension per swept parameter x symbol), then print the best
     combinations. The moving averages and crossovers are computed once per set of lengths and
     reused for every other parameter. Rerunning the same command resumes an interrupted sweep."""
-    from flows.run_cmd import _announce, interrupted_line, load_params, overwrite_command
+    from flows.run_cmd import (_announce, _announce_in_process, choose_in_process, interrupted_line, load_params,
+                               overwrite_command)
     from kernels.metrics import METRIC_NAMES
-    from pipeline.cluster import connect
     from pipeline.run import RunError
     from pipeline.sweep import preflight_sweep, run_sweep
 
@@ -91,14 +96,23 @@ def sweep(
     if periods_per_year is not None:
         base_bt = base_bt.replace(periods_per_year=periods_per_year)
     g = load_grid(grid, base_atc, base_bt)
-    preflight_sweep(prices, store, g, save_signals=save_signals, dtype=dtype, chunk_symbols=chunk_symbols,
-                    combos_per_task=combos_per_task, overwrite=overwrite)
+    size, complete = preflight_sweep(prices, store, g, save_signals=save_signals, dtype=dtype,
+                                     chunk_symbols=chunk_symbols, combos_per_task=combos_per_task, overwrite=overwrite)
+    local = choose_in_process(size, complete, in_process, scheduler, workers=workers,
+                              threads_per_worker=threads_per_worker, report=report, backend="cpu")
+    kw = dict(save_signals=save_signals, dtype=dtype, chunk_symbols=chunk_symbols, combos_per_task=combos_per_task,
+              overwrite=overwrite, progress=progress, verbose=verbose)
     try:
-        with connect(scheduler, workers=workers, threads_per_worker=threads_per_worker) as cl:
-            _announce(cl)
-            summary = run_sweep(prices, store, g, client=cl.client, save_signals=save_signals, dtype=dtype,
-                                chunk_symbols=chunk_symbols, combos_per_task=combos_per_task, overwrite=overwrite,
-                                progress=progress, report=report, verbose=verbose)
+        if local:
+            if not complete:
+                _announce_in_process(workers, size)
+            summary = run_sweep(prices, store, g, threads=workers, **kw)
+        else:
+            from pipeline.cluster import connect
+
+            with connect(scheduler, workers=workers, threads_per_worker=threads_per_worker) as cl:
+                _announce(cl)
+                summary = run_sweep(prices, store, g, client=cl.client, report=report, **kw)
     except KeyboardInterrupt:
         from flows.cli import Interrupted
 

@@ -7,8 +7,14 @@ source file of each function itself: a change in `kernels/steps.py` would not in
 by a hash of every kernels/*.py file plus the Numba and Python versions: any change selects a
 fresh directory and a stale binary can never be loaded.
 
-`ATC_NUMBA_CACHE=0` disables caching; `ATC_NUMBA_CACHE_DIR` moves it (default
-`~/.cache/atc-pipeline/numba`).
+Where: `$NUMBA_CACHE_DIR/atc-pipeline` when Numba's own variable is set (a subdirectory, because
+old kernel caches are pruned there), else `~/.cache/atc-pipeline/numba`; `ATC_NUMBA_CACHE_DIR`
+overrides both. `ATC_NUMBA_CACHE=0` disables caching.
+
+Serial kernels are compiled with `nogil=True`: the in-process path of `atc run` / `atc sweep`
+(pipeline/executor.py) runs tasks on threads of one process, which then compute in parallel
+instead of taking turns on the GIL. Parallel (`prange`) kernels keep the GIL: two threads must
+never be inside one at once.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numba
+import numpy as np
 from numba.core import config
 
 
@@ -35,8 +42,18 @@ def kernel_cache_dir() -> Path:
         h.update(path.name.encode())
         h.update(path.read_bytes())
     h.update(f"numba {numba.__version__} python {sys.version}".encode())
-    root = Path(os.environ.get("ATC_NUMBA_CACHE_DIR", Path.home() / ".cache" / "atc-pipeline" / "numba"))
-    return root / h.hexdigest()[:16]
+    return cache_root() / h.hexdigest()[:16]
+
+
+def cache_root() -> Path:
+    """The directory holding one cache per kernel source hash (see the module docstring)."""
+    own = os.environ.get("ATC_NUMBA_CACHE_DIR", "").strip()
+    if own:
+        return Path(own).expanduser()
+    numba_dir = os.environ.get("NUMBA_CACHE_DIR", "").strip()
+    if numba_dir:
+        return Path(numba_dir).expanduser() / "atc-pipeline"
+    return Path.home() / ".cache" / "atc-pipeline" / "numba"
 
 
 def _prune_old(root: Path, keep: Path, max_age_days: float = 14.0) -> None:
@@ -108,9 +125,15 @@ class KernelSet:
             for name, options in self._entries:
                 fn = module_globals[name]
                 rebound = FunctionType(fn.__code__, scope, name, fn.__defaults__, fn.__closure__)
-                rebound.__qualname__ = fn.__qualname__
+                # one cache entry per float type: a kernel whose arguments do not show the float type
+                # (e.g. only integer arrays in, float arrays allocated inside) has the same signature
+                # for both, and Numba's cache would hand one type's machine code to the other
+                rebound.__qualname__ = f"{fn.__qualname__}__{np.dtype(attrs.get('ft', 'float64')).name}"
                 rebound.__module__ = fn.__module__
                 rebound.__doc__ = fn.__doc__
-                scope[name] = njit(cache=cache, **options)(rebound)
+                opts = dict(options)
+                if not opts.get("parallel"):
+                    opts.setdefault("nogil", True)
+                scope[name] = njit(cache=cache, **opts)(rebound)
                 setattr(ns, name, scope[name])
         return ns

@@ -526,10 +526,12 @@ def preflight(
     dtype: str = "float64",
     backend: str = "cpu",
     backtest: Any = None,
-) -> None:
+) -> tuple[int, int, bool]:
     """Every check :func:`run_atc` makes before computing, without writing anything: lets the CLI
     refuse (other parameters, changed prices, a store in use, bad options) before it starts a
-    cluster. :func:`run_atc` checks again under its lock."""
+    cluster. :func:`run_atc` checks again under its lock. Returns (symbols, bars, complete): the
+    size that decides in-process or cluster, and whether there is nothing left to compute (then no
+    cluster is worth starting)."""
     from pipeline.store import open_prices
 
     params, dtype, prices_path, results_path = _normalise(params, dtype, backend, prices, results)
@@ -545,6 +547,7 @@ def preflight(
         ds.close()
     with rs.ResultsLock(results_path):
         pass
+    return shape[0], shape[1], bool(state is not None and state.complete)
 
 
 def run_atc(
@@ -552,7 +555,8 @@ def run_atc(
     results: str | os.PathLike,
     params: ATCParams | None = None,
     *,
-    client: Any,
+    client: Any = None,
+    threads: int | None = None,
     chunk_symbols: int | None = None,
     overwrite: bool = False,
     dtype: str = "float64",
@@ -568,7 +572,9 @@ def run_atc(
     portfolio: Mapping[str, Any] | None = None,
 ) -> RunSummary:
     """Compute ATC for every symbol of the price store ``prices`` into the results store ``results``
-    on the cluster of ``client``. See the module docstring for resume, refusal, locking and the
+    on the cluster of ``client``, or, with ``client`` None, on ``threads`` threads of this process
+    (:mod:`pipeline.executor`; default one per core; CPU backend, serial kernels): the same tasks
+    write the same store. See the module docstring for resume, refusal, locking and the
     routing of ``backend`` "auto"/"cuda" to GPU workers (``gpu_chunk_symbols``: symbols per GPU
     task, a multiple of the store's chunk). ``on_notice`` receives one-line notices (default: stderr).
     Each failed chunk gets one line on stderr (``verbose``: with its traceback; the tracebacks always
@@ -586,8 +592,10 @@ def run_atc(
     lock = rs.ResultsLock(results_path)
     lock.acquire()
     try:
-        workers = client.scheduler_info(n_workers=-1).get("workers", {})
+        workers = _run_workers(client, threads)
         kinds, notice = route_kinds(backend, workers)  # refuses "cuda" without GPU workers, before any work
+        if client is None:
+            notice = None  # in-process is chosen only where there is no GPU to use (flows/run_cmd.py)
         if notice:
             (on_notice or _stderr)(notice)
         ds = open_prices(prices_path)
@@ -631,7 +639,9 @@ def run_atc(
 
         bounds = rs.chunk_bounds(n_sym, k)
         todo = [c for c in range(len(bounds)) if not done[c]]
-        parallel = kernel_parallel(workers)
+        # in-process: always the serial kernel (threads must not share a parallel one, and a small job
+        # should not compile a second variant)
+        parallel = client is not None and kernel_parallel(workers)
         task_options = dict(options or {})
         if bt_settings is not None:
             task_options["backtest"] = bt_settings
@@ -644,7 +654,15 @@ def run_atc(
                              k if len(chunks) > 1 else 0)
 
         feed = _Feed(todo, routes, make_task)
-        records, failures = _execute(client, feed, progress=progress, report=report, on_record=on_record)
+        if client is None:
+            from pipeline.executor import run_tasks
+
+            tasks = [make_task("cpu", [c]) for c in todo]
+            records, failures = run_tasks(run_chunk, tasks, threads=threads, progress=progress, desc="atc run",
+                                          unit="chunk", parts=lambda t: [p[0] for p in t.parts()],
+                                          on_record=on_record)
+        else:
+            records, failures = _execute(client, feed, progress=progress, report=report, on_record=on_record)
         if failures:
             describe = lambda c: f"chunk {c} (symbols {bounds[c][0]}..{bounds[c][1] - 1})"  # noqa: E731
             log = report_failures(failures, results_path, describe, verbose=verbose)
@@ -684,6 +702,20 @@ def run_atc(
         )
     finally:
         lock.release()
+
+
+def _run_workers(client: Any, threads: int | None) -> dict[str, dict]:
+    """The cluster's workers as the scheduler describes them; in-process (``client`` None), one
+    pseudo-worker with ``threads`` threads, so that planning (chunk sizes, routes, serial kernels)
+    is the same code on both paths."""
+    if client is not None:
+        return client.scheduler_info(n_workers=-1).get("workers", {})
+    from pipeline.executor import default_threads
+
+    n = int(threads or default_threads())
+    if n < 1:
+        raise ATCUserError(f"threads must be >= 1, got {n}")
+    return {"in-process": {"nthreads": n, "host": "in-process"}}
 
 
 def _stderr(message: str) -> None:

@@ -412,30 +412,34 @@ def _plan(ds: Any, grid: SweepGrid, store: Any, store_path: Path, dtype: str, sa
 
 def preflight_sweep(prices: Any, store: Any, grid: SweepGrid, *, save_signals: bool = False, dtype: str = "float64",
                     chunk_symbols: int | None = None, combos_per_task: int | None = None,
-                    overwrite: bool = False) -> None:
+                    overwrite: bool = False) -> tuple[int, bool]:
     """Every check `run_sweep` makes before computing, without writing anything (the CLI calls it
-    before it starts a cluster)."""
+    before it starts a cluster). Returns (symbol-bars x combinations, complete): what decides
+    in-process or cluster, and whether anything is left to compute."""
     from pipeline.store import open_prices
 
     dtype, prices_path, store_path = _resolve(grid, dtype, prices, store)
     ds = open_prices(prices_path)
     try:
-        _plan(ds, grid, store, store_path, dtype, save_signals, chunk_symbols, combos_per_task, overwrite, 1)
+        plan = _plan(ds, grid, store, store_path, dtype, save_signals, chunk_symbols, combos_per_task, overwrite, 1)
     finally:
         ds.close()
     with rs.ResultsLock(store_path):
         pass
+    return plan.n_sym * plan.n_time * grid.size, bool(plan.state is not None and plan.state.complete)
 
 
-def run_sweep(prices: Any, store: Any, grid: SweepGrid, *, client: Any, save_signals: bool = False,
+def run_sweep(prices: Any, store: Any, grid: SweepGrid, *, client: Any = None, threads: int | None = None,
+              save_signals: bool = False,
               dtype: str = "float64", chunk_symbols: int | None = None, combos_per_task: int | None = None,
               overwrite: bool = False, progress: bool | None = None, report: Any = None,
               on_record: Callable[[dict[str, Any]], None] | None = None, verbose: bool = False) -> SweepSummary:
     """Backtest every combination of `grid` on every symbol of `prices` into the sweep store `store`.
     Failed tasks: one line each on stderr (``verbose``: with the traceback),
-    details in the log beside the store (``pipeline.run.failure_log_path``)."""
+    details in the log beside the store (``pipeline.run.failure_log_path``). ``client`` None: on
+    ``threads`` threads of this process (pipeline/executor.py), serial kernels, the same store."""
     from pipeline.cluster import kernel_parallel
-    from pipeline.run import RunError, report_failures
+    from pipeline.run import RunError, _run_workers, report_failures
     from pipeline.store import open_prices
 
     t_start = time.perf_counter()
@@ -443,7 +447,7 @@ def run_sweep(prices: Any, store: Any, grid: SweepGrid, *, client: Any, save_sig
     lock = rs.ResultsLock(store_path)
     lock.acquire()
     try:
-        workers = client.scheduler_info(n_workers=-1).get("workers", {})
+        workers = _run_workers(client, threads)
         slots = sum(int(w.get("nthreads", 1)) for w in workers.values())
         ds = open_prices(prices_path)
         try:
@@ -463,7 +467,7 @@ def run_sweep(prices: Any, store: Any, grid: SweepGrid, *, client: Any, save_sig
                 action = "complete" if plan.state.complete else "resumed"
         finally:
             ds.close()
-        parallel = kernel_parallel(workers)
+        parallel = client is not None and kernel_parallel(workers)
         fp = plan.identity.prices_fingerprint
         tasks = []
         for b, block in enumerate(blocks):
@@ -472,7 +476,13 @@ def run_sweep(prices: Any, store: Any, grid: SweepGrid, *, client: Any, save_sig
                 if not done[i]:
                     tasks.append(SweepTask(prices_path, str(store_path), i, block, lo, hi, grid, plan.ppy, fp, dtype,
                                            save_signals, b == 0, parallel))
-        records, failures = _execute(client, tasks, progress, report, on_record)
+        if client is None:
+            from pipeline.executor import run_tasks
+
+            records, failures = run_tasks(run_sweep_task, tasks, threads=threads, progress=progress,
+                                          desc="atc sweep", unit="task", on_record=on_record)
+        else:
+            records, failures = _execute(client, tasks, progress, report, on_record)
         if failures:
             ranges = {t.index: t for t in tasks}
             describe = lambda i: (f"task {i} (symbols {ranges[i].start}..{ranges[i].stop - 1})"  # noqa: E731
