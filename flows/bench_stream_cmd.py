@@ -31,8 +31,10 @@ def bench_stream(
     ft = np.dtype(dtype)
     panel = random_walk_panel(symbols, bars + updates, seed=0)
     hist, new = panel[:, :bars], panel[:, bars:]
-    build_stream(hist[:4, :200], dtype=ft)  # compile (or load) batch and stream kernels
-    compute_atc(hist[:4, :200], dtype=ft)
+    warm = random_walk_panel(64, 200, seed=1)  # several blocks: the parallel batch path compiles too
+    warm[0, :150] = np.nan  # a short history: the stream kernel compiles too
+    build_stream(warm, dtype=ft)
+    compute_atc(warm, dtype=ft)
     typer.echo(f"atc bench stream: {symbols:,} symbols, {bars:,} bars of history, {updates} updates, {ft.name}")
 
     t0 = time.perf_counter()

@@ -122,7 +122,7 @@ def family_pass(fam, x, r, T, nb, lens, coef, cutout, keep, fsig, sig_out, store
     st = new_family_state(nb)
     ring = new_family_ring(fam, lens, nb)
     family_steps(fam, x, 0, r, 0, 0, T, nb, lens, coef, cutout, keep, fsig, st, ring, sig_out,
-                 store_sig, ma_out, store_ma)
+                 store_sig, ma_out, store_ma, np.empty((3, nb), ft))
 
 
 @_kernel()
@@ -144,13 +144,14 @@ def new_family_ring(fam, lens, nb):
 
 @_kernel()
 def family_steps(fam, x, xo, r, oo, t0, T, nb, lens, coef, cutout, keep, fsig, st, ring, sig_out,
-                 store_sig, ma_out, store_ma):
+                 store_sig, ma_out, store_ma, scr):
     """Advance the 9 lines of family `fam` from bar t0 to bar T-1, resuming from `st` and `ring`.
 
     The one implementation of Layer 1 for the batch kernel (t0 = 0, T = the whole history), the
     sweep engine and the streaming engine (one bar at a time), so they agree bit for bit.
     Per-line state `st` (9, 9*nb): rows previous MA, crossover state, equity, and the running
-    sums S1, W1, S2, W2, S3, W3; `ring` (9, sq, nb) holds the HMA inner series. Time-indexed
+    sums S1, W1, S2, W2, S3, W3; `ring` (9, sq, nb) holds the HMA inner series; `scr` (3, nb) is
+    scratch, passed in so that a one-bar call (streaming) allocates nothing. Time-indexed
     buffers are windows: closes `x` hold bar t at row t - xo, returns `r`, `fsig` and the
     optional `sig_out`/`ma_out` hold bar t at row t - oo. `x` must reach back max(L) + 1 bars,
     and xo must be 0 while t < max(L) (KAMA's warm-up reads the first close).
@@ -170,9 +171,9 @@ def family_steps(fam, x, xo, r, oo, t0, T, nb, lens, coef, cutout, keep, fsig, s
     W2 = st[6]
     S3 = st[7]
     W3 = st[8]
-    mrow = np.empty(nb, ft)
-    num = np.empty(nb, ft)
-    den = np.empty(nb, ft)
+    mrow = scr[0]
+    num = scr[1]
+    den = scr[2]
     for t in range(t0, T):
         for k in range(nb):
             num[k] = ZERO
@@ -342,12 +343,13 @@ def family_steps(fam, x, xo, r, oo, t0, T, nb, lens, coef, cutout, keep, fsig, s
 def layer2_and_average(obuf, r, T, nb, weights, cutout, keep, short_thr, long_thr, strategy):
     """Family equities (Layer 2) and Average_Signal for bars 0..T-1 (Layer 1 is in obuf[:6])."""
     avg_prev = np.zeros(nb, ft)
-    layer2_steps(obuf, 0, r, 0, T, nb, weights, cutout, keep, short_thr, long_thr, strategy, avg_prev)
+    layer2_steps(obuf, 0, r, 0, T, nb, weights, cutout, keep, short_thr, long_thr, strategy, avg_prev,
+                 np.empty((3, nb), ft))
 
 
 @_kernel()
 def layer2_steps(obuf, oo, r, t0, T, nb, weights, cutout, keep, short_thr, long_thr, strategy,
-                 avg_prev):
+                 avg_prev, scr):
     """Layer 2 and Average_Signal from bar t0 to T-1, resuming from the previous bar's row.
 
     Family equities follow the sign of the previous Layer-1 signal; bar t sits at row t - oo of
@@ -355,8 +357,8 @@ def layer2_steps(obuf, oo, r, t0, T, nb, weights, cutout, keep, short_thr, long_
     unshifted average of the previous bar for strategy mode (0 before the first bar). Shared by
     the batch, sweep and streaming engines.
     """
-    num = np.empty(nb, ft)
-    den = np.empty(nb, ft)
+    num = scr[1]
+    den = scr[2]
     for t in range(t0, T):
         row = t - oo
         for k in range(nb):
@@ -417,6 +419,7 @@ def process_block(x, p, r, T, nb, growth, lens, coef, weights, cutout, keep, sho
             sts[f, 0, q] = NAN
     rings = np.zeros((6, 9, sqmax, nb), ft)
     avg_prev = np.zeros(nb, ft)
+    scr = np.empty((3, nb), ft)  # scratch rows of family_steps / layer2_steps
     t0 = 0
     while t0 < T:
         e = T
@@ -426,8 +429,8 @@ def process_block(x, p, r, T, nb, growth, lens, coef, weights, cutout, keep, sho
                     e = lane_n[k]
         for f in range(6):
             family_steps(f, x, 0, r, 0, t0, e, nb, lens, coef, cutout, keep, obuf[f], sts[f], rings[f],
-                         no_sig, False, no_ma, False)
-        layer2_steps(obuf, 0, r, t0, e, nb, weights, cutout, keep, short_thr, long_thr, strategy, avg_prev)
+                         no_sig, False, no_ma, False, scr)
+        layer2_steps(obuf, 0, r, t0, e, nb, weights, cutout, keep, short_thr, long_thr, strategy, avg_prev, scr)
         if cap_on:
             for k in range(nk):
                 if lane_n[k] == e:

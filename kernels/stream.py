@@ -29,7 +29,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from types import SimpleNamespace
 
+import numba
 import numpy as np
+from numba import prange
 
 from kernels import status as st
 from kernels.errors import ATCUserError
@@ -52,7 +54,7 @@ family_steps = layer2_steps = None
 
 @_kernel()
 def advance_symbol(i, v, need, t, xo, x, fam, ring, prev, avg, status, r2, growth, lens, coef, weights,
-                   cutout, keep, short_thr, long_thr, strategy, out, oc):
+                   cutout, keep, short_thr, long_thr, strategy, out, oc, lmax, scr, no_sig, no_ma):
     """One new close `v` of symbol i; its 13 outputs go to out[:, oc] (NaN if it has no bar)."""
     if status[i] != 0 or np.isnan(v):
         for c in range(13):
@@ -67,9 +69,6 @@ def advance_symbol(i, v, need, t, xo, x, fam, ring, prev, avg, status, r2, growt
     xi = x[i]
     w = xi.shape[0]
     if ti - xo[i] >= w:  # window full: keep the last max(L) + 1 closes
-        lmax = 1
-        for ln in range(54):
-            lmax = max(lmax, lens[ln, 0])
         drop = w - lmax - 1
         for row in range(lmax + 1):
             xi[row, 0] = xi[row + drop, 0]
@@ -83,13 +82,11 @@ def advance_symbol(i, v, need, t, xo, x, fam, ring, prev, avg, status, r2, growt
         ri[1, 0] = NAN
     else:
         ri[1, 0] = ((xi[row, 0] - xi[row - 1, 0]) / xi[row - 1, 0]) * growth[ti]
-    no_sig = np.zeros((1, 1, 1), np.int8)
-    no_ma = np.zeros((1, 1, 1), ft)
     for f in range(6):
         family_steps(f, xi, xo[i], ri, ti - 1, ti, ti + 1, 1, lens, coef, cutout, keep, pi[f],
-                     fam[i, f], ring[i, f], no_sig, False, no_ma, False)
+                     fam[i, f], ring[i, f], no_sig, False, no_ma, False, scr)
     layer2_steps(pi, ti - 1, ri, ti, ti + 1, 1, weights, cutout, keep, short_thr, long_thr, strategy,
-                 avg[i])
+                 avg[i], scr)
     for c in range(13):
         out[c, oc] = pi[c, 1, 0] if ti + 1 >= need else NAN
         pi[c, 0, 0] = pi[c, 1, 0]
@@ -97,21 +94,37 @@ def advance_symbol(i, v, need, t, xo, x, fam, ring, prev, avg, status, r2, growt
 
 
 @_kernel()
+def _scratch(lens):
+    """Allocated once per call over all symbols, not once per symbol."""
+    lmax = 1
+    for ln in range(54):
+        lmax = max(lmax, lens[ln, 0])
+    return lmax, np.empty((3, 1), ft), np.zeros((1, 1, 1), np.int8), np.zeros((1, 1, 1), ft)
+
+
+@_kernel(parallel=True)
 def advance_all(closes, need, t, xo, x, fam, ring, prev, avg, status, r2, growth, lens, coef, weights,
-                cutout, keep, short_thr, long_thr, strategy, out):
-    """One new time for every symbol: the one compiled call per update."""
-    for i in range(closes.shape[0]):
-        advance_symbol(i, closes[i], need, t, xo, x, fam, ring, prev, avg, status, r2, growth, lens,
-                       coef, weights, cutout, keep, short_thr, long_thr, strategy, out, i)
+                cutout, keep, short_thr, long_thr, strategy, out, n_parts):
+    """One new time for every symbol: the one compiled call per update, symbols split over threads
+    (every symbol is independent; each part has its own scratch)."""
+    n = closes.shape[0]
+    for part in prange(n_parts):
+        lmax, scr, no_sig, no_ma = _scratch(lens)
+        for i in range(part * n // n_parts, (part + 1) * n // n_parts):
+            advance_symbol(i, closes[i], need, t, xo, x, fam, ring, prev, avg, status, r2, growth, lens,
+                           coef, weights, cutout, keep, short_thr, long_thr, strategy, out, i, lmax, scr,
+                           no_sig, no_ma)
 
 
 @_kernel()
 def replay(i, series, need, t, xo, x, fam, ring, prev, avg, status, r2, growth, lens, coef, weights,
            cutout, keep, short_thr, long_thr, strategy, out):
     """Feed symbol i's own closes one by one (for histories the batch does not compute)."""
+    lmax, scr, no_sig, no_ma = _scratch(lens)
     for k in range(series.shape[0]):
         advance_symbol(i, series[k], need, t, xo, x, fam, ring, prev, avg, status, r2, growth, lens,
-                       coef, weights, cutout, keep, short_thr, long_thr, strategy, out, 0)
+                       coef, weights, cutout, keep, short_thr, long_thr, strategy, out, 0, lmax, scr,
+                       no_sig, no_ma)
 
 
 @lru_cache(maxsize=None)
@@ -204,10 +217,11 @@ class StreamState:
         return (need, growth, line_lens, coef, weights, p.cutout, f.type(1.0 - p.dec),
                 f.type(p.short_threshold), f.type(p.long_threshold), p.strategy_mode)
 
-    def advance(self, closes) -> dict[str, np.ndarray]:
+    def advance(self, closes, parallel: bool = True) -> dict[str, np.ndarray]:
         """Advance every symbol by the new time `closes` (n_symbols,); NaN = no bar for that symbol.
 
-        Returns the 13 outputs of the new time by name, each `(n_symbols,)`.
+        Returns the 13 outputs of the new time by name, each `(n_symbols,)`. `parallel` spreads the
+        symbols over Numba's threads (not from inside multi-threaded Dask workers).
         """
         closes = np.ascontiguousarray(np.asarray(closes, np.float64).reshape(-1))
         if closes.shape[0] != self.n_symbols:
@@ -217,8 +231,9 @@ class StreamState:
             int(self.t.max(initial=0)) + 1)
         out = np.empty((13, self.n_symbols), self.dtype)
         r2 = np.zeros((self.n_symbols, 2, 1), self.dtype)
+        parts = numba.get_num_threads() if parallel and self.n_symbols >= 256 else 1
         kern.advance_all(closes, need, self.t, self.xo, self.x, self.fam, self.ring, self.prev, self.avg,
-                         self.status, r2, growth, lens, coef, weights, cutout, keep, sthr, lthr, strat, out)
+                         self.status, r2, growth, lens, coef, weights, cutout, keep, sthr, lthr, strat, out, parts)
         return {name: out[c] for c, name in enumerate(OUTPUT_NAMES)}
 
 
