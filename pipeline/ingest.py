@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from pipeline.panel import check_fill
@@ -40,6 +41,9 @@ DATA_SUFFIXES: dict[str, str] = {
 }
 #: Show a progress bar from this many files on (and only on a terminal).
 PROGRESS_MIN_FILES = 20
+#: From this many files on, a new store is written in batches of symbols (two passes over the
+#: files, see :func:`_ingest_batched`): memory then holds one symbol chunk, not the whole panel.
+BATCH_MIN_FILES = 64
 
 
 def _suffix(path: Path) -> str | None:
@@ -191,8 +195,12 @@ def ingest(
         check_fill(fill)
     store = check_target(store, overwrite=overwrite, append=append)
     files = list_sources(src)
-    frames = read_sources(files, progress=progress, dayfirst=dayfirst, drop_empty_close=drop_empty_close)
     source = f"ingest {Path(src).resolve()}"
+    if not append and len(files) >= BATCH_MIN_FILES:
+        return _ingest_batched(files, store, overwrite=overwrite, chunk_symbols=chunk_symbols, progress=progress,
+                               fill=fill or "none", drop_empty_close=drop_empty_close, dayfirst=dayfirst,
+                               source=source)
+    frames = read_sources(files, progress=progress, dayfirst=dayfirst, drop_empty_close=drop_empty_close)
     if append:
         summary = append_prices(frames, store, chunk_symbols=chunk_symbols, source=source, fill=fill)
     else:
@@ -201,4 +209,100 @@ def ingest(
     if drop_empty_close:
         dropped = tuple((str(f), frames.dropped_empty_close.get(str(f), 0)) for f in files)
         summary = dataclasses.replace(summary, dropped_empty_close=dropped)
+    return summary
+
+
+def _bar(n: int, progress: bool | None, desc: str):
+    if not (n >= PROGRESS_MIN_FILES if progress is None else progress):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=n, desc=desc, unit="file", file=sys.stderr, disable=None if progress is None else False)
+
+
+def _ingest_batched(files: list[Path], store: Path, *, overwrite: bool, chunk_symbols: int | None,
+                    progress: bool | None, fill: str, drop_empty_close: bool, dayfirst: bool,
+                    source: str) -> StoreSummary:
+    """A new store from many files in bounded memory: the same store as :func:`write_prices` on
+    :func:`read_sources` (same symbols, union calendar, values, fill and errors), built in two passes.
+
+    Pass 1 reads and checks every file in name order (so the first error is the one the one-pass
+    path reports) and keeps only which file holds each symbol, the union of all times and the
+    variables present. Pass 2 reads the files again one symbol chunk at a time, in symbol order,
+    and streams the rows to :func:`write_prices_chunked`; a file holding symbols of several chunks
+    (long format) stays cached until its last chunk is written.
+    """
+    from pipeline.panel import panel_union
+    from pipeline.price_format import PRICE_VARS
+    from pipeline.price_store import auto_chunk_symbols, write_prices_chunked
+
+    empty_close = "drop" if drop_empty_close else "error"
+    origin: dict[str, Path] = {}
+    dropped: dict[str, int] = {}
+    times = np.empty(0, np.int64)
+    present: set[str] = set()
+    bar = _bar(len(files), progress, "checking")
+    try:
+        for path in files:
+            got = _load(path, dayfirst, empty_close)
+            n = sum(got.dropped_empty_close.values())
+            if n:
+                dropped[str(path)] = n
+            for sym, frame in got.frames.items():
+                if sym in origin:
+                    raise StoreError(f"symbol {sym!r} appears in two files: {origin[sym]} and {path}")
+                origin[sym] = path
+                present.update(frame.columns)
+            if got.frames:
+                times = np.union1d(times, np.concatenate([f.index.asi8 for f in got.frames.values()]))
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    symbols = sorted(origin)
+    if not symbols:
+        raise StoreError("input: no symbols")
+    variables = [v for v in PRICE_VARS if v in present]
+    k = auto_chunk_symbols(len(symbols), times.size) if chunk_symbols is None else int(chunk_symbols)
+    k = max(1, min(k, len(symbols))) if k >= 1 else k
+    batches = [symbols[i: i + k] for i in range(0, len(symbols), max(k, 1))]
+    last_use = {}
+    for b, syms in enumerate(batches):
+        for sym in syms:
+            last_use[origin[sym]] = b
+
+    def rows():
+        cache: dict[Path, dict] = {}
+        bar2 = _bar(len(files), progress, "writing")
+        try:
+            for b, syms in enumerate(batches):
+                frames = {}
+                for sym in syms:
+                    path = origin[sym]
+                    if path not in cache:
+                        cache[path] = _load(path, dayfirst, empty_close).frames
+                        if bar2 is not None:
+                            bar2.update(1)
+                    frames[sym] = cache[path][sym]
+                for path in [p for p in cache if last_use[p] == b]:
+                    del cache[path]
+                panel = panel_union(frames)
+                pos = np.searchsorted(times, panel.times)
+                out = {}
+                for v in variables:
+                    a = np.full((len(syms), times.size), np.nan)
+                    if v in panel.arrays:
+                        a[:, pos] = panel.arrays[v]
+                    out[v] = a
+                yield out
+        finally:
+            if bar2 is not None:
+                bar2.close()
+
+    summary = write_prices_chunked(store, symbols, times, variables, rows(), chunk_symbols=k, overwrite=overwrite,
+                                   source=source, fill=fill)
+    if drop_empty_close:
+        summary = dataclasses.replace(summary, dropped_empty_close=tuple((str(f), dropped.get(str(f), 0))
+                                                                          for f in files))
     return summary

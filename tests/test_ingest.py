@@ -440,3 +440,56 @@ def test_console_script(tmp_path):
     bad = subprocess.run(["atc", "ingest", str(tmp_path / "src"), str(tmp_path / "p.zarr")],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
+
+
+# ---------------------------------------------------------------------------------- batched ingest
+
+def _many_files(src: Path, n: int = 70) -> None:
+    """One file per symbol on assorted calendars, a gap, OHLCV for some, and one long-format file."""
+    src.mkdir()
+    rng = np.random.default_rng(1)
+    days = pd.date_range("2021-01-01", periods=40, freq="D")
+    for i in range(n):
+        t = days[i % 5:: 1 + i % 3][: 20 + i % 7]
+        if i % 11 == 0:
+            t = t.delete(3)  # a gap inside its span
+        df = pd.DataFrame({"Date": t.strftime("%Y-%m-%d"), "Close": np.round(50 + rng.random(len(t)) * 10, 2)})
+        if i % 4 == 0:
+            df["Volume"] = rng.integers(1, 1000, len(t))
+        df.to_csv(src / f"S{i:03d}.csv", index=False)
+    pd.DataFrame({"symbol": ["ZL1", "ZL1", "AL2", "AL2"], "date": ["2021-01-03", "2021-01-05", "2021-02-20", "2021-02-21"],
+                  "close": [1.0, 2.0, 3.0, 4.0]}).to_csv(src / "long.csv", index=False)
+
+
+@pytest.mark.parametrize("fill", ["none", "ffill"])
+def test_batched_ingest_writes_exactly_what_the_one_pass_ingest_writes(tmp_path, monkeypatch, fill):
+    import pipeline.ingest as ing
+
+    src = tmp_path / "src"
+    _many_files(src)
+    assert len(os.listdir(src)) >= ing.BATCH_MIN_FILES
+    batched = ingest(src, tmp_path / "b.zarr", chunk_symbols=8, fill=fill)
+    monkeypatch.setattr(ing, "BATCH_MIN_FILES", 10**9)
+    one_pass = ingest(src, tmp_path / "a.zarr", chunk_symbols=8, fill=fill)
+    a, b = open_prices(tmp_path / "a.zarr", verify=True), open_prices(tmp_path / "b.zarr", verify=True)
+    assert list(b["symbol"].values) == list(a["symbol"].values) and "AL2" in b["symbol"].values
+    assert b.drop_attrs().identical(a.drop_attrs())
+    assert b.attrs["fingerprint"] == a.attrs["fingerprint"] and b.attrs["own_bars"] == a.attrs["own_bars"]
+    assert (batched.n_symbols, batched.own_bars, batched.filled_gaps) == (one_pass.n_symbols, one_pass.own_bars,
+                                                                          one_pass.filled_gaps)
+
+
+def test_batched_ingest_reports_the_same_errors_and_writes_nothing(tmp_path, monkeypatch):
+    import pipeline.ingest as ing
+
+    src = tmp_path / "src"
+    _many_files(src)
+    (src / "S010.csv").write_text("Date,Close\n2021-01-01,5\n2021-01-02,-1\n")
+    (src / "S020.csv").write_text("Date,Close\n2021-01-01,5\n2021-01-01,6\n")
+    with pytest.raises(Exception) as batched:
+        ingest(src, tmp_path / "b.zarr")
+    monkeypatch.setattr(ing, "BATCH_MIN_FILES", 10**9)
+    with pytest.raises(Exception) as one_pass:
+        ingest(src, tmp_path / "a.zarr")
+    assert str(batched.value) == str(one_pass.value) and "S010" in str(batched.value)
+    assert _listing(tmp_path) == ["src"]
