@@ -78,6 +78,12 @@ def sweep(
         "when symbols x bars x combinations is at most 10 million or nothing is left to compute, unless "
         "--scheduler, $DASK_SCHEDULER_ADDRESS, --threads-per-worker or --report ask for a cluster).",
         show_default=False)] = None,
+    folds: Annotated[int, typer.Option(
+        "--folds", help="Combinatorially symmetric cross-validation over this many blocks of the time axis (even; "
+        "10 is usual): probability of backtest overfitting, deflated Sharpe (docs/OVERFITTING.md). 0: none.")] = 0,
+    walk_forward: Annotated[Optional[str], typer.Option(
+        "--walk-forward", help="TRAIN:TEST windows in bars or durations (500:100, 2y:6m): the best combination on "
+                               "each training window, measured on the test window after it.")] = None,
 ) -> None:
     """Backtest every combination of a parameter grid on every symbol of PRICES into the sweep store
     SWEEP (metrics over one dimension per swept parameter x symbol), then print the best
@@ -97,11 +103,12 @@ def sweep(
         base_bt = base_bt.replace(periods_per_year=periods_per_year)
     g = load_grid(grid, base_atc, base_bt)
     size, complete = preflight_sweep(prices, store, g, save_signals=save_signals, dtype=dtype,
-                                     chunk_symbols=chunk_symbols, combos_per_task=combos_per_task, overwrite=overwrite)
+                                     chunk_symbols=chunk_symbols, combos_per_task=combos_per_task, overwrite=overwrite,
+                                     folds=folds, walk_forward=walk_forward)
     local = choose_in_process(size, complete, in_process, scheduler, workers=workers,
                               threads_per_worker=threads_per_worker, report=report, backend="cpu")
     kw = dict(save_signals=save_signals, dtype=dtype, chunk_symbols=chunk_symbols, combos_per_task=combos_per_task,
-              overwrite=overwrite, progress=progress, verbose=verbose)
+              overwrite=overwrite, progress=progress, verbose=verbose, folds=folds, walk_forward=walk_forward)
     try:
         if local:
             if not complete:

@@ -50,6 +50,7 @@ from kernels.metrics import HIGHER_IS_BETTER, METRIC_DESCRIPTIONS, METRIC_NAMES,
 from kernels.status import OK, STATUS_NAMES
 from kernels.sweep import SweepGrid
 from pipeline import results as rs
+from pipeline.validation import compute_validation, plan_validation
 from pipeline.atomic import store_format
 
 __all__ = ["SweepError", "SweepIdentity", "SweepSummary", "SweepTask", "plan_blocks", "preflight_sweep",
@@ -85,21 +86,25 @@ class SweepIdentity:
     dtype: str
     save_signals: bool
     code: str
+    validation: str = ""  # JSON of pipeline.validation.ValidationPlan ("" : no per-block statistics)
 
     @classmethod
-    def of(cls, grid: SweepGrid, ppy: float | None, prices_fingerprint: str, dtype: str, save_signals: bool):
+    def of(cls, grid: SweepGrid, ppy: float | None, prices_fingerprint: str, dtype: str, save_signals: bool,
+           validation: str = ""):
         g = {"dims": list(grid.dims), "values": [[_jsonable(v) for v in vals] for vals in grid.values]}
         bt = grid.base_backtest.to_dict()
         bt["periods_per_year"] = ppy
         return cls(json.dumps(g), json.dumps(grid.base_atc.to_dict(), sort_keys=True), json.dumps(bt, sort_keys=True),
-                   prices_fingerprint, dtype, bool(save_signals), rs.code_version())
+                   prices_fingerprint, dtype, bool(save_signals), rs.code_version(), validation)
 
     def fingerprint(self) -> str:
-        blob = json.dumps({"format": f"{FORMAT_NAME}/{FORMAT_VERSION}", "grid": json.loads(self.grid),
-                           "params": json.loads(self.params), "backtest": json.loads(self.backtest),
-                           "prices": self.prices_fingerprint, "dtype": self.dtype,
-                           "save_signals": self.save_signals, "code": self.code}, sort_keys=True)
-        return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
+        what = {"format": f"{FORMAT_NAME}/{FORMAT_VERSION}", "grid": json.loads(self.grid),
+                "params": json.loads(self.params), "backtest": json.loads(self.backtest),
+                "prices": self.prices_fingerprint, "dtype": self.dtype,
+                "save_signals": self.save_signals, "code": self.code}
+        if self.validation:  # absent otherwise: stores without it keep their fingerprint
+            what["validation"] = json.loads(self.validation)
+        return "sha256:" + hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
     def differences(self, attrs: Mapping[str, Any]) -> list[str]:
         out = []
@@ -111,6 +116,8 @@ class SweepIdentity:
             out.append("a different price store")
         if attrs.get("dtype") != self.dtype:
             out.append(f"dtype {attrs.get('dtype')} (now {self.dtype})")
+        if (attrs.get("validation_plan") or "") != self.validation:
+            out.append(f"validation blocks {attrs.get('validation_plan') or 'none'} (now {self.validation or 'none'})")
         if bool(attrs.get("save_signals")) != self.save_signals:
             out.append(f"save_signals={bool(attrs.get('save_signals'))} (now {self.save_signals})")
         if attrs.get("code_version") != self.code:
@@ -164,6 +171,7 @@ class SweepTask:
     save_signals: bool = False
     write_reason: bool = False
     parallel: bool = False
+    folds: int = 0  # blocks of the time axis for per-block return statistics (0: none)
 
 
 def task_combinations(grid: SweepGrid, block: tuple[tuple[int, int], ...]) -> list:
@@ -194,7 +202,7 @@ def run_sweep_task(task: SweepTask) -> dict[str, Any]:
         ppy = periods_per_year_by_symbol(times, close)
     res = sweep_panel(close, combos, periods_per_year=ppy, dtype=np.dtype(task.dtype),
                       parallel=parallel, save_signals=task.save_signals, on_bad="status", symbols=symbols,
-                      index_offset=task.start)
+                      index_offset=task.start, folds=task.folds)
     del close
     t2 = time.perf_counter()
     bshape = tuple(hi - lo for lo, hi in task.block)
@@ -206,6 +214,9 @@ def run_sweep_task(task: SweepTask) -> dict[str, Any]:
     g["status"][region] = res.status.reshape(bshape + (n_s,))
     if task.save_signals:
         g["Average_Signal"][region + (slice(None),)] = res.average_signal.reshape(bshape + (n_s, -1))
+    if task.folds:
+        g["fold_stats"][region[:-1] + (slice(None), slice(None), region[-1])] = \
+            res.fold_stats.reshape(bshape + (task.folds, 5, n_s))
     if task.write_reason:
         reasons = [""] * n_s
         for i, msg in res.messages.items():
@@ -261,6 +272,14 @@ def create_sweep_store(path: Path, prices: Any, grid: SweepGrid, identity: Sweep
                                        {"description": "final ATC signal of every combination"})
         encoding["Average_Signal"] = {"chunks": chunks + (max(1, n_time),),
                                       "compressors": [rs.results_codec("Average_Signal")]}
+    if identity.validation:
+        nb = int(json.loads(identity.validation)["blocks"])
+        data_vars["fold_stats"] = (
+            grid.dims + ("block", "stat", "symbol"), da.zeros(grid.shape + (nb, 5, n_sym), np.float64,
+                                                              chunks=bshape + (nb, 5, chunk_symbols)),
+            {"description": "per block of the time axis: count and sums of r, r^2, r^3, r^4 of the strategy "
+                            "returns (out-of-sample statistics; pipeline/validation.py)"})
+        encoding["fold_stats"] = {"chunks": bshape + (nb, 5, chunk_symbols), "compressors": [rs.results_codec("fold_stats")]}
     data_vars["task_done"] = (("task",), np.zeros(n_tasks, np.int8), {"description": "1 once a task's region is written"})
     encoding["task_done"] = {"chunks": (1,)}
     coords = {d: _coord(v) for d, v in zip(grid.dims, grid.values)}
@@ -272,7 +291,7 @@ def create_sweep_store(path: Path, prices: Any, grid: SweepGrid, identity: Sweep
         "params": identity.params, "backtest": identity.backtest, "prices_fingerprint": identity.prices_fingerprint,
         "prices_path": str(prices_path), "fingerprint": identity.fingerprint(), "dtype": identity.dtype,
         "save_signals": int(identity.save_signals), "code_version": identity.code, "chunk_symbols": int(chunk_symbols),
-        "block_shape": json.dumps(list(bshape)), "n_tasks": int(n_tasks),
+        "block_shape": json.dumps(list(bshape)), "n_tasks": int(n_tasks), "validation_plan": identity.validation,
         "versions": json.dumps(rs.versions(), sort_keys=True), "created": rs.utc_now(),
     }
     template = xr.Dataset(data_vars, coords=coords, attrs=attrs)
@@ -326,18 +345,31 @@ class SweepSummary:
     periods_per_year: float | None
     seconds: float
     records: list[dict[str, Any]] = field(default_factory=list)
+    validation: dict[str, Any] | None = None
+    combination_label: Callable[[int], str] | None = None
 
     def describe(self) -> str:
+        from pipeline.validation import describe as describe_validation
+
         verb = {"created": "computed", "overwritten": "recomputed (--overwrite)", "resumed": "resumed",
                 "complete": "already complete"}[self.action]
-        return "\n".join([
+        lines = [
             f"sweep {self.store}: {self.n_combinations} combinations ({' x '.join(self.dims)}) x {self.n_symbols} "
             f"symbols, {verb}",
             f"  {self.n_tasks} tasks: {self.computed} computed now, {self.already_done} already done; "
             f"{self.seconds:.1f} s; " + (f"{self.periods_per_year:.6g} periods per year" if self.periods_per_year
                                           is not None else "periods per year from each symbol's own bars"),
             f"  fingerprint {self.fingerprint}",
-        ])
+        ]
+        if self.validation:
+            lines.append(describe_validation(self.validation, self.combination_label or str))
+        return "\n".join(lines)
+
+
+def combination_label(grid: SweepGrid, flat: int) -> str:
+    """"La=0.02, De=0.03" for the combination at C-order position `flat` of the grid."""
+    idx = np.unravel_index(int(flat), grid.shape)
+    return ", ".join(f"{d}={grid.values[i][j]}" for i, (d, j) in enumerate(zip(grid.dims, idx)))
 
 
 def _resolve(grid: SweepGrid, dtype: Any, prices: Any, store: Any) -> tuple[str, str, Path]:
@@ -369,11 +401,13 @@ class _Plan:
 
 
 def _plan(ds: Any, grid: SweepGrid, store: Any, store_path: Path, dtype: str, save_signals: bool,
-          chunk_symbols: int | None, combos_per_task: int | None, overwrite: bool, slots: int) -> _Plan:
+          chunk_symbols: int | None, combos_per_task: int | None, overwrite: bool, slots: int,
+          validation: Any = None) -> _Plan:
     from pipeline.run import _check_alignment, _price_chunk, default_chunk_symbols
 
     ppy = _ppy(grid, ds)
-    identity = SweepIdentity.of(grid, ppy, str(ds.attrs.get("fingerprint")), dtype, save_signals)
+    identity = SweepIdentity.of(grid, ppy, str(ds.attrs.get("fingerprint")), dtype, save_signals,
+                                validation.to_json() if validation is not None else "")
     n_sym, n_time = ds.sizes["symbol"], ds.sizes["time"]
     price_k = _price_chunk(ds)
     if combos_per_task is not None and combos_per_task < 1:
@@ -412,7 +446,7 @@ def _plan(ds: Any, grid: SweepGrid, store: Any, store_path: Path, dtype: str, sa
 
 def preflight_sweep(prices: Any, store: Any, grid: SweepGrid, *, save_signals: bool = False, dtype: str = "float64",
                     chunk_symbols: int | None = None, combos_per_task: int | None = None,
-                    overwrite: bool = False) -> tuple[int, bool]:
+                    overwrite: bool = False, folds: int = 0, walk_forward: str | None = None) -> tuple[int, bool]:
     """Every check `run_sweep` makes before computing, without writing anything (the CLI calls it
     before it starts a cluster). Returns (symbol-bars x combinations, complete): what decides
     in-process or cluster, and whether anything is left to compute."""
@@ -421,7 +455,8 @@ def preflight_sweep(prices: Any, store: Any, grid: SweepGrid, *, save_signals: b
     dtype, prices_path, store_path = _resolve(grid, dtype, prices, store)
     ds = open_prices(prices_path)
     try:
-        plan = _plan(ds, grid, store, store_path, dtype, save_signals, chunk_symbols, combos_per_task, overwrite, 1)
+        plan = _plan(ds, grid, store, store_path, dtype, save_signals, chunk_symbols, combos_per_task, overwrite, 1,
+                     plan_validation(folds, walk_forward, ds["time"].values))
     finally:
         ds.close()
     with rs.ResultsLock(store_path):
@@ -433,11 +468,15 @@ def run_sweep(prices: Any, store: Any, grid: SweepGrid, *, client: Any = None, t
               save_signals: bool = False,
               dtype: str = "float64", chunk_symbols: int | None = None, combos_per_task: int | None = None,
               overwrite: bool = False, progress: bool | None = None, report: Any = None,
-              on_record: Callable[[dict[str, Any]], None] | None = None, verbose: bool = False) -> SweepSummary:
+              on_record: Callable[[dict[str, Any]], None] | None = None, verbose: bool = False,
+              folds: int = 0, walk_forward: str | None = None) -> SweepSummary:
     """Backtest every combination of `grid` on every symbol of `prices` into the sweep store `store`.
     Failed tasks: one line each on stderr (``verbose``: with the traceback),
     details in the log beside the store (``pipeline.run.failure_log_path``). ``client`` None: on
-    ``threads`` threads of this process (pipeline/executor.py), serial kernels, the same store."""
+    ``threads`` threads of this process (pipeline/executor.py), serial kernels, the same store.
+    ``folds`` (CSCV's S, even) and ``walk_forward`` ("TRAIN:TEST", bars or durations such as
+    "2y:6m") keep per-block return statistics and add the out-of-sample validation of
+    pipeline/validation.py to the store and the summary."""
     from pipeline.cluster import kernel_parallel
     from pipeline.run import RunError, _run_workers, report_failures
     from pipeline.store import open_prices
@@ -451,8 +490,9 @@ def run_sweep(prices: Any, store: Any, grid: SweepGrid, *, client: Any = None, t
         slots = sum(int(w.get("nthreads", 1)) for w in workers.values())
         ds = open_prices(prices_path)
         try:
+            vplan = plan_validation(folds, walk_forward, ds["time"].values)
             plan = _plan(ds, grid, store, store_path, dtype, save_signals, chunk_symbols, combos_per_task, overwrite,
-                         slots)
+                         slots, vplan)
             blocks = plan_blocks(grid.shape, plan.bshape)
             bounds = rs.chunk_bounds(plan.n_sym, plan.chunk_symbols)
             n_tasks = len(blocks) * len(bounds)
@@ -475,7 +515,7 @@ def run_sweep(prices: Any, store: Any, grid: SweepGrid, *, client: Any = None, t
                 i = b * len(bounds) + c
                 if not done[i]:
                     tasks.append(SweepTask(prices_path, str(store_path), i, block, lo, hi, grid, plan.ppy, fp, dtype,
-                                           save_signals, b == 0, parallel))
+                                           save_signals, b == 0, parallel, vplan.blocks))
         if client is None:
             from pipeline.executor import run_tasks
 
@@ -500,14 +540,21 @@ def run_sweep(prices: Any, store: Any, grid: SweepGrid, *, client: Any = None, t
         state = read_sweep_state(store_path)
         if not state.complete:  # pragma: no cover
             raise RunError(f"{store}: {int((~state.task_done).sum())} tasks are not marked done; rerun")
-        if action != "complete" or "completed" not in state.attrs:
+        validation = json.loads(state.attrs["validation"]) if state.attrs.get("validation") else None
+        if action != "complete" or "completed" not in state.attrs or (vplan.blocks and validation is None):
             import zarr
 
             g = zarr.open_group(str(store_path), mode="r+", zarr_format=3, use_consolidated=False)
-            g.attrs.update({"completed": rs.utc_now()})
+            new_attrs = {"completed": rs.utc_now()}
+            if vplan.blocks:
+                validation = compute_validation(np.asarray(g["fold_stats"][:]).reshape(
+                    (grid.size,) + tuple(g["fold_stats"].shape[len(grid.dims):])), vplan)
+                new_attrs["validation"] = json.dumps(validation)
+            g.attrs.update(new_attrs)
             rs._consolidate(store_path)
         return SweepSummary(store_path, plan.n_sym, grid.size, grid.dims, n_tasks, len(tasks), n_tasks - len(tasks),
-                            action, plan.identity.fingerprint(), plan.ppy, time.perf_counter() - t_start, records)
+                            action, plan.identity.fingerprint(), plan.ppy, time.perf_counter() - t_start, records,
+                            validation, lambda flat: combination_label(grid, flat))
     finally:
         lock.release()
 
