@@ -554,7 +554,9 @@ def read_last_bars(path: str | os.PathLike, variables: Any = ("Average_Signal",)
     A symbol's last bar is the last time where the first of ``variables`` is not NaN (NaT and NaN
     when it has none: not computed, no data). Reads the store's last time chunk of every symbol
     and goes back one time chunk at a time only for the symbols not found yet (a delisted or
-    stale symbol), so the cost is about one time chunk whatever the history length.
+    stale symbol), reading only the symbol chunks that hold them: the cost is one time chunk per
+    variable when every symbol has a recent bar, whatever the history length, and grows with how
+    far back the stalest symbols' last bars lie.
     """
     import zarr
 
