@@ -129,25 +129,31 @@ class ChunkTask:
         return [(self.index + j, a, min(a + k, self.stop)) for j, a in enumerate(range(self.start, self.stop, k))]
 
 
+def _get_worker() -> Any:
+    """The Dask worker running this task, or None. A Dask worker has ``distributed`` loaded; a task on
+    the in-process path (pipeline/executor.py) must not import it (seconds, and bokeh with it)."""
+    if "distributed" not in sys.modules:
+        return None
+    from distributed import get_worker
+
+    try:
+        return get_worker()
+    except ValueError:
+        return None
+
+
 def _worker_threads() -> int:
     """Threads of the Dask worker running this task (1 outside a worker)."""
-    try:
-        from distributed import get_worker
-
-        w = get_worker()
-    except (ImportError, ValueError):
+    w = _get_worker()
+    if w is None:
         return 1
     state = getattr(w, "state", None)
     return int(getattr(state, "nthreads", None) or getattr(w, "nthreads", 1) or 1)
 
 
 def _worker_name() -> str:
-    try:
-        from distributed import get_worker
-
-        return str(get_worker().address)
-    except (ImportError, ValueError):
-        return f"pid {os.getpid()}"
+    w = _get_worker()
+    return str(w.address) if w is not None else f"pid {os.getpid()}"
 
 
 def read_close(task: ChunkTask) -> tuple[np.ndarray, list[str], np.ndarray]:
