@@ -231,12 +231,17 @@ def bench_sweep(
                                                    progress=False, backtest=BacktestParams())))
             swept = best(timed(lambda: run_sweep(prices, base / "sweep.zarr", grid, client=cl.client,
                                                  overwrite=True, progress=False)))
+            folded = best(timed(lambda: run_sweep(prices, base / "sweep-folds.zarr", grid, client=cl.client,
+                                                  overwrite=True, progress=False, folds=10)))
         e2e = {"run_s": single, "run_backtest_s": single_bt, "sweep_s": swept, "sweep_over_run": swept / single,
-               "sweep_over_run_backtest": swept / single_bt}
+               "sweep_over_run_backtest": swept / single_bt, "sweep_folds10_s": folded,
+               "folds10_over_sweep": folded / swept}
         out["end_to_end"] = e2e
         typer.echo(f"  end to end: atc run {single:.2f} s, atc run --backtest {single_bt:.2f} s, atc sweep "
                    f"{swept:.2f} s = {swept / single:.2f} x atc run ({swept / single_bt:.2f} x run --backtest; "
                    f"{grid.size} separate runs would be {grid.size} x)")
+        typer.echo(f"  atc sweep --folds 10 (per-block statistics, CSCV, deflated Sharpe): {folded:.2f} s = "
+                   f"{folded / swept:.2f} x the sweep without (target <= 1.3 x)")
         if kernel:
             from kernels import compute_atc
             from kernels.backtest import run_backtest
