@@ -110,3 +110,17 @@ def test_cli_synth_bad_arguments(tmp_path, capsys, args, message):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
     assert not (tmp_path / "s.zarr").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_cli_synth_same_store_whatever_the_chunk_size(tmp_path):
+    """`atc synth` streams symbol chunks from fixed generation blocks (GEN_BLOCK symbols), so the
+    chunk size changes the layout only: same values, same fingerprint."""
+    from pipeline.synth import GEN_BLOCK
+
+    n = GEN_BLOCK + 45  # two generation blocks, cut differently by each chunk size
+    for k in (7, 300):
+        assert run("synth", tmp_path / f"s{k}.zarr", "--symbols", n, "--bars", 200, "--seed", 9, "--ohlcv",
+                   "--chunk-symbols", k) == 0
+    a, b = open_prices(tmp_path / "s7.zarr", verify=True), open_prices(tmp_path / "s300.zarr", verify=True)
+    assert a["close"].encoding["chunks"][0] == 7 and b["close"].encoding["chunks"][0] == 300
+    assert a.drop_attrs().identical(b.drop_attrs()) and a.attrs["fingerprint"] == b.attrs["fingerprint"]
