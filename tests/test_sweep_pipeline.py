@@ -1,5 +1,7 @@
-"""`atc run --backtest` and `atc sweep` on an in-process Dask cluster: a sweep combination equals the
-run with those parameters, the store layout, resume after interruption, refusals, bad grids."""
+"""`atc run --backtest` and `atc sweep` on both paths (the ``via`` fixture: in-process threads,
+pipeline/executor.py, and an in-process Dask cluster): a sweep combination equals the run with
+those parameters, both paths write the same store, the store layout, resume after interruption,
+failed tasks, refusals, bad grids."""
 
 from __future__ import annotations
 
@@ -32,6 +34,17 @@ GRID = {"La": [0.02, 0.5], "De": [0.0, 1.0, 3.0], "long_threshold": [0.1, 0.25],
 def cluster():
     with connect(None, workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cl:
         yield cl
+
+
+@pytest.fixture(params=["in-process", "cluster"])
+def via(request, cluster) -> dict:
+    """How run_sweep / run_atc run: keyword arguments for them (``client`` or ``threads``)."""
+    return {"threads": 2} if request.param == "in-process" else {"client": cluster.client}
+
+
+@pytest.fixture(params=["in-process", "cluster"])
+def cli_via(request, cluster) -> list[str]:
+    return ["--in-process", "--workers", "2"] if request.param == "in-process" else ["--scheduler", cluster.address]
 
 
 @pytest.fixture(scope="module")
@@ -77,13 +90,13 @@ def test_store_layout_and_values(swept, close):
     assert (ds["status"].values == st.OK).mean() > 0.9
 
 
-def test_a_sweep_combination_equals_atc_run_backtest(cluster, prices, swept, tmp_path):
+def test_a_sweep_combination_equals_atc_run_backtest(via, prices, swept, tmp_path):
     store, grid, _ = swept
     point = {"La": 0.5, "De": 1.0, "long_threshold": 0.25, "fee_bps": 20.0}
     p, b = grid.params(int(np.ravel_multi_index((1, 1, 1, 1), grid.shape)))
     assert (p.La, p.De, p.long_threshold, b.fee_bps) == tuple(point.values())
     res = tmp_path / "r.zarr"
-    run_atc(prices, res, p, client=cluster.client, backtest=b)
+    run_atc(prices, res, p, **via, backtest=b)
     r = xr.open_zarr(res)
     s = xr.open_zarr(store).sel(**point)
     for name in METRIC_NAMES:
@@ -99,7 +112,7 @@ def test_a_sweep_combination_equals_atc_run_backtest(cluster, prices, swept, tmp
     assert json.loads(r.attrs["backtest"])["fee_bps"] == 20.0
 
 
-def test_resume_after_interruption(cluster, prices, swept, tmp_path):
+def test_resume_after_interruption(via, prices, swept, tmp_path):
     import shutil
 
     store, grid, _ = swept
@@ -112,29 +125,29 @@ def test_resume_after_interruption(cluster, prices, swept, tmp_path):
     g["sharpe"][0, 0, :, :, 8:16] = 99.0  # task 1: block 0, symbol chunk 1
     g["status"][0, 0, :, :, 8:16] = rs.NOT_COMPUTED
     records = []
-    s = run_sweep(prices, copy, grid, client=cluster.client, save_signals=True, on_record=records.append)
+    s = run_sweep(prices, copy, grid, **via, save_signals=True, on_record=records.append)
     assert (s.action, s.computed, s.already_done) == ("resumed", 2, 16)
     assert sorted(r["task"] for r in records) == [1, 7]
     a, b = xr.open_zarr(copy), xr.open_zarr(store)
     for name in ("sharpe", "status", "Average_Signal"):
         assert np.array_equal(a[name].values, b[name].values, equal_nan=True), name
-    again = run_sweep(prices, copy, grid, client=cluster.client, save_signals=True)
+    again = run_sweep(prices, copy, grid, **via, save_signals=True)
     assert (again.action, again.computed) == ("complete", 0)
 
 
-def test_refusals(cluster, prices, swept, tmp_path):
+def test_refusals(via, prices, swept, tmp_path):
     store, grid, _ = swept
     before = (store / "zarr.json").read_text()
     other = make_grid({**GRID, "De": [0.0, 1.0]}, BASE)
     with pytest.raises(SweepError, match="a different grid.*--overwrite"):
-        run_sweep(prices, store, other, client=cluster.client, save_signals=True)
+        run_sweep(prices, store, other, **via, save_signals=True)
     with pytest.raises(SweepError, match="save_signals=True"):
-        run_sweep(prices, store, grid, client=cluster.client)
+        run_sweep(prices, store, grid, **via)
     with pytest.raises(SweepError, match="stored with 8 symbols per chunk, not 4"):
-        run_sweep(prices, store, grid, client=cluster.client, save_signals=True, chunk_symbols=4)
+        run_sweep(prices, store, grid, **via, save_signals=True, chunk_symbols=4)
     assert (store / "zarr.json").read_text() == before
     with pytest.raises(rs.ResultsError, match="not aligned"):
-        run_sweep(prices, tmp_path / "x.zarr", grid, client=cluster.client, chunk_symbols=5)
+        run_sweep(prices, tmp_path / "x.zarr", grid, **via, chunk_symbols=5)
     assert not (tmp_path / "x.zarr").exists()
 
 
@@ -149,12 +162,12 @@ def test_summary_ranks_by_median(swept):
     assert (np.diff(low) >= 0).all()  # lower is better
 
 
-def test_cli_sweep_and_bad_grids(cluster, prices, tmp_path, capsys):
+def test_cli_sweep_and_bad_grids(cli_via, prices, tmp_path, capsys):
     grid = tmp_path / "grid.yaml"
     grid.write_text("De: [0.0, 2.0]\nlong_only: [false, true]\n")
     store = tmp_path / "s.zarr"
     argv = ["sweep", str(prices), str(store), "--grid", str(grid), "--set", "ema_len=12", "--set", "fee_bps=5",
-            "--rank-by", "cagr", "--top", "3", "--scheduler", cluster.address, "--no-progress"]
+            "--rank-by", "cagr", "--top", "3", *cli_via, "--no-progress"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert f"4 combinations (De x long_only) x {N_SYM} symbols, computed" in out
@@ -191,17 +204,55 @@ def test_cli_run_backtest_refusals(prices, tmp_path, capsys):
     assert not res.exists()
 
 
-def test_bad_symbol_gets_status_and_reason_for_every_combination(cluster, prices, tmp_path):
+def test_bad_symbol_gets_status_and_reason_for_every_combination(via, prices, tmp_path):
     import shutil
 
     bad = tmp_path / "bad.zarr"
     shutil.copytree(prices, bad)
     zarr.open_array(str(bad / "close"), mode="r+")[10, 50] = -2.0
     store = tmp_path / "s.zarr"
-    run_sweep(bad, store, make_grid({"De": [0.0, 1.0], "La": [0.02, 0.1]}, BASE), client=cluster.client,
+    run_sweep(bad, store, make_grid({"De": [0.0, 1.0], "La": [0.02, 0.1]}, BASE), **via,
               combos_per_task=2)
     ds = xr.open_zarr(store)
     assert (ds["status"].sel(symbol="SYN0010").values == st.BAD_DATA).all()
     assert np.isnan(ds["sharpe"].sel(symbol="SYN0010").values).all()
     assert ds["reason"].values[10] == "bad data: symbol 'SYN0010' (index 10) has a close <= 0 (-2.0) at bar 50"
     assert (ds["reason"].values[:10] == "").all() and (ds["status"].values[..., :10] == st.OK).all()
+
+
+def test_in_process_sweep_writes_the_same_store(prices, swept, tmp_path):
+    """The in-process path and the cluster (the `swept` store) write identical sweep stores."""
+    store, grid, _ = swept
+    mine = tmp_path / "sweep.zarr"
+    s = run_sweep(prices, mine, grid, threads=2, combos_per_task=6, save_signals=True)
+    assert (s.action, s.computed) == ("created", s.n_tasks)
+    a, b = xr.open_zarr(mine), xr.open_zarr(store)
+    assert set(a.data_vars) == set(b.data_vars)
+    for name in a.data_vars:
+        assert np.array_equal(a[name].values, b[name].values, equal_nan=a[name].dtype.kind == "f"), name
+    assert a.attrs["fingerprint"] == b.attrs["fingerprint"]
+
+
+def test_failed_sweep_task_is_one_line_and_a_rerun_completes(via, prices, tmp_path, monkeypatch, capsys):
+    import pipeline.run as run_mod
+    from pipeline.run import RunError
+
+    real = run_mod.read_close
+
+    def flaky(task):
+        if task.index == 1:
+            raise OSError("disk on fire")
+        return real(task)
+
+    monkeypatch.setattr(run_mod, "read_close", flaky)  # both paths run tasks on threads of this process
+    store = tmp_path / "s.zarr"
+    grid = make_grid({"La": [0.02, 0.1]}, BASE)
+    with pytest.raises(RunError, match=r"1 of 3 sweep tasks failed \(first: task 1: OSError: disk on fire\)"):
+        run_sweep(prices, store, grid, **via)
+    log = tmp_path / "s.zarr.errors.log"
+    assert capsys.readouterr().err.splitlines() == [
+        f"task 1 (symbols 8..15) failed: OSError: disk on fire (details: {log})"]
+    assert "in flaky" in log.read_text()
+    monkeypatch.setattr(run_mod, "read_close", real)
+    s = run_sweep(prices, store, grid, **via)
+    assert (s.action, s.computed, s.already_done) == ("resumed", 1, 2)
