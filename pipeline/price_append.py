@@ -225,13 +225,15 @@ def _link_copy(src: Path, dst: Path, rewritten) -> None:
             shutil.copy2(s, d)
 
 
-def last_valid_index(close, rows: np.ndarray, n_time: int, step: int) -> np.ndarray:
+def last_valid_index(close, rows: np.ndarray, n_time: int, step: int, max_steps: int | None = None) -> np.ndarray:
     """Index of each row's last non-NaN close, reading back ``step`` bars at a time only for the
     rows not yet found (most symbols have a bar in the last chunk); -1 if none."""
     out = np.full(rows.size, -1, np.int64)
     todo = np.arange(rows.size)
     hi = n_time
-    while todo.size and hi > 0:
+    steps = 0
+    while todo.size and hi > 0 and (max_steps is None or steps < max_steps):
+        steps += 1
         lo = max(0, (hi - 1) // step * step)
         want = rows[todo]
         r0, r1 = int(want.min()), int(want.max()) + 1

@@ -548,7 +548,8 @@ def extend_time(path: str | os.PathLike, new_times: Any) -> int:
     return n
 
 
-def read_last_bars(path: str | os.PathLike, variables: Any = ("Average_Signal",)) -> xr.Dataset:
+def read_last_bars(path: str | os.PathLike, variables: Any = ("Average_Signal",), *,
+                   max_chunks_back: int | None = None) -> xr.Dataset:
     """Per symbol, the ``variables`` at its own last bar and that bar's ``time``.
 
     A symbol's last bar is the last time where the first of ``variables`` is not NaN (NaT and NaN
@@ -556,7 +557,8 @@ def read_last_bars(path: str | os.PathLike, variables: Any = ("Average_Signal",)
     and goes back one time chunk at a time only for the symbols not found yet (a delisted or
     stale symbol), reading only the symbol chunks that hold them: the cost is one time chunk per
     variable when every symbol has a recent bar, whatever the history length, and grows with how
-    far back the stalest symbols' last bars lie.
+    far back the stalest symbols' last bars lie. ``max_chunks_back`` bounds that (0: the last
+    time chunk only): a symbol without a bar in the chunks read gets NaT, as if it had none.
     """
     import zarr
 
@@ -575,7 +577,8 @@ def read_last_bars(path: str | os.PathLike, variables: Any = ("Average_Signal",)
     key = g[names[0]]
     n_sym, n_time = key.shape
     rows = np.arange(n_sym)
-    idx = last_valid_index(key, rows, n_time, int(key.chunks[1]))
+    idx = last_valid_index(key, rows, n_time, int(key.chunks[1]), max_steps=None if max_chunks_back is None
+                           else max_chunks_back + 1)
     found = idx >= 0
     times = _time_values(g)
     t_out = np.full(n_sym, np.iinfo(np.int64).min, np.int64)  # NaT

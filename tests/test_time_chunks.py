@@ -228,17 +228,18 @@ def test_extend_time_grows_every_series_with_nan_and_touches_only_the_last_chunk
         rs.write_chunk(path, i, a, b, _fake_outputs(prices, a, b), np.zeros(b - a, np.int8), [""] * (b - a))
     before = _inodes(path)
     t = prices["time"].values
-    new = t[-1] + np.arange(1, 4) * np.timedelta64(1, "h")  # finer than the daily axis
-    assert rs.extend_time(path, new) == N_BARS + 3
+    new = t[-1] + np.arange(1, 301) * np.timedelta64(1, "h")  # finer than the daily axis, past the last chunk
+    assert rs.extend_time(path, new) == N_BARS + 300
     after = _inodes(path)
     early = [k for k in before if k.startswith("Average_Signal/c/") and not k.endswith("/2")]
     assert early and all(after[k] == before[k] for k in early)
     ds = xr.open_zarr(path)  # consolidated metadata is valid: plain xarray sees the new length
-    assert ds.sizes["time"] == N_BARS + 3
+    assert ds.sizes["time"] == N_BARS + 300
     np.testing.assert_array_equal(ds["time"].values, np.concatenate([t, new]))
-    assert np.isnan(ds["Average_Signal"].values[:, -3:]).all()
+    assert np.isnan(ds["Average_Signal"].values[:, N_BARS:]).all()  # rewritten chunk and never-written one
+    assert not any(k.endswith("/3") for k in after if k.startswith("Average_Signal/c/"))
     np.testing.assert_array_equal(ds["EMA_Signal"].values[:, :N_BARS], prices["close"].values)
-    assert rs.read_state(path).n_time == N_BARS + 3
+    assert rs.read_state(path).n_time == N_BARS + 300
     with pytest.raises(rs.ResultsError, match="after the store's last time"):
         rs.extend_time(path, new[:1])
 
@@ -246,7 +247,7 @@ def test_extend_time_grows_every_series_with_nan_and_touches_only_the_last_chunk
 def test_read_last_bars_goes_back_only_as_far_as_each_symbol_needs(tmp_path):
     path, prices = _results(tmp_path)
     close = prices["close"].values.copy()
-    close[1, 1500:] = np.nan  # last bar in the second time chunk
+    close[1, TIME_CHUNK + 100:] = np.nan  # last bar in the second time chunk
     close[2, 200:] = np.nan  # in the first
     close[3, :] = np.nan  # none at all
     for i, (a, b) in enumerate(rs.chunk_bounds(12, 5)):
@@ -264,5 +265,7 @@ def test_read_last_bars_goes_back_only_as_far_as_each_symbol_needs(tmp_path):
         assert got["Average_Signal"].values[s] == close[s, j] * (OUTPUT_NAMES.index("Average_Signal") + 1)
         assert got["EMA_S"].values[s] == close[s, j] * (OUTPUT_NAMES.index("EMA_S") + 1)
     assert list(got["symbol"].values) == list(prices["symbol"].values)
+    recent = rs.read_last_bars(path, "Average_Signal", max_chunks_back=1)  # the last two time chunks only
+    assert recent["time"].values[1] == times[TIME_CHUNK + 99] and np.isnat(recent["time"].values[2])
     with pytest.raises(rs.ResultsError, match="no \\(symbol, time\\) variable 'status'"):
         rs.read_last_bars(path, ["status"])
