@@ -56,18 +56,9 @@ def newest_signals(results: str | os.PathLike, prices: str | os.PathLike | None 
         if pg["close"].shape == avg.shape:  # the same times (an update may be pending otherwise)
             close = pg["close"]
     return signals_table(avg, {f: g[f"{f}_Signal"] for f in FAMILIES}, close,
-                         np.array([str(v) for v in g["symbol"][:]], dtype=object), _times(g),
+                         np.array([str(v) for v in g["symbol"][:]], dtype=object),
+                         rs._time_values(g).astype("datetime64[ns]"),
                          ATCParams(**json.loads(attrs["params"])), int(avg.chunks[1]))
-
-
-def _times(g) -> np.ndarray:
-    """The time coordinate decoded as xarray writes it (CF units on an integer array)."""
-    from xarray.coding.times import decode_cf_datetime
-
-    t = g["time"]
-    units = t.attrs.get("units")
-    raw = np.asarray(t[:])
-    return np.asarray(decode_cf_datetime(raw, units, t.attrs.get("calendar", "standard"))) if units else raw
 
 
 def signals_from_arrays(outputs, close: np.ndarray, symbols, times, params: ATCParams, step: int = 4096):

@@ -82,7 +82,6 @@ def update_results(prices: str | os.PathLike, results: str | os.PathLike) -> Upd
     from kernels.stream import StreamState, build_stream
     from pipeline.store import open_prices
     from pipeline.stream_store import has_stream, history_hashes, read_stream, stream_attrs, write_stream
-    from pipeline.time_axis import extend_time
 
     t_start = time.perf_counter()
     results_path = Path(results)
@@ -172,7 +171,7 @@ def update_results(prices: str | os.PathLike, results: str | os.PathLike) -> Upd
 
             drop_portfolio(results_path, keep_settings=True)
         if len(r_times) < n_new:
-            extend_time(results_path, p_times[len(r_times):])
+            rs.extend_time(results_path, p_times[len(r_times):])
         g = zarr.open_group(str(results_path), mode="r+", zarr_format=3, use_consolidated=False)
         for c, name in enumerate(OUTPUT_NAMES):
             g[name][:, n_old:n_new] = outs[c]
