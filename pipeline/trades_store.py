@@ -46,7 +46,7 @@ from kernels.trades import TRADE_DTYPE, TRADE_STAT_DESCRIPTIONS, trade_records, 
 
 GROUP = "trades"
 #: Rows per Zarr chunk of the trade arrays: the unit a task reserves.
-ROWS_PER_CHUNK = 1024
+ROWS_PER_CHUNK = 4096
 #: Trade statistics stored as root variables on `symbol` (n_trades and win_rate are backtest metrics).
 STORED_STATS: tuple[str, ...] = ("profit_factor", "expectancy", "avg_bars_held", "best_trade", "worst_trade")
 #: Value of every field in a padding row.
@@ -87,6 +87,10 @@ def create_trades(path: str | os.PathLike, n_symbols: int, chunk_symbols: int) -
                          for n in missing})
         append_variables(path, ds, compute=False, encoding={n: {"chunks": (k,)} for n in missing})
         root = zarr.open_group(str(path), mode="r+", zarr_format=3, use_consolidated=False)
+    if (path / GROUP).is_dir():  # zarr's own overwrite deletes chunk by chunk: ~20x slower for 1M trades
+        import shutil
+
+        shutil.rmtree(path / GROUP)
     g = root.create_group(GROUP, overwrite=True)
     for name in TRADE_DTYPE.names:
         g.create_array(name, shape=(0,), dtype=TRADE_DTYPE[name], chunks=(ROWS_PER_CHUNK,),
