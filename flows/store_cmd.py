@@ -12,7 +12,8 @@ from pipeline.tables import CLOSE_SPELLINGS, EPOCH_UNITS, TIME_SPELLINGS
 
 _STORE = typer.Argument(help="Price store to create (a directory, e.g. data/prices.zarr).", show_default=False)
 _CHUNK = typer.Option(
-    "--chunk-symbols", help="Symbols per chunk (default: about 8 MiB of raw values per chunk)."
+    "--chunk-symbols", help="Symbols per chunk (default: about 8 MiB of raw values per symbol history, "
+    "16..512); time is chunked in 512 bars so appends and newest-bar reads stay small."
 )
 _OVERWRITE = typer.Option("--overwrite", help="Replace an existing price store.")
 

@@ -1,8 +1,11 @@
 """Creating, opening and describing price stores on disk (format: ``pipeline/store.py``,
 ``data/README.md``), and their content fingerprint.
 
-A store is always written whole into a temporary sibling and renamed into place
-(:mod:`pipeline.atomic`), so readers never see a half-written store.
+A store is always built in a temporary sibling and renamed into place (:mod:`pipeline.atomic`),
+so readers never see a half-written store: written whole on create, or with the unchanged chunks
+hard-linked on append (:mod:`pipeline.price_append`). :func:`write_prices_chunked` streams one
+symbol chunk at a time (``atc synth``, ``atc ingest`` of many files), so memory does not grow
+with the number of symbols.
 """
 
 from __future__ import annotations
