@@ -57,9 +57,14 @@ def _interrupt_after(args: list[str], store: Path, record: str, n_done: int = 2,
     return p.returncode, out, err
 
 
-def test_run_interrupted_exits_130_with_one_line_and_resumes(prices, tmp_path, capsys):
+#: Both paths: threads of the client (the default for this size) and a local cluster of processes.
+PATHS = pytest.mark.parametrize("path", ["--in-process", "--cluster"])
+
+
+@PATHS
+def test_run_interrupted_exits_130_with_one_line_and_resumes(prices, tmp_path, capsys, path):
     res = tmp_path / "r.zarr"
-    args = ["run", str(prices), str(res), "--no-progress", "--workers", "2"]
+    args = ["run", str(prices), str(res), "--no-progress", "--workers", "2", path]
     rc, out, err = _interrupt_after(args, res, "chunk_done")
     assert rc == 130, (out, err)
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
@@ -78,12 +83,13 @@ def test_run_interrupted_exits_130_with_one_line_and_resumes(prices, tmp_path, c
     assert (xr.open_zarr(res)["status"].values == 0).all()
 
 
-def test_sweep_interrupted_exits_130_with_one_line_and_resumes(prices, tmp_path, capsys):
+@PATHS
+def test_sweep_interrupted_exits_130_with_one_line_and_resumes(prices, tmp_path, capsys, path):
     grid = tmp_path / "grid.yaml"
     grid.write_text("La: [0.01, 0.02]\nDe: [0.03, 0.1]\n")
     sw = tmp_path / "s.zarr"
     args = ["sweep", str(prices), str(sw), "--grid", str(grid), "--no-progress", "--workers", "2",
-            "--combos-per-task", "4"]
+            "--combos-per-task", "4", path]
     rc, out, err = _interrupt_after(args, sw, "task_done")
     assert rc == 130, (out, err)
     assert "Traceback" not in err, err
