@@ -430,30 +430,11 @@ def _demo_prices(path: Path, symbols: int, bars: int) -> str:
 
 
 def _signal_table(prices: Path, results: Path, top: int) -> str:
-    import numpy as np
-    import xarray as xr
+    """The newest signals as `atc scan` prints them (one implementation: pipeline/scan.py)."""
+    from flows.update_cmd import format_tables
+    from pipeline.scan import newest_signals, rank
 
-    from pipeline.store import open_prices
-
-    res = xr.open_zarr(results)
-    last = res["Average_Signal"].isel(time=-1).values
-    syms = res["symbol"].values
-    when = str(res["time"].values[-1])[:10]
-    px = open_prices(prices)
-    close = px["close"].isel(time=-1).values
-    px.close()
-    valid = np.flatnonzero(~np.isnan(last))
-    names = np.array([str(s) for s in syms], dtype=object)
-    longs = valid[np.lexsort((names[valid], -last[valid]))][:top]  # ties by symbol name
-    shorts = valid[np.lexsort((names[valid], last[valid]))][:top]
-    n_max, n_min = int(np.sum(last[valid] >= 1.0)), int(np.sum(last[valid] <= -1.0))
-    lines = [f"Strongest signals on the last bar ({when}; {valid.size} symbols still trading, {n_max} at +1 "
-             f"(every family long), {n_min} at -1):",
-             f"  {'long':<10} {'Average_Signal':>14} {'close':>10}     {'short':<10} {'Average_Signal':>14} {'close':>10}"]
-    for k in range(max(len(longs), len(shorts))):
-        left = (f"  {str(syms[longs[k]]):<10} {last[longs[k]]:>14.4f} {close[longs[k]]:>10.2f}" if k < len(longs)
-                else " " * 38)
-        right = (f"     {str(syms[shorts[k]]):<10} {last[shorts[k]]:>14.4f} {close[shorts[k]]:>10.2f}"
-                 if k < len(shorts) else "")
-        lines.append(left + right)
-    return "\n".join(lines)
+    df = newest_signals(results, prices)
+    long, short = rank(df, top)
+    return (f"Strongest signals at each symbol's last bar (what `atc scan {results}` prints):\n"
+            + format_tables(long, short, "table", n_symbols=len(df)))

@@ -134,8 +134,11 @@ def signals_table(avg, families: dict, close, symbols: np.ndarray, times: np.nda
 
 
 def rank(df, top: int, min_signal: float = 0.0):
-    """(long, short) tables: strongest first, at most `top` rows each, |signal| >= `min_signal`."""
+    """(long, short) tables: strongest first, at most `top` rows each, |signal| >= `min_signal`.
+    Stale symbols (no bar at the store's last time, e.g. delisted) come after the current ones."""
     strong = df[df["signal"].abs() >= min_signal]
-    long = strong[strong["signal"] > 0].sort_values(["signal", "symbol"], ascending=[False, True]).head(top)
-    short = strong[strong["signal"] < 0].sort_values(["signal", "symbol"], ascending=[True, True]).head(top)
+    long = strong[strong["signal"] > 0].sort_values(["stale", "signal", "symbol"],
+                                                    ascending=[True, False, True]).head(top)
+    short = strong[strong["signal"] < 0].sort_values(["stale", "signal", "symbol"],
+                                                     ascending=[True, True, True]).head(top)
     return long.reset_index(drop=True), short.reset_index(drop=True)

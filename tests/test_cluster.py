@@ -305,10 +305,12 @@ def test_worker_killed_mid_run_still_completes(ext, prices, clean, tmp_path):
 
 
 def test_demo_end_to_end(tmp_path):
-    """`atc demo` as a user runs it (console script, local cluster of worker processes)."""
+    """`atc demo` as a user runs it (console script), on a local cluster of worker processes
+    (``--cluster``; without it this size runs in-process: tests/test_startup.py)."""
     d = tmp_path / "demo"
     atc = str(Path(sys.executable).with_name("atc"))
-    proc = subprocess.run([atc, "demo", "--dir", str(d), "--workers", "1", "--no-progress"], capture_output=True,
+    proc = subprocess.run([atc, "demo", "--dir", str(d), "--workers", "1", "--no-progress", "--cluster"],
+                          capture_output=True,
                           text=True, env=_env(), timeout=300)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
@@ -316,12 +318,15 @@ def test_demo_end_to_end(tmp_path):
     assert "local cluster tcp://127.0.0.1:" in out
     assert re.search(r"dashboard: http://127\.0\.0\.1:\d+/status", out)
     assert f"results: {d / 'results.zarr'}  (12 chunks, 12 computed now" in out
-    assert "Strongest signals on the last bar" in out
+    assert "Strongest signals at each symbol's last bar" in out  # the atc scan table
     assert f"xr.open_zarr({str(d / 'results.zarr')!r})" in out
-    table = out[out.index("Strongest"):].splitlines()[2:7]
-    assert len(table) == 5 and all(re.match(r"\s+SYN\d{4}\s+1\.0000?|\s+SYN\d{4}\s+[-0-9.]+", r) for r in table)
+    block = out[out.index("LONG ("):].splitlines()
+    assert block[1].split()[:3] == ["symbol", "signal", "trend"]
+    table = block[2:7]
+    assert len(table) == 5 and all(re.match(r"\s*SYN\d{4}\s+[-0-9.]+", r) for r in table)
     res = xr.open_zarr(d / "results.zarr")
     assert (res["status"].values == 0).all() and (res["chunk_done"].values == 1).all()
     longs = [float(r.split()[1]) for r in table]
-    last = res["Average_Signal"].isel(time=-1).values
-    assert longs[0] == np.nanmax(last)
+    assert longs == sorted(longs, reverse=True)
+    last = res["Average_Signal"].to_pandas().T.ffill().iloc[-1].to_numpy()  # each symbol's own last bar
+    assert abs(longs[0] - np.nanmax(last)) < 1e-3

@@ -150,8 +150,11 @@ def test_scan_table_matches_the_store(cluster, tmp_path):
         i = list(full["symbol"].values).index(row["symbol"])
         assert row["close"] == closes[i][~np.isnan(closes[i])][-1]
     long, short = rank(got, top=3, min_signal=0.0)
-    assert len(long) <= 3 and (long["signal"] > 0).all() and long["signal"].is_monotonic_decreasing
-    assert (short["signal"] < 0).all() and short["signal"].is_monotonic_increasing
+    assert len(long) <= 3 and (long["signal"] > 0).all() and (short["signal"] < 0).all()
+    for table, ascending in ((long, False), (short, True)):  # current symbols first, strongest first
+        assert table["stale"].is_monotonic_increasing
+        for _, part in table.groupby("stale"):
+            assert list(part["signal"]) == sorted(part["signal"], reverse=not ascending)
     assert got.loc[got["symbol"] == str(full["symbol"].values[7]), "stale"].item()
 
 
