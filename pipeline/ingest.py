@@ -41,9 +41,13 @@ DATA_SUFFIXES: dict[str, str] = {
 }
 #: Show a progress bar from this many files on (and only on a terminal).
 PROGRESS_MIN_FILES = 20
-#: From this many files on, a new store is written in batches of symbols (two passes over the
-#: files, see :func:`_ingest_batched`): memory then holds one symbol chunk, not the whole panel.
+#: From this many files on, a new store is written in batches of symbols (see
+#: :func:`_ingest_batched`): memory then holds one symbol chunk, not the whole panel.
 BATCH_MIN_FILES = 64
+#: Raw bytes of the panel (symbols x union times x variables x 8) up to which the batched ingest
+#: keeps the frames it read instead of reading the files a second time (measured on 2000 files x
+#: 5000 bars: 32 s in one pass, about twice that in two).
+INGEST_MEMORY_BUDGET = 512 * 2**20
 
 
 def _suffix(path: Path) -> str | None:
@@ -227,10 +231,12 @@ def _ingest_batched(files: list[Path], store: Path, *, overwrite: bool, chunk_sy
     :func:`read_sources` (same symbols, union calendar, values, fill and errors), built in two passes.
 
     Pass 1 reads and checks every file in name order (so the first error is the one the one-pass
-    path reports) and keeps only which file holds each symbol, the union of all times and the
-    variables present. Pass 2 reads the files again one symbol chunk at a time, in symbol order,
-    and streams the rows to :func:`write_prices_chunked`; a file holding symbols of several chunks
-    (long format) stays cached until its last chunk is written.
+    path reports) and keeps which file holds each symbol, the union of all times and the
+    variables present, and the frames themselves while the panel stays under
+    ``INGEST_MEMORY_BUDGET``. Then, one symbol chunk at a time in symbol order, the rows are built
+    from the kept frames or, past the budget, from the files read again, and streamed to
+    :func:`write_prices_chunked`; a file holding symbols of several chunks (long format) stays
+    cached until its last chunk is written.
     """
     from pipeline.panel import panel_union
     from pipeline.price_format import PRICE_VARS
@@ -241,6 +247,7 @@ def _ingest_batched(files: list[Path], store: Path, *, overwrite: bool, chunk_sy
     dropped: dict[str, int] = {}
     times = np.empty(0, np.int64)
     present: set[str] = set()
+    kept: dict[Path, dict] | None = {}
     bar = _bar(len(files), progress, "checking")
     try:
         for path in files:
@@ -255,6 +262,10 @@ def _ingest_batched(files: list[Path], store: Path, *, overwrite: bool, chunk_sy
                 present.update(frame.columns)
             if got.frames:
                 times = np.union1d(times, np.concatenate([f.index.asi8 for f in got.frames.values()]))
+            if kept is not None:
+                kept[path] = got.frames
+                if len(origin) * times.size * max(1, len(present)) * 8 > INGEST_MEMORY_BUDGET:
+                    kept = None  # read them again, one chunk at a time
             if bar is not None:
                 bar.update(1)
     finally:
@@ -274,14 +285,14 @@ def _ingest_batched(files: list[Path], store: Path, *, overwrite: bool, chunk_sy
 
     def rows():
         cache: dict[Path, dict] = {}
-        bar2 = _bar(len(files), progress, "writing")
+        bar2 = _bar(len(files), progress, "writing") if kept is None else None
         try:
             for b, syms in enumerate(batches):
                 frames = {}
                 for sym in syms:
                     path = origin[sym]
                     if path not in cache:
-                        cache[path] = _load(path, dayfirst, empty_close).frames
+                        cache[path] = kept.pop(path) if kept is not None else _load(path, dayfirst, empty_close).frames
                         if bar2 is not None:
                             bar2.update(1)
                     frames[sym] = cache[path][sym]

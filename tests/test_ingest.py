@@ -461,10 +461,11 @@ def _many_files(src: Path, n: int = 70) -> None:
                   "close": [1.0, 2.0, 3.0, 4.0]}).to_csv(src / "long.csv", index=False)
 
 
-@pytest.mark.parametrize("fill", ["none", "ffill"])
-def test_batched_ingest_writes_exactly_what_the_one_pass_ingest_writes(tmp_path, monkeypatch, fill):
+@pytest.mark.parametrize("fill, budget", [("none", 0), ("ffill", 0), ("none", 2**30)])
+def test_batched_ingest_writes_exactly_what_the_one_pass_ingest_writes(tmp_path, monkeypatch, fill, budget):
     import pipeline.ingest as ing
 
+    monkeypatch.setattr(ing, "INGEST_MEMORY_BUDGET", budget)  # 0: every file is read a second time
     src = tmp_path / "src"
     _many_files(src)
     assert len(os.listdir(src)) >= ing.BATCH_MIN_FILES
