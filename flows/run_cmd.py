@@ -153,6 +153,11 @@ def run(
         bool, typer.Option("--backtest", help="Also backtest Average_Signal: position, strategy_return, equity and "
                            "per-symbol metrics (settings fee_bps, long_only via --set or --config).")
     ] = False,
+    outputs: Annotated[
+        str, typer.Option("--outputs", help="Outputs to store: all (the 13), signals (the six Layer-1 family signals "
+                          "and Average_Signal: what atc scan reads) or average (Average_Signal only). Bytes per "
+                          "symbol-bar of each: docs/PIPELINE.md.")
+    ] = "all",
     periods_per_year: Annotated[
         Optional[float], typer.Option("--periods-per-year", help="Bars per year for annualised backtest metrics "
                                       "(default: inferred from the time axis).")
@@ -191,14 +196,14 @@ def run(
         params = load_params(config, set_)
     # refusals (missing prices, other parameters, a store in use, bad options) before a cluster starts
     n_sym, n_time, complete = preflight(prices, results, params, chunk_symbols=chunk_symbols, overwrite=overwrite,
-                                        dtype=dtype, backend=backend, backtest=bt)
+                                        dtype=dtype, backend=backend, backtest=bt, outputs=outputs)
     if gpu_chunk_symbols is not None and gpu_chunk_symbols < 1:
         raise ATCUserError(f"--gpu-chunk-symbols must be >= 1, got {gpu_chunk_symbols}")
     local = choose_in_process(n_sym * n_time, complete, in_process, scheduler, workers=workers,
                               threads_per_worker=threads_per_worker, report=report, backend=backend)
     kw = dict(chunk_symbols=chunk_symbols, overwrite=overwrite, dtype=dtype, backend=backend, progress=progress,
               backtest=bt, gpu_chunk_symbols=gpu_chunk_symbols, on_notice=lambda m: typer.echo(f"notice: {m}"),
-              verbose=verbose, portfolio=pf)
+              verbose=verbose, portfolio=pf, outputs=outputs)
     try:
         if local:
             if not complete:

@@ -256,7 +256,8 @@ def read_symbol(results: str | Path, symbol: str, start: Any = None, end: Any = 
         close[ok] = row[pos[ok]]
     own = np.isfinite(close)
     names = list(OUTPUT_NAMES) + [v for v in BACKTEST_SERIES if v in ds]
-    series = {n: np.asarray(ds[n][i, lo:hi].values, dtype=np.float64)[own] for n in names}
+    series = {n: np.asarray(ds[n][i, lo:hi].values, dtype=np.float64)[own] if n in ds
+              else np.full(int(own.sum()), np.nan) for n in names}  # NaN: not stored (atc run --outputs)
     names_st = status_names(ds.attrs)
     status = names_st.get(int(ds["status"][i].values), "?")
     reason = str(ds["reason"][i].values) if "reason" in ds else ""

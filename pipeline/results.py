@@ -82,6 +82,18 @@ FORMAT_VERSION = 1
 NOT_COMPUTED = -1
 STATUS_FLAGS: dict[int, str] = {NOT_COMPUTED: "not computed", **STATUS_NAMES}
 DTYPES = ("float64", "float32")
+#: `atc run --outputs`: which outputs a results store keeps. "signals" = the six Layer-1 family
+#: signals and the average (what `atc scan` reads); "average" = Average_Signal alone.
+OUTPUT_CHOICES: dict[str, tuple[str, ...]] = {
+    "all": OUTPUT_NAMES,
+    "signals": tuple(n for n in OUTPUT_NAMES if n.endswith("_Signal")),
+    "average": ("Average_Signal",),
+}
+
+
+def stored_outputs(attrs: Mapping[str, Any]) -> tuple[str, ...]:
+    """The outputs a results store holds (stores written before `--outputs` hold all 13)."""
+    return OUTPUT_CHOICES[attrs.get("outputs", "all")]
 
 _DESCRIPTIONS = {
     **{f"{f}_Signal": f"Layer-1 signal of the {f} family (9 lines), rounded to 2 decimals" for f in FAMILIES},
@@ -165,6 +177,7 @@ class RunIdentity:
     dtype: str = "float64"
     code: str = ""
     backtest: str = ""  # canonical JSON of the backtest settings (`atc run --backtest`), "" for none
+    outputs: str = "all"  # which of the 13 outputs are stored (OUTPUT_CHOICES)
 
     def params_json(self) -> str:
         return json.dumps(self.params.to_dict(), sort_keys=True)
@@ -181,6 +194,8 @@ class RunIdentity:
         }
         if self.backtest:  # absent otherwise, so stores without a backtest keep their fingerprint
             what["backtest"] = json.loads(self.backtest)
+        if self.outputs != "all":  # likewise
+            what["outputs"] = self.outputs
         blob = json.dumps(what, sort_keys=True)
         return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
 
@@ -205,6 +220,8 @@ class RunIdentity:
             out.append(f"backtest settings {attrs.get('backtest') or 'none'} (now {self.backtest or 'none'})")
         if attrs.get("code_version") != self.code:
             out.append(f"code version {attrs.get('code_version')!r} (now {self.code!r})")
+        if attrs.get("outputs", "all") != self.outputs:
+            out.append(f"outputs {attrs.get('outputs', 'all')} (now {self.outputs})")
         if not out and attrs.get("fingerprint") != self.fingerprint():
             out.append("a different results fingerprint")
         return out
@@ -336,7 +353,7 @@ def create_results(
     encoding: dict[str, dict[str, Any]] = {}
     tk = TIME_CHUNK  # every task writes (its symbol chunk, all time): whole chunks, never shared
     lazy_chunks = (k, max(1, min(n_time, tk)))
-    for name in OUTPUT_NAMES:
+    for name in OUTPUT_CHOICES[identity.outputs]:
         lazy = da.zeros((n_sym, n_time), dtype=ft, chunks=lazy_chunks)
         data_vars[name] = (("symbol", "time"), lazy, {"description": _DESCRIPTIONS[name]})
         encoding[name] = {"compressors": [results_codec(name)], "chunks": (k, tk)}
@@ -383,6 +400,7 @@ def create_results(
         "versions": json.dumps(versions(), sort_keys=True),
         "created": utc_now(),
         "status_codes": json.dumps({str(c): STATUS_FLAGS[c] for c in flags}),
+        "outputs": identity.outputs,
     }
     if identity.backtest:
         attrs["backtest"] = identity.backtest
@@ -440,7 +458,7 @@ def read_state(path: str | os.PathLike) -> ResultsState:
         if attrs.get("atc_format_version") != FORMAT_VERSION:
             raise ResultsError(f"{path}: results format version {attrs.get('atc_format_version')!r}, "
                                f"this code writes {FORMAT_VERSION}; use --overwrite")
-        close_like = g[OUTPUT_NAMES[0]]
+        close_like = g["Average_Signal"]  # stored whatever `--outputs` chose
         done = np.asarray(g["chunk_done"][:]) == 1
         n_sym, n_time = close_like.shape
         k = int(close_like.chunks[0])
@@ -471,7 +489,7 @@ def write_chunk(path: str | os.PathLike, index: int, start: int, stop: int, outp
     import zarr
 
     region = {"symbol": slice(start, stop)}
-    data = {name: (("symbol", "time"), outputs[name]) for name in OUTPUT_NAMES}
+    data = {name: (("symbol", "time"), values) for name, values in outputs.items()}
     data["status"] = (("symbol",), np.asarray(status, dtype=np.int8))
     data["reason"] = (("symbol",), np.array(reasons, dtype=object))
     data.update(extra or {})
@@ -577,14 +595,16 @@ def read_last_bars(path: str | os.PathLike, variables: Any = ("Average_Signal",)
     key = g[names[0]]
     n_sym, n_time = key.shape
     rows = np.arange(n_sym)
+    first = np.full(n_sym, np.nan, dtype=key.dtype if key.dtype.kind == "f" else np.float64)
     idx = last_valid_index(key, rows, n_time, int(key.chunks[1]), max_steps=None if max_chunks_back is None
-                           else max_chunks_back + 1)
+                           else max_chunks_back + 1, values=first)
     found = idx >= 0
     times = _time_values(g)
     t_out = np.full(n_sym, np.iinfo(np.int64).min, np.int64)  # NaT
     t_out[found] = times[idx[found]]
     data = {}
-    for v in names:
+    data[names[0]] = (("symbol",), first)
+    for v in names[1:]:
         out = np.full(n_sym, np.nan, dtype=g[v].dtype if g[v].dtype.kind == "f" else np.float64)
         if found.any():
             out[found] = np.asarray(g[v].get_coordinate_selection((rows[found], idx[found])))

@@ -246,7 +246,8 @@ def run_chunk(task: ChunkTask) -> dict[str, Any]:
             write_stream_region(task.results, a, b, {n: v[sl] for n, v in state_arrays.items()})
         if trades is not None:  # before write_chunk marks the chunk done (pipeline/trades_store.py)
             write_trades_part(task.results, index, sl.start, sl.stop, task.start, trades)
-        rs.write_chunk(task.results, index, a, b, {n: res[n][sl] for n in OUTPUT_NAMES}, status[sl], reasons[sl],
+        names = rs.OUTPUT_CHOICES[task.options.get("outputs", "all")]
+        rs.write_chunk(task.results, index, a, b, {n: res[n][sl] for n in names}, status[sl], reasons[sl],
                        {n: (dims, v[sl]) for n, (dims, v) in extra.items()} if extra else None)
     t3 = time.perf_counter()
     codes, counts = np.unique(status, return_counts=True)
@@ -516,6 +517,12 @@ def _gpu_group(gpu_chunk_symbols: int, chunk_symbols: int) -> int:
     return g // chunk_symbols
 
 
+def _outputs(outputs: str) -> str:
+    if outputs not in rs.OUTPUT_CHOICES:
+        raise rs.ResultsError(f"--outputs must be one of {', '.join(rs.OUTPUT_CHOICES)}, got {outputs!r}")
+    return outputs
+
+
 def _backtest_json(settings: Mapping[str, Any] | None) -> str:
     import json
 
@@ -532,6 +539,7 @@ def preflight(
     dtype: str = "float64",
     backend: str = "cpu",
     backtest: Any = None,
+    outputs: str = "all",
 ) -> tuple[int, int, bool]:
     """Every check :func:`run_atc` makes before computing, without writing anything: lets the CLI
     refuse (other parameters, changed prices, a store in use, bad options) before it starts a
@@ -544,7 +552,7 @@ def preflight(
     ds = open_prices(prices_path)
     try:
         identity = rs.RunIdentity(params, str(ds.attrs.get("fingerprint")), dtype, rs.code_version(),
-                                  _backtest_json(backtest_settings(backtest, ds)))
+                                  _backtest_json(backtest_settings(backtest, ds)), _outputs(outputs))
         shape = (ds.sizes["symbol"], ds.sizes["time"])
         state = _existing_state(results, results_path, identity, shape, chunk_symbols, overwrite)
         if state is None and chunk_symbols is not None:
@@ -576,6 +584,7 @@ def run_atc(
     on_notice: Callable[[str], None] | None = None,
     verbose: bool = False,
     portfolio: Mapping[str, Any] | None = None,
+    outputs: str = "all",
 ) -> RunSummary:
     """Compute ATC for every symbol of the price store ``prices`` into the results store ``results``
     on the cluster of ``client``, or, with ``client`` None, on ``threads`` threads of this process
@@ -610,7 +619,8 @@ def run_atc(
             price_k = _price_chunk(ds)
             n_sym, n_time = ds.sizes["symbol"], ds.sizes["time"]
             bt_settings = backtest_settings(backtest, ds)
-            identity = rs.RunIdentity(params, price_fp, dtype, rs.code_version(), _backtest_json(bt_settings))
+            identity = rs.RunIdentity(params, price_fp, dtype, rs.code_version(), _backtest_json(bt_settings),
+                                      _outputs(outputs))
             existed = results_path.exists() or results_path.is_symlink()
             state = _existing_state(results, results_path, identity, (n_sym, n_time), chunk_symbols, overwrite)
             if state is not None:
@@ -649,6 +659,7 @@ def run_atc(
         # should not compile a second variant)
         parallel = client is not None and kernel_parallel(workers)
         task_options = dict(options or {})
+        task_options["outputs"] = identity.outputs
         if bt_settings is not None:
             task_options["backtest"] = bt_settings
         routes, _ = plan_routes(backend, workers, n_todo=len(todo), chunk_symbols=k, n_time=n_time,

@@ -55,7 +55,7 @@ def newest_signals(results: str | os.PathLike, prices: str | os.PathLike | None 
         pg = zarr.open_group(str(prices), mode="r", zarr_format=3, use_consolidated=False)
         if pg["close"].shape == avg.shape:  # the same times (an update may be pending otherwise)
             close = pg["close"]
-    return signals_table(avg, {f: g[f"{f}_Signal"] for f in FAMILIES}, close,
+    return signals_table(avg, {f: g[f"{f}_Signal"] for f in FAMILIES if f"{f}_Signal" in g}, close,
                          np.array([str(v) for v in g["symbol"][:]], dtype=object),
                          rs._time_values(g).astype("datetime64[ns]"),
                          ATCParams(**json.loads(attrs["params"])), int(avg.chunks[1]))
@@ -118,8 +118,8 @@ def signals_table(avg, families: dict, close, symbols: np.ndarray, times: np.nda
         hi = lo
     idx = np.flatnonzero(last >= 0)
     at = (idx, last[idx])
-    fam = np.stack([np.asarray(families[f].vindex[at], np.float64) for f in FAMILIES]) if idx.size \
-        else np.zeros((6, 0))
+    fam = np.stack([np.asarray(families[f].vindex[at], np.float64) if f in families else np.full(idx.size, np.nan)
+                    for f in FAMILIES]) if idx.size else np.zeros((6, 0))  # NaN: not stored (--outputs average)
     return pd.DataFrame({
         "symbol": symbols[idx],
         "signal": np.asarray(avg.vindex[at], np.float64) if idx.size else np.zeros(0),

@@ -151,6 +151,7 @@ def update_results(prices: str | os.PathLike, results: str | os.PathLike) -> Upd
 
         # every symbol advances over the new times (recomputed ones are overwritten below)
         k = n_new - n_old
+        names = rs.stored_outputs(attrs)  # `atc run --outputs` may have kept fewer than the 13
         outs = np.empty((len(OUTPUT_NAMES), len(r_symbols), k), dtype)
         for j in range(k):
             o = state.advance(close[:, n_old + j])
@@ -174,6 +175,8 @@ def update_results(prices: str | os.PathLike, results: str | os.PathLike) -> Upd
             rs.extend_time(results_path, p_times[len(r_times):])
         g = zarr.open_group(str(results_path), mode="r+", zarr_format=3, use_consolidated=False)
         for c, name in enumerate(OUTPUT_NAMES):
+            if name not in names:
+                continue
             g[name][:, n_old:n_new] = outs[c]
             if rows is not None:
                 g[name].oindex[idx, :n_old] = rows[name][:, :n_old]
@@ -189,7 +192,8 @@ def update_results(prices: str | os.PathLike, results: str | os.PathLike) -> Upd
         write_stream_or_create = write_stream if have_stream else _create_and_write
         write_stream_or_create(results_path, state, np.ones(len(r_symbols), bool), hashes,
                                stream_attrs(params, dtype.name, n_new, p_fp))
-        identity = rs.RunIdentity(params, p_fp, dtype.name, rs.code_version(), attrs.get("backtest") or "")
+        identity = rs.RunIdentity(params, p_fp, dtype.name, rs.code_version(), attrs.get("backtest") or "",
+                                  attrs.get("outputs", "all"))
         if attrs.get("backtest"):  # trades and portfolio from the grown store, before the attributes say it is done
             from pipeline.portfolio_store import refresh_after_update
 

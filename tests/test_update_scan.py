@@ -172,3 +172,28 @@ def test_scan_cli_formats_and_prices_input(cluster, tmp_path, capsys):
     assert main(["scan", str(tmp_path / "r.zarr"), "--format", "table"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("LONG (") and "SHORT (" in out
+
+
+@pytest.mark.parametrize("choice", ["signals", "average"])
+def test_fewer_outputs_stored_updated_and_scanned(cluster, tmp_path, choice):
+    """`atc run --outputs`: only the chosen variables are stored, equal to the full store's; an
+    update keeps them equal to a full run; scan works (families NaN-counted when not stored)."""
+    from pipeline.results import OUTPUT_CHOICES
+
+    full = universe()
+    write(full.isel(time=slice(0, N_OLD)), tmp_path / "p.zarr")
+    run_atc(tmp_path / "p.zarr", tmp_path / "r.zarr", PARAMS, client=cluster.client, chunk_symbols=8,
+            progress=False, outputs=choice)
+    write(full, tmp_path / "p.zarr", overwrite=True)
+    update_results(tmp_path / "p.zarr", tmp_path / "r.zarr")
+    run(cluster, tmp_path / "p.zarr", tmp_path / "all.zarr")
+    small, big = xr.open_zarr(tmp_path / "r.zarr"), xr.open_zarr(tmp_path / "all.zarr")
+    stored = [n for n in big.data_vars if n in small.data_vars and "time" in big[n].dims]
+    assert sorted(stored) == sorted(OUTPUT_CHOICES[choice])
+    for name in stored:
+        np.testing.assert_array_equal(small[name].values, big[name].values)
+    assert small.attrs["outputs"] == choice and small.attrs["fingerprint"] != big.attrs["fingerprint"]
+    table = newest_signals(tmp_path / "r.zarr")
+    np.testing.assert_array_equal(table["signal"], newest_signals(tmp_path / "all.zarr")["signal"])
+    with pytest.raises(Exception, match="outputs"):
+        run(cluster, tmp_path / "p.zarr", tmp_path / "r.zarr")  # all 13 asked of a store holding fewer
