@@ -225,9 +225,11 @@ def _link_copy(src: Path, dst: Path, rewritten) -> None:
             shutil.copy2(s, d)
 
 
-def last_valid_index(close, rows: np.ndarray, n_time: int, step: int, max_steps: int | None = None) -> np.ndarray:
+def last_valid_index(close, rows: np.ndarray, n_time: int, step: int, max_steps: int | None = None,
+                     values: np.ndarray | None = None) -> np.ndarray:
     """Index of each row's last non-NaN close, reading back ``step`` bars at a time only for the
-    rows not yet found (most symbols have a bar in the last chunk); -1 if none."""
+    rows not yet found (most symbols have a bar in the last chunk); -1 if none. ``values``, if
+    given, receives the value found there (so a caller need not read it again)."""
     out = np.full(rows.size, -1, np.int64)
     todo = np.arange(rows.size)
     hi = n_time
@@ -243,7 +245,10 @@ def last_valid_index(close, rows: np.ndarray, n_time: int, step: int, max_steps:
             block = np.asarray(close.get_orthogonal_selection((want, slice(lo, hi))))
         valid = ~np.isnan(block)
         has = valid.any(axis=1)
-        out[todo[has]] = lo + block.shape[1] - 1 - valid[has][:, ::-1].argmax(axis=1)
+        j = block.shape[1] - 1 - valid[has][:, ::-1].argmax(axis=1)
+        out[todo[has]] = lo + j
+        if values is not None:
+            values[todo[has]] = block[np.flatnonzero(has), j]
         todo = todo[~has]
         hi = lo
     return out
