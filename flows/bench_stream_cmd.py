@@ -8,6 +8,7 @@ daily update continues from), and advancing every symbol by one new bar, repeate
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -22,6 +23,14 @@ def bench_stream(
     updates: Annotated[int, typer.Option("--updates", help="New bars to advance by, one at a time.")] = 50,
     dtype: Annotated[str, typer.Option("--dtype", help="float64 or float32.")] = "float64",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the figures to this JSON file.")] = None,
+    store: Annotated[Optional[str], typer.Option(
+        "--store", help="Also time the daily routine end to end as fresh processes on a synthetic store of "
+        "SYMBOLSxBARS (e.g. 2000x5000): atc run, one appended bar (atc ingest --append's code), atc update, "
+        "atc scan.")] = None,
+    scan_only: Annotated[Optional[str], typer.Option(
+        "--scan-store", help="Also time atc scan alone on a results store of SYMBOLSxBARS (e.g. 20000x5000; "
+        "computed once with --outputs signals, kept in --dir).")] = None,
+    dir_: Annotated[Optional[Path], typer.Option("--dir", help="Where the stores go (default: a temporary dir).")] = None,
 ) -> None:
     """Build a stream state from a synthetic history, then advance every symbol one bar at a time."""
     from kernels import compute_atc
@@ -55,8 +64,75 @@ def bench_stream(
     best = float(np.min(times))
     typer.echo(f"  one update of every symbol         {per * 1e3:8.2f} ms median, {best * 1e3:.2f} ms best "
                f"({symbols / per / 1e6:.2f} M symbol-updates/s)")
+    out = {"symbols": symbols, "bars": bars, "updates": updates, "dtype": ft.name,
+           "batch_s": batch, "build_s": build, "update_median_s": per, "update_best_s": best}
+    if store or scan_only:
+        import tempfile
+
+        base = Path(tempfile.mkdtemp(prefix="atc-bench-stream-")) if dir_ is None else dir_
+        base.mkdir(parents=True, exist_ok=True)
+        if store:
+            out["daily"] = _daily(base, *_size(store))
+        if scan_only:
+            out["scan_only"] = _scan_only(base, *_size(scan_only))
+    out["load_end"] = os.getloadavg()
     if json_out is not None:
-        json_out.write_text(json.dumps({
-            "symbols": symbols, "bars": bars, "updates": updates, "dtype": ft.name,
-            "batch_s": batch, "build_s": build, "update_median_s": per, "update_best_s": best,
-        }, indent=2))
+        json_out.write_text(json.dumps(out, indent=2))
+
+
+def _size(text: str) -> tuple[int, int]:
+    from flows.bench_cmd import _parse_sizes
+
+    return _parse_sizes(text)[0]
+
+
+def _wall(args: list[str]) -> float:
+    """Seconds of one `atc ...` command as a fresh process (start-up included); raises if it fails."""
+    import subprocess
+    import sys
+
+    atc = str(Path(sys.executable).with_name("atc"))
+    t0 = time.perf_counter()
+    proc = subprocess.run([atc, *args], capture_output=True, text=True)
+    secs = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"atc {' '.join(args)} failed: {proc.stderr.strip()[-500:]}")
+    return secs
+
+
+def _daily(base: Path, n_sym: int, n_bars: int) -> dict:
+    """atc run on n_bars - 1 bars, append the last bar, atc update, atc scan: each a fresh process."""
+    from pipeline.store import append_prices, write_prices
+    from pipeline.synth import synth_prices
+
+    ds = synth_prices(n_sym, n_bars, seed=7)
+    prices, results = base / f"daily-{n_sym}x{n_bars}.zarr", base / f"daily-{n_sym}x{n_bars}-results.zarr"
+    write_prices(ds.isel(time=slice(0, n_bars - 1)), prices, overwrite=True)
+    typer.echo(f"  daily routine on {n_sym:,} x {n_bars:,} (fresh processes, start-up included):")
+    run_s = _wall(["run", str(prices), str(results), "--overwrite", "--no-progress"])
+    typer.echo(f"    atc run (full)                   {run_s:8.2f} s")
+    t0 = time.perf_counter()
+    append_prices(ds.isel(time=slice(n_bars - 1, n_bars)), prices)
+    append_s = time.perf_counter() - t0
+    typer.echo(f"    append one bar (in this process) {append_s:8.2f} s")
+    update_s = _wall(["update", str(prices), str(results)])
+    typer.echo(f"    atc update (one new bar)         {update_s:8.2f} s  ({update_s / run_s:.2f} x the full run)")
+    scan_s = _wall(["scan", str(results), "--top", "20"])
+    typer.echo(f"    atc scan                         {scan_s:8.2f} s")
+    return {"symbols": n_sym, "bars": n_bars, "run_s": run_s, "append_s": append_s, "update_s": update_s,
+            "scan_s": scan_s}
+
+
+def _scan_only(base: Path, n_sym: int, n_bars: int) -> dict:
+    results = base / f"scan-{n_sym}x{n_bars}-results.zarr"
+    if not results.exists():
+        from pipeline.store import write_prices
+        from pipeline.synth import synth_prices
+
+        prices = base / f"scan-{n_sym}x{n_bars}.zarr"
+        write_prices(synth_prices(n_sym, n_bars, seed=8), prices, overwrite=True)
+        typer.echo(f"  computing the {n_sym:,} x {n_bars:,} results store for the scan (not timed) ...")
+        _wall(["run", str(prices), str(results), "--outputs", "signals", "--no-progress"])
+    scan_s = min(_wall(["scan", str(results), "--top", "20"]) for _ in range(2))
+    typer.echo(f"  atc scan on {n_sym:,} x {n_bars:,} (fresh process, best of 2) {scan_s:8.2f} s")
+    return {"symbols": n_sym, "bars": n_bars, "scan_s": scan_s}

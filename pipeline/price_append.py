@@ -268,6 +268,7 @@ def _cheap_append(frames, path: Path, old: xr.Dataset, old_syms: list[str], old_
         return None
     n_old, m_old = len(old_syms), int(old_times.size)
     old_pos = {s: i for i, s in enumerate(old_syms)}
+    frames = {s: f for s, f in frames.items() if len(f)}  # no new bar for a symbol (e.g. delisted): nothing to add
     # each frame's times and columns as numpy arrays once (pandas access costs ~20 us a call)
     cols = {s: (f.index.asi8, dict(zip(f.columns, f.to_numpy(dtype=np.float64).T))) for s, f in frames.items()}
     incoming = set().union(*(c.keys() for _, c in cols.values()))

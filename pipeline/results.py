@@ -46,7 +46,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-import xarray as xr
 
 from kernels.errors import ATCUserError
 from pipeline.atomic import atomic_directory, store_format
@@ -404,6 +403,8 @@ def create_results(
     }
     if identity.backtest:
         attrs["backtest"] = identity.backtest
+    import xarray as xr
+
     template = xr.Dataset(data_vars, coords=coords, attrs=attrs)
     write_template(template, path, encoding, error=ResultsError, what="results store")
 
@@ -477,6 +478,8 @@ def open_results(path: str | os.PathLike, **kwargs: Any) -> xr.Dataset:
         raise ResultsError(f"{path}: no such results store")
     if not is_results_store(path):
         raise ResultsError(f"{path}: not an atc results store")
+    import xarray as xr
+
     return xr.open_zarr(path, **kwargs)
 
 
@@ -493,6 +496,8 @@ def write_chunk(path: str | os.PathLike, index: int, start: int, stop: int, outp
     data["status"] = (("symbol",), np.asarray(status, dtype=np.int8))
     data["reason"] = (("symbol",), np.array(reasons, dtype=object))
     data.update(extra or {})
+    import xarray as xr
+
     xr.Dataset(data).to_zarr(str(path), region=region, mode="r+", zarr_format=3, consolidated=False)
     done = zarr.open_array(str(path), path="chunk_done", mode="r+", zarr_format=3)
     done[index] = 1
@@ -511,16 +516,33 @@ def finalize_results(path: str | os.PathLike, extra_attrs: Mapping[str, Any]) ->
 # Growing by new time steps, reading the newest bars
 # --------------------------------------------------------------------------------------------
 
-def _time_values(g: Any) -> np.ndarray:
-    """The decoded ``time`` coordinate of an open Zarr group, as int64 ns."""
-    from xarray.coding.times import decode_cf_datetime
+_CF_UNITS = {"days": "D", "hours": "h", "minutes": "m", "seconds": "s", "milliseconds": "ms",
+             "microseconds": "us", "nanoseconds": "ns"}
 
+
+def _time_values(g: Any) -> np.ndarray:
+    """The decoded ``time`` coordinate of an open Zarr group, as int64 ns.
+
+    The CF encodings xarray writes for a datetime64 axis ("<unit> since <date>", integer values,
+    the proleptic Gregorian calendar) are decoded with numpy, so store readers such as `atc scan`
+    need not import xarray; anything else goes through xarray's decoder."""
     t = g["time"]
     raw = np.asarray(t[:])
     units = t.attrs.get("units")
-    if units:
-        raw = decode_cf_datetime(raw, units, t.attrs.get("calendar", "proleptic_gregorian"))
-    return np.asarray(raw, dtype="datetime64[ns]").astype(np.int64)
+    if not units:
+        return np.asarray(raw, dtype="datetime64[ns]").astype(np.int64)
+    unit, _, origin = str(units).partition(" since ")
+    calendar = t.attrs.get("calendar", "proleptic_gregorian")
+    if unit in _CF_UNITS and raw.dtype.kind in "iu" and calendar in ("proleptic_gregorian", "standard", "gregorian"):
+        try:
+            base = np.datetime64(origin.strip().replace(" ", "T"), "ns")
+        except ValueError:
+            base = None
+        if base is not None:
+            return (base + raw.astype(np.int64).astype(f"timedelta64[{_CF_UNITS[unit]}]")).astype(np.int64)
+    from xarray.coding.times import decode_cf_datetime
+
+    return np.asarray(decode_cf_datetime(raw, units, calendar), dtype="datetime64[ns]").astype(np.int64)
 
 
 def extend_time(path: str | os.PathLike, new_times: Any) -> int:
@@ -611,4 +633,6 @@ def read_last_bars(path: str | os.PathLike, variables: Any = ("Average_Signal",)
         data[v] = (("symbol",), out)
     data["time"] = (("symbol",), t_out.view("datetime64[ns]"))
     symbols = np.asarray(g["symbol"][:], dtype=object)
+    import xarray as xr
+
     return xr.Dataset(data, coords={"symbol": symbols})

@@ -118,15 +118,29 @@ def signals_table(avg, families: dict, close, symbols: np.ndarray, times: np.nda
         hi = lo
     idx = np.flatnonzero(last >= 0)
     at = (idx, last[idx])
-    fam = np.stack([np.asarray(families[f].vindex[at], np.float64) if f in families else np.full(idx.size, np.nan)
+
+    def at_last(arr) -> np.ndarray:
+        """arr[i, last[i]] for the symbols in idx: one block read of the last time chunk for those
+        whose last bar is in it (almost all), point reads for the rest."""
+        out = np.full(idx.size, np.nan)
+        lo = max(0, (n_time - 1) // step * step)
+        recent = last[idx] >= lo
+        if recent.any():
+            block = np.asarray(arr.oindex[idx[recent], lo:n_time], np.float64)
+            out[recent] = block[np.arange(block.shape[0]), last[idx[recent]] - lo]
+        if (~recent).any():
+            out[~recent] = np.asarray(arr.vindex[idx[~recent], last[idx[~recent]]], np.float64)
+        return out
+
+    fam = np.stack([at_last(families[f]) if f in families else np.full(idx.size, np.nan)
                     for f in FAMILIES]) if idx.size else np.zeros((6, 0))  # NaN: not stored (--outputs average)
     return pd.DataFrame({
         "symbol": symbols[idx],
-        "signal": np.asarray(avg.vindex[at], np.float64) if idx.size else np.zeros(0),
+        "signal": at_last(avg) if idx.size else np.zeros(0),
         "trend": trend[idx].astype(int),
         "families_long": (fam > hi_thr).sum(axis=0).astype(int),
         "families_short": (fam < lo_thr).sum(axis=0).astype(int),
-        "close": np.asarray(close.vindex[at], np.float64) if close is not None and idx.size else np.nan,
+        "close": at_last(close) if close is not None and idx.size else np.nan,
         "time": pd.to_datetime(times[last[idx]]),
         "bars_since_change": own_after[idx].astype(int) - 1,  # 0: the trend changed at the last bar
         "stale": last[idx] < n_time - 1,

@@ -76,7 +76,6 @@ def _status_messages(res, index: np.ndarray) -> list[str]:
 
 def update_results(prices: str | os.PathLike, results: str | os.PathLike) -> UpdateSummary:
     """Extend the complete results store `results` by the times its price store `prices` gained."""
-    import xarray as xr
     import zarr
 
     from kernels.stream import StreamState, build_stream
@@ -105,14 +104,14 @@ def update_results(prices: str | os.PathLike, results: str | os.PathLike) -> Upd
             p_times = np.asarray(pds["time"].values)
             if p_fp == attrs.get("prices_fingerprint"):
                 return UpdateSummary(results_path, "up to date", len(p_symbols), state_info.n_time, state_info.n_time)
-            close = np.asarray(pds["close"].values, np.float64)
         finally:
             pds.close()
-        rds = xr.open_zarr(results_path)
-        r_symbols = [str(s) for s in rds["symbol"].values]
-        r_times = np.asarray(rds["time"].values)
-        status_old = np.asarray(rds["status"].values, np.int8)
-        rds.close()
+        # the panel straight from Zarr: through xarray's dask arrays, computing loads `distributed`
+        close = np.asarray(zarr.open_group(str(prices), mode="r", zarr_format=3)["close"][:], np.float64)
+        rg = zarr.open_group(str(results_path), mode="r", zarr_format=3, use_consolidated=False)
+        r_symbols = [str(s) for s in rg["symbol"][:]]
+        r_times = rs._time_values(rg).astype("datetime64[ns]")
+        status_old = np.asarray(rg["status"][:], np.int8)
         if p_symbols != r_symbols:
             added = sorted(set(p_symbols) - set(r_symbols))
             removed = sorted(set(r_symbols) - set(p_symbols))

@@ -269,3 +269,20 @@ def test_read_last_bars_goes_back_only_as_far_as_each_symbol_needs(tmp_path):
     assert recent["time"].values[1] == times[TIME_CHUNK + 99] and np.isnat(recent["time"].values[2])
     with pytest.raises(rs.ResultsError, match="no \\(symbol, time\\) variable 'status'"):
         rs.read_last_bars(path, ["status"])
+
+
+def test_append_of_a_new_time_where_some_symbols_have_no_bar(tmp_path, universe):
+    """Today's bars as a panel: delisted or halted symbols are NaN (no bar) at the new time; the
+    append adds the others' bars and nothing for them (it once failed on their empty frames)."""
+    write_prices(universe.isel(time=slice(0, N_BARS - 1)), tmp_path / "p.zarr", chunk_symbols=5)
+    last = universe.isel(time=slice(N_BARS - 1, N_BARS)).copy(deep=True)
+    close = last["close"].values
+    close[[1, 6]] = np.nan
+    last["close"] = (("symbol", "time"), close)
+    append_prices(last, tmp_path / "p.zarr")
+    got = open_prices(tmp_path / "p.zarr", verify=True)["close"].values
+    assert got.shape == (24, N_BARS)
+    assert np.isnan(got[[1, 6], -1]).all()
+    want = universe["close"].values[:, -1]
+    keep = ~np.isnan(close[:, 0])
+    np.testing.assert_array_equal(got[keep, -1], want[keep])
