@@ -154,10 +154,14 @@ def test_mixed_run_sends_gpu_tasks_to_the_gpu_worker(mixed, prices, cpu_store, t
     on_gpu = [r for r in records if r["backend"] == "cuda"]
     on_cpu = [r for r in records if r["backend"] == "cpu"]
     assert on_gpu and on_cpu  # both kinds worked in the same run
-    assert all(r["worker"] == gpu and len(r["chunks"]) == 2 for r in on_gpu), on_gpu
+    # a GPU task takes up to 2 consecutive chunks from the front; the last one may find a single
+    # chunk left when the CPU worker took its neighbour from the back (timing-dependent)
+    assert all(r["worker"] == gpu and 1 <= len(r["chunks"]) <= 2 for r in on_gpu), on_gpu
+    assert len(on_gpu[0]["chunks"]) == 2, on_gpu
     assert all(r["worker"] == cpu and len(r["chunks"]) == 1 for r in on_cpu), on_cpu
     assert sorted(c for r in records for c in r["chunks"]) == list(range(N_SYM // CHUNK))
-    assert s.backends == {"cuda": 2 * len(on_gpu), "cpu": len(on_cpu)} and s.computed == N_SYM // CHUNK
+    assert s.backends == {"cuda": sum(len(r["chunks"]) for r in on_gpu), "cpu": len(on_cpu)}
+    assert s.computed == N_SYM // CHUNK
     assert "chunks on cuda" in s.describe()
     assert xr.open_zarr(res).attrs["backend"] == "cpu+cuda"
     assert_stores_equal(cpu_store, res)

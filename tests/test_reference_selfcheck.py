@@ -286,11 +286,16 @@ def test_insufficient_history():
     assert all(np.all(np.isnan(a)) for a in out.values())
 
 
-def test_interior_nan_and_nonpositive_raise():
-    bad = np.concatenate([np.full(2, np.nan), X.copy()])
-    bad[42] = np.nan
-    with pytest.raises(ValueError, match="42"):
-        ref.reference_atc(bad)
+def test_interior_nan_is_no_bar_and_nonpositive_raises():
+    """Spec section 7: a NaN close is a time without a bar: the symbol is computed on its other
+    closes, compacted, and its outputs are NaN at that time; a close <= 0 is an error."""
+    holed = np.concatenate([np.full(2, np.nan), X.copy()])
+    holed[42] = np.nan
+    out = ref.reference_atc(holed)
+    alone = ref.reference_atc(np.delete(holed, 42)[2:])
+    for name, arr in out.items():
+        assert np.isnan(arr[42]) and np.isnan(arr[:2]).all()
+        np.testing.assert_array_equal(np.delete(arr, 42)[2:], alone[name])
     bad = X.copy()
     bad[17] = 0.0
     with pytest.raises(ValueError, match="17"):
