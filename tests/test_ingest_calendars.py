@@ -9,15 +9,13 @@ show up as extra bars. `write_calendar_csvs` / the `calendar_csvs` fixture are m
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from flows.cli import main
 from pipeline.store import open_prices, to_frames
 
 
@@ -62,21 +60,10 @@ def calendar_csvs(tmp_path) -> tuple[Path, dict[str, pd.Series]]:
     return src, write_calendar_csvs(src)
 
 
-def _cli():
-    """flows.cli.main; stubs flows.bench_cmd (another issue's module) if it is not there yet."""
-    if "flows.bench_cmd" not in sys.modules and importlib.util.find_spec("flows.bench_cmd") is None:
-        stub = types.ModuleType("flows.bench_cmd")
-        stub.bench_kernel = lambda: None
-        sys.modules["flows.bench_cmd"] = stub
-    from flows.cli import main
-
-    return main
-
-
 def test_every_symbol_keeps_exactly_its_own_bars(tmp_path, calendar_csvs):
     src, series = calendar_csvs
     store = tmp_path / "p.zarr"
-    assert _cli()(["ingest", str(src), str(store)]) == 0
+    assert main(["ingest", str(src), str(store)]) == 0
     ds = open_prices(store, verify=True)
     assert sorted(str(s) for s in ds["symbol"].values) == sorted(series)
     assert ds.attrs["fill"] == "none" and int(ds["filled_gaps"].sum()) == 0
@@ -101,7 +88,7 @@ def test_no_weekday_symbol_gets_weekend_bars(tmp_path, calendar_csvs):
     # the data must actually test something: weekday symbols next to ones with weekend times
     assert {"^GSPC", "^IXIC", "WTI", "HOURLY"} <= set(weekday) and weekend_month_ends
     store = tmp_path / "p.zarr"
-    assert _cli()(["ingest", str(src), str(store)]) == 0
+    assert main(["ingest", str(src), str(store)]) == 0
     ds = open_prices(store)
     weekend = pd.DatetimeIndex(ds["time"].values).day_of_week >= 5
     assert weekend.any()
