@@ -58,7 +58,8 @@ def _interrupt_after(args: list[str], store: Path, record: str, n_done: int = 2,
 
 
 #: Both paths: threads of the client (the default for this size) and a local cluster of processes.
-PATHS = pytest.mark.parametrize("path", ["--in-process", "--cluster"])
+PATHS = pytest.mark.parametrize("path", ["--in-process", pytest.param("--cluster", marks=pytest.mark.slow)])
+# (the cluster variants take ~40 s more: CI runs them in its slow step)
 
 
 @PATHS

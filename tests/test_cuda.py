@@ -241,6 +241,7 @@ def test_gpu_equals_cpu_past_anchor_with_src():
 
 
 @needs_cuda
+@pytest.mark.slow  # ~30 s in the simulator; CI runs it in its slow step
 def test_float32_and_statuses_and_slices(monkeypatch):
     """float32; symbols with too little history, no data and bad data keep their status and NaN;
     symbols sent to the device in slices of 2 (ragged columns trimmed per slice)."""
