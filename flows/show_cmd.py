@@ -9,7 +9,6 @@ interquartile range beside it and the share of symbols that beat simply holding 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any, Mapping
 

@@ -719,7 +719,7 @@ def walk_forward(stats, train: int, test: int, *, step: int | None = None, ancho
     the out-of-sample record is the concatenation of those test windows, never seen when choosing.
     """
     a = _as_stats(stats, 3 if metric is None else 1)
-    N, B = a.shape[0], a.shape[1]
+    B = a.shape[1]
     step = test if step is None else step
     for name, v in (("train", train), ("test", test), ("step", step)):
         if int(v) != v or v < 1:

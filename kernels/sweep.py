@@ -175,7 +175,7 @@ _kernel = _KERNELS.kernel
 
 # globals bound per float type by build_sweep_kernel; placeholders at module level
 ft = NAN = ZERO = ONE = None
-equity_step = start_equity = round2 = family_pass = gather = layer2_and_average = None
+equity_step = start_equity = round2 = family_pass = gather = scatter_row = layer2_and_average = None
 
 
 @_kernel()

@@ -23,7 +23,7 @@ import numpy as np
 
 from kernels.errors import ATCUserError
 from kernels.metrics import HIGHER_IS_BETTER, METRIC_NAMES
-from kernels.params import EQUITY_NAMES, OUTPUT_NAMES, SIGNAL_NAMES
+from kernels.params import OUTPUT_NAMES
 from pipeline.atomic import store_format
 
 __all__ = [

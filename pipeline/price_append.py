@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import warnings
 from pathlib import Path
 from typing import Any
 

@@ -43,9 +43,12 @@ import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
+
+if TYPE_CHECKING:  # xarray is imported where it is used: readers of a store need not load it
+    import xarray as xr
 
 from kernels.errors import ATCUserError
 from pipeline.atomic import atomic_directory, store_format

@@ -39,7 +39,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from kernels.errors import ATCUserError
-from kernels.params import OUTPUT_NAMES, ATCParams
+from kernels.params import ATCParams
 from kernels.status import INSUFFICIENT_HISTORY, OK, STATUS_NAMES
 from pipeline import results as rs
 

@@ -117,7 +117,6 @@ def signals_table(avg, families: dict, close, symbols: np.ndarray, times: np.nda
                 own_after[i] += own.size
         hi = lo
     idx = np.flatnonzero(last >= 0)
-    at = (idx, last[idx])
 
     def at_last(arr) -> np.ndarray:
         """arr[i, last[i]] for the symbols in idx: one block read of the last time chunk for those

@@ -27,7 +27,6 @@ import numpy as np
 from kernels.params import ATCParams
 
 GROUP = "stream"
-EXTRA = ("have", "hist_hash")
 
 
 def history_hashes(close: np.ndarray) -> np.ndarray:

@@ -138,7 +138,6 @@ def update_results(prices: str | os.PathLike, results: str | os.PathLike) -> Upd
             hist_hash = np.zeros(len(r_symbols), np.uint64)
         state.status[~have & (status_old == st.BAD_DATA)] = st.BAD_DATA  # stays bad, as a full run says
 
-        counts = np.count_nonzero(~np.isnan(close), axis=1)
         new_bars = np.count_nonzero(~np.isnan(close[:, n_old:]), axis=1)
         revised = have & (history_hashes(close[:, :n_old]) != hist_hash)
         was_short = (status_old != st.OK) & (status_old != st.BAD_DATA) & (new_bars > 0)
@@ -204,7 +203,6 @@ def update_results(prices: str | os.PathLike, results: str | os.PathLike) -> Upd
             "status_counts": json.dumps(counts_by_name),
         })
         recomputed = {w: [r_symbols[i] for i in np.flatnonzero(m)] for w, m in why.items() if m.any()}
-        del counts
         return UpdateSummary(results_path, "updated", len(r_symbols), n_old, n_new, recomputed,
                              time.perf_counter() - t_start)
 
