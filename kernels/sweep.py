@@ -51,7 +51,13 @@ ATC_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ATCParams))
 SWEEP_PARAMS: tuple[str, ...] = ATC_FIELDS + ("fee_bps", "long_only")
 """Parameters a grid may sweep: every ATCParams field, `fee_bps` and `long_only`."""
 
-_LENGTH_KEYS = ("robustness",) + tuple(f"{f.lower()}_len" for f in FAMILIES)
+LENGTH_PARAMS: tuple[str, ...] = ("robustness",) + tuple(f"{f.lower()}_len" for f in FAMILIES)
+"""The parameters that select the moving averages (one crossover pass per distinct set)."""
+
+NO_POSITION = -128
+"""`SweepResult.positions` where the run's `position` is NaN (no bar, or the symbol not computed)."""
+
+_LENGTH_KEYS = LENGTH_PARAMS
 _WEIGHT_KEYS = tuple(f"{f.lower()}_w" for f in FAMILIES)
 _INTERACTING = _LENGTH_KEYS + ("long_threshold", "short_threshold")
 _ATC_TYPES = {"robustness": str, "long_threshold": float, "short_threshold": float,
@@ -242,7 +248,7 @@ def fold_stats(ret, close_row, s0, e0, folds, out):
 @_kernel()
 def sweep_chunk(ch, n_chunks, nb, close, order, starts, ends, lens_sym, stage, out_idx, gidx, growth,
                 lens, coef, cutout, keep, weights, short_ft, long_ft, strategy, short64, long64,
-                long_only, fee, need, ppy, m_out, save, avg_out, folds, fold_out):
+                long_only, fee, need, ppy, m_out, save, avg_out, folds, fold_out, save_pos, pos_out):
     """Blocks ch, ch + n_chunks, ... of the symbols in `order`, every combination of one length group.
 
     Combinations come sorted by their stage keys; stage[c] says what combination c recomputes:
@@ -320,15 +326,21 @@ def sweep_chunk(ch, n_chunks, nb, close, order, starts, ends, lens_sym, stage, o
                     fold_stats(ret, close[i], starts[i], ends[i], folds, fold_out[oc, :, :, i])
                 if save:
                     scatter_row(obuf[12, :, k], avg_out[oc, i], close[i], starts[i], ends[i])
+                if save_pos:  # +1/0/-1 at the symbol's own times (pos_out is prefilled with NO_POSITION)
+                    t = 0
+                    for col in range(starts[i], ends[i]):
+                        if not np.isnan(close[i, col]):
+                            pos_out[oc, i, col] = np.int8(pos[t])
+                            t += 1
 
 @_kernel(parallel=True)
 def run_parallel(n_chunks, nb, close, order, starts, ends, lens_sym, stage, out_idx, gidx, growth,
                  lens, coef, cutout, keep, weights, short_ft, long_ft, strategy, short64, long64,
-                 long_only, fee, need, ppy, m_out, save, avg_out, folds, fold_out):
+                 long_only, fee, need, ppy, m_out, save, avg_out, folds, fold_out, save_pos, pos_out):
     for ch in prange(n_chunks):
         sweep_chunk(ch, n_chunks, nb, close, order, starts, ends, lens_sym, stage, out_idx, gidx, growth,
                     lens, coef, cutout, keep, weights, short_ft, long_ft, strategy, short64,
-                    long64, long_only, fee, need, ppy, m_out, save, avg_out, folds, fold_out)
+                    long64, long_only, fee, need, ppy, m_out, save, avg_out, folds, fold_out, save_pos, pos_out)
 
 
 @lru_cache(maxsize=None)
@@ -359,10 +371,14 @@ class SweepResult:
     - `messages`: symbol index -> reason, for symbols with bad data (same for every combination).
     - `fold_stats`: with `folds`, float64 `(n_combinations, folds, 5, n_symbols)`: per block of the
       time axis, the count and sums of r, r^2, r^3, r^4 of the strategy returns (0 where not OK).
+    - `positions`: with `save_positions`, int8 `(n_combinations, n_symbols, n_bars)`: the backtest's
+      position (+1/0/-1) at each of the symbol's own times, `NO_POSITION` at other times and for
+      symbols not computed (the run's NaN `position`); what an equal-weight portfolio needs, at 1 byte.
     """
 
-    def __init__(self, metrics, status, average_signal, messages, fold_stats=None):
+    def __init__(self, metrics, status, average_signal, messages, fold_stats=None, positions=None):
         self.fold_stats = fold_stats
+        self.positions = positions
         self.metrics = metrics
         self.status = status
         self.average_signal = average_signal
@@ -394,7 +410,8 @@ def _stage_of(prev, cur) -> int:
 
 def sweep_panel(close, combos: Sequence[tuple[ATCParams, BacktestParams]], *, periods_per_year: float = float("nan"),
                 dtype=np.float64, parallel: bool = True, save_signals: bool = False, on_bad: str = "status",
-                symbols=None, index_offset: int = 0, lanes: int | None = None, folds: int = 0) -> SweepResult:
+                symbols=None, index_offset: int = 0, lanes: int | None = None, folds: int = 0,
+                save_positions: bool = False) -> SweepResult:
     """Metrics of every `(ATCParams, BacktestParams)` combination for every symbol of `close`.
 
     `close` is `(n_symbols, n_bars)` (or one series). Symbol status follows `compute_atc` per
@@ -407,6 +424,7 @@ def sweep_panel(close, combos: Sequence[tuple[ATCParams, BacktestParams]], *, pe
     messages name symbols as in `compute_atc`. With `folds` S > 0, the result's `fold_stats`
     `(n_combinations, S, 5, n_symbols)` holds, per block of the time axis, the count and sums of
     r..r^4 of each strategy's returns (see `fold_stats`; used by kernels/overfit.py).
+    `save_positions` keeps every position (`SweepResult.positions`, int8) for portfolios.
     """
     from kernels.api import _as_panel, _bad_reason, _symbol_label
     from kernels.cpu import line_tables, scan_bars
@@ -457,9 +475,10 @@ def sweep_panel(close, combos: Sequence[tuple[ATCParams, BacktestParams]], *, pe
     if folds < 0 or (folds and n_bars < folds):
         raise ATCUserError(f"folds must be 0 (none) or between 1 and the number of times ({n_bars}), got {folds}")
     fstats = np.zeros((n_c, folds, 5, n_sym)) if folds else np.zeros((1, 1, 5, 1))
+    posc = np.full((n_c, n_sym, n_bars) if save_positions else (1, 1, 1), NO_POSITION, np.int8)
     if n_c == 0 or not candidate.any():
         return SweepResult(metrics, status, avg if save_signals else None, messages,
-                           fstats if folds else None)
+                           fstats if folds else None, posc if save_positions else None)
 
     order_c = sorted(range(n_c), key=lambda i: _sort_key(combos[i]))
     kern = build_sweep_kernel(ft.name)
@@ -510,14 +529,15 @@ def sweep_panel(close, combos: Sequence[tuple[ATCParams, BacktestParams]], *, pe
             np.array([b.long_only for b in B], np.bool_),
             np.array([b.fee for b in B], np.float64),
             np.array([max(p.min_bars, p.cutout + 1) for p in P], np.int64),
-            ppy, metrics, bool(save_signals), avg, int(folds), fstats,
+            ppy, metrics, bool(save_signals), avg, int(folds), fstats, bool(save_positions), posc,
         )
         n_blocks = -(-len(order) // nb)
         if parallel and n_blocks > 1:
             kern.run_parallel(min(n_blocks, 4 * numba.get_num_threads()), *args)
         else:
             kern.sweep_chunk(0, 1, *args)
-    return SweepResult(metrics, status, avg if save_signals else None, messages, fstats if folds else None)
+    return SweepResult(metrics, status, avg if save_signals else None, messages, fstats if folds else None,
+                       posc if save_positions else None)
 
 
 def sweep_grid(close, grid: SweepGrid, start: int = 0, stop: int | None = None, **kw) -> SweepResult:
