@@ -158,7 +158,9 @@ def test_mixed_run_sends_gpu_tasks_to_the_gpu_worker(mixed, prices, cpu_store, t
     # chunk left when the CPU worker took its neighbour from the back (timing-dependent)
     assert all(r["worker"] == gpu and 1 <= len(r["chunks"]) <= 2 for r in on_gpu), on_gpu
     assert len(on_gpu[0]["chunks"]) == 2, on_gpu
-    assert all(r["worker"] == cpu and len(r["chunks"]) == 1 for r in on_cpu), on_cpu
+    # CPU tasks prefer the CPU workers but may be stolen by an idle GPU worker (allow_other_workers:
+    # a CUDA worker's process computes CPU chunks too), so only their shape is fixed
+    assert all(r["worker"] in (cpu, gpu) and len(r["chunks"]) == 1 for r in on_cpu), on_cpu
     assert sorted(c for r in records for c in r["chunks"]) == list(range(N_SYM // CHUNK))
     assert s.backends == {"cuda": sum(len(r["chunks"]) for r in on_gpu), "cpu": len(on_cpu)}
     assert s.computed == N_SYM // CHUNK
