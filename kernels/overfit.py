@@ -515,6 +515,28 @@ def _split_sums(by_block, members):
     return out
 
 
+def _prefix_sums(by_block, members):
+    """Yield, for each row of `members` in turn, the sum over its blocks, added in time order as
+    `_split_sums` does (so the very same values), reusing the partial sums of the prefix a row
+    shares with the row before: CSCV's halves in lexicographic order share most of theirs (S = 10:
+    455 additions instead of 1,008). The array yielded is reused: use it before the next one."""
+    k = members.shape[1] if len(members) else 0
+    partial = [np.empty(by_block.shape[1:]) for _ in range(k)]
+    prev = None
+    for row in members:
+        d = 0
+        if prev is not None:
+            while d < k and row[d] == prev[d]:
+                d += 1
+        for i in range(d, k):  # nothing to add for a repeated row
+            if i == 0:
+                np.copyto(partial[0], by_block[row[0]])
+            else:
+                np.add(partial[i - 1], by_block[row[i]], out=partial[i])
+        prev = row
+        yield partial[-1]
+
+
 def cscv(stats, *, metric: Metric | None = None, aggregate: Aggregate = "median", periods_per_year=None,
          max_splits: int = DEFAULT_MAX_SPLITS, seed: int = 0) -> CSCVResult:
     """Probability of backtest overfitting by CSCV (Bailey, Borwein, Lopez de Prado, Zhu 2015).
@@ -544,30 +566,26 @@ def cscv(stats, *, metric: Metric | None = None, aggregate: Aggregate = "median"
         raise OverfitInputError(f"CSCV needs at least 2 combinations to rank, got {N}")
     splits, exhaustive = cscv_splits(S, max_splits, seed)
     n_sp = len(splits)
-    per_split = int(np.prod(a.shape)) // S
-    chunk = max(1, (1 << 22) // max(per_split, 1))
     selected = np.zeros(n_sp, np.int64)
     omega = np.full(n_sp, np.nan)
     is_perf = np.full(n_sp, np.nan)
     oos_perf = np.full(n_sp, np.nan)
     valid = np.zeros(n_sp, bool)
     by_block = np.ascontiguousarray(np.moveaxis(a, 1, 0))
-    total = _split_sums(by_block, [np.arange(S)])
-    for j0 in range(0, n_sp, chunk):
-        ins = _split_sums(by_block, splits[j0:j0 + chunk])
-        outs = total - ins  # the complement; identical combinations still get identical sums
-        for k in range(len(ins)):
-            p_is = _performance(ins[k], metric, aggregate, periods_per_year)
-            if np.all(np.isnan(p_is)):
-                continue
-            p_oos = _performance(outs[k], metric, aggregate, periods_per_year)
-            j = j0 + k
-            c = int(_argbest(p_is))
-            valid[j] = True
-            selected[j] = c
-            is_perf[j] = p_is[c]
-            oos_perf[j] = p_oos[c]
-            omega[j] = relative_rank(p_oos, c)
+    total = _split_sums(by_block, [np.arange(S)])[0]
+    outs = np.empty_like(total)
+    for j, ins in enumerate(_prefix_sums(by_block, splits)):
+        p_is = _performance(ins, metric, aggregate, periods_per_year)
+        if np.all(np.isnan(p_is)):
+            continue
+        np.subtract(total, ins, out=outs)  # the complement; identical combinations still get identical sums
+        p_oos = _performance(outs, metric, aggregate, periods_per_year)
+        c = int(_argbest(p_is))
+        valid[j] = True
+        selected[j] = c
+        is_perf[j] = p_is[c]
+        oos_perf[j] = p_oos[c]
+        omega[j] = relative_rank(p_oos, c)
     with np.errstate(divide="ignore"):
         logit = np.log(omega / (1.0 - omega))
     v = valid

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -66,21 +67,51 @@ def plan_validation(folds: int | None, walk_forward: str | None, times) -> Valid
     return ValidationPlan(wf.folds, folds, walk_forward, wf.train_blocks, wf.test_blocks, train, test)
 
 
-def compute_validation(fold_stats: np.ndarray, plan: ValidationPlan, *, periods_per_year=None) -> dict[str, Any]:
-    """The figures kept in the store: `fold_stats` `(N combinations, blocks, 5, symbols)`."""
+def compute_validation(fold_stats: np.ndarray, plan: ValidationPlan, *, periods_per_year=None,
+                       portfolio_stats: np.ndarray | None = None) -> dict[str, Any]:
+    """The figures kept in the store. `fold_stats` `(N combinations, blocks, 5, symbols)`: per
+    symbol, ranked by the median across symbols; or `(N, blocks, 5)`: one series per combination
+    (a portfolio), ranked by its own Sharpe ratio. `portfolio_stats` `(N, blocks, 5)` (the sweep
+    store's `portfolio_fold_stats`, when the sweep kept a portfolio per combination) adds the same
+    figures for the portfolio under "portfolio"."""
+    out = _figures(fold_stats, plan)
+    if portfolio_stats is not None:
+        p = np.asarray(portfolio_stats, np.float64)
+        want = (np.shape(fold_stats)[0], plan.blocks, 5)
+        if p.shape != want:
+            out["portfolio"] = {"error": f"portfolio_fold_stats has shape {list(p.shape)}, expected {list(want)}: "
+                                         "not used"}
+        else:
+            out["portfolio"] = _figures(p, plan)
+    return out
+
+
+def _select(full: np.ndarray) -> int:
+    """The combination a sweep reports as best: highest median across symbols of the Sharpe ratio
+    over the whole axis (finite values; the sweep summary's ranking), or the highest Sharpe ratio
+    of the one series per combination."""
+    from kernels.overfit import _argbest
+
+    if full.ndim == 1:
+        return int(_argbest(full)) if not np.all(np.isnan(full)) else 0
+    import warnings
+
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        med = np.nanmedian(np.where(np.isfinite(full), full, np.nan), axis=1)
+    return int(np.nanargmax(med)) if np.isfinite(med).any() else 0
+
+
+def _figures(fold_stats: np.ndarray, plan: ValidationPlan) -> dict[str, Any]:
     from kernels.overfit import coarsen_blocks, cscv, deflated_sharpe_from_blocks, sharpe_from_blocks, walk_forward
 
-    out: dict[str, Any] = {"blocks": plan.blocks}
     stats = np.asarray(fold_stats, np.float64)
+    if stats.ndim not in (3, 4) or stats.shape[1:3] != (plan.blocks, 5):
+        raise ATCUserError(f"block statistics must be (combinations, {plan.blocks} blocks, 5[, symbols]), "
+                           f"got shape {list(stats.shape)}")
+    out: dict[str, Any] = {"blocks": plan.blocks, "series": "symbols" if stats.ndim == 4 else "one"}
     n_combos = stats.shape[0]
-    full = sharpe_from_blocks(stats)  # (N, symbols) per-bar Sharpe over the whole axis
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            med = np.nanmedian(np.where(np.isfinite(full), full, np.nan), axis=1)
-    best = int(np.nanargmax(med)) if np.isfinite(med).any() else 0
+    best = _select(sharpe_from_blocks(stats))  # (N, symbols) or (N,), per bar over the whole axis
     out["selected"] = best
     if plan.folds:
         grid = coarsen_blocks(stats, plan.folds) if plan.blocks != plan.folds else stats
@@ -91,8 +122,8 @@ def compute_validation(fold_stats: np.ndarray, plan: ValidationPlan, *, periods_
                        "logit_histogram": {"counts": counts.tolist(), "edges": [float(e) for e in edges]}}
     if n_combos >= 2:
         d = deflated_sharpe_from_blocks(stats, selected=np.full(stats.shape[3:], best))
-        dsr = np.asarray(d.dsr, np.float64)
-        psr = np.asarray(d.psr, np.float64)
+        dsr = np.atleast_1d(np.asarray(d.dsr, np.float64))
+        psr = np.atleast_1d(np.asarray(d.psr, np.float64))
         ok = np.isfinite(dsr)
         out["deflated_sharpe"] = {
             "n_trials": int(d.n_trials),
@@ -100,16 +131,48 @@ def compute_validation(fold_stats: np.ndarray, plan: ValidationPlan, *, periods_
             "dsr_median": _num(np.median(dsr[ok])) if ok.any() else math.nan,
             "psr_median": _num(np.median(psr[np.isfinite(psr)])) if np.isfinite(psr).any() else math.nan,
             "share_dsr_above_0_95": _num(np.mean(dsr[ok] > 0.95)) if ok.any() else math.nan,
-            "sr_star_median": _num(np.nanmedian(np.asarray(d.sr_star, np.float64))),
+            "sr_star_median": _num(np.nanmedian(np.atleast_1d(np.asarray(d.sr_star, np.float64)))),
         }
     if plan.walk_forward:
         wf = walk_forward(stats, plan.train_blocks, plan.test_blocks, aggregate="median")
         out["walk_forward"] = {
             "spec": plan.walk_forward, "train_bars": plan.train_bars, "test_bars": plan.test_bars,
             "windows": int(len(wf.windows)), "selected": [int(s) for s in wf.selected],
+            "window_blocks": [[int(v) for v in w] for w in wf.windows],
             "is_sharpe_mean": _num(wf.is_perf_mean), "oos_sharpe": _num(wf.oos_sharpe_agg),
             "hindsight_sharpe": _num(wf.hindsight_sharpe_agg), "hindsight_selected": int(wf.hindsight_selected),
         }
+    return out
+
+
+def validate_store(store: str | Path, grid, plan: ValidationPlan, *, prices: str | Path, dtype: str = "float64",
+                   periods_per_year: float | None = None, parallel: bool = True) -> dict[str, Any]:
+    """Validation of a complete sweep store: the figures from its `fold_stats` (and from
+    `portfolio_fold_stats` when the store has it), and with a walk-forward the stitched
+    out-of-sample equity (pipeline/walk_forward.py), written to the store as `wf_*` variables.
+    Returns the figures for the store's `validation` attribute (the caller writes it)."""
+    import zarr
+
+    g = zarr.open_group(str(store), mode="r", zarr_format=3, use_consolidated=False)
+    n_dims = len(grid.dims)
+    fs = g["fold_stats"]
+    stats = np.asarray(fs[:]).reshape((grid.size,) + tuple(fs.shape[n_dims:]))
+    port = None
+    if "portfolio_fold_stats" in set(g.array_keys()):
+        pf = g["portfolio_fold_stats"]
+        port = np.asarray(pf[:])
+        if port.shape[:n_dims] == tuple(grid.shape):
+            port = port.reshape((grid.size,) + port.shape[n_dims:])
+    out = compute_validation(stats, plan, portfolio_stats=port)
+    wf = out.get("walk_forward")
+    if wf:
+        from pipeline.walk_forward import labels_of, stitch_store, write_stitch
+
+        sw, times = stitch_store(prices, grid, np.array(wf["window_blocks"], np.int64).reshape(-1, 4),
+                                 wf["selected"], plan.blocks, dtype=dtype, periods_per_year=periods_per_year,
+                                 parallel=parallel)
+        write_stitch(store, sw, times, labels_of(grid, wf["selected"]))
+        wf["stitched"] = sw.figures()
     return out
 
 
@@ -120,22 +183,65 @@ def _num(v) -> float:
 
 def describe(validation: dict[str, Any], combination_label) -> str:
     """Lines for the sweep summary. `combination_label(flat_index)` names a combination."""
+    lines = _describe(validation, combination_label, "  ")
+    p = validation.get("portfolio")
+    if p:
+        if "error" in p:
+            lines.append(f"  portfolio: {p['error']}")
+        else:
+            lines.append("  portfolio per combination (portfolio_fold_stats), ranked by its own Sharpe ratio:")
+            lines += _describe(p, combination_label, "    ")
+    return "\n".join(lines)
+
+
+def _pct(v) -> str:
+    return "n/a" if v is None or not math.isfinite(v) else f"{v:.1%}"
+
+
+def _fix(v, digits=2) -> str:
+    return "n/a" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
+
+
+def _describe(validation: dict[str, Any], combination_label, ind: str) -> list[str]:
     lines = []
+    one = validation.get("series") == "one"
     best = validation.get("selected")
     c = validation.get("cscv")
     if c:
-        lines.append(f"  CSCV over {c['n_blocks']} blocks, {c['n_splits']} splits"
+        lines.append(f"{ind}CSCV over {c['n_blocks']:.0f} blocks, {c['n_splits']:.0f} splits"
                      f"{'' if c['exhaustive'] else ' (random subset)'}: probability of backtest overfitting "
                      f"{c['pbo']:.2f}, probability of loss {c['prob_loss']:.2f}, degradation slope "
                      f"{c['degradation_slope']:.2f} (OOS vs IS Sharpe per bar), median logit {c['logit_median']:.2f}")
     d = validation.get("deflated_sharpe")
     if d:
-        lines.append(f"  deflated Sharpe of {combination_label(best)} over {d['n_trials']} trials: median "
-                     f"{d['dsr_median']:.2f} across {d['symbols']} symbols ({d['share_dsr_above_0_95']:.0%} above "
-                     f"0.95), median PSR {d['psr_median']:.2f}")
+        if one:
+            lines.append(f"{ind}deflated Sharpe of {combination_label(best)} over {d['n_trials']} trials: "
+                         f"{_fix(d['dsr_median'])}, PSR {_fix(d['psr_median'])}")
+        else:
+            lines.append(f"{ind}deflated Sharpe of {combination_label(best)} over {d['n_trials']} trials: median "
+                         f"{d['dsr_median']:.2f} across {d['symbols']} symbols ({d['share_dsr_above_0_95']:.0%} "
+                         f"above 0.95), median PSR {d['psr_median']:.2f}")
     w = validation.get("walk_forward")
     if w:
-        lines.append(f"  walk-forward {w['spec']} ({w['train_bars']}:{w['test_bars']} bars, {w['windows']} windows): "
-                     f"out-of-sample median Sharpe per bar {w['oos_sharpe']:.4f} vs in-sample {w['is_sharpe_mean']:.4f}, "
+        what = "Sharpe per bar" if one else "median Sharpe per bar"
+        lines.append(f"{ind}walk-forward {w['spec']} ({w['train_bars']}:{w['test_bars']} bars, {w['windows']} "
+                     f"windows): out-of-sample {what} {w['oos_sharpe']:.4f} vs in-sample {w['is_sharpe_mean']:.4f}, "
                      f"hindsight best {w['hindsight_sharpe']:.4f}")
-    return "\n".join(lines)
+        st = w.get("stitched")
+        if st:
+            o, i = st["oos"], st["is_window_mean"]
+            lines.append(f"{ind}  stitched out-of-sample equity ({st['combine']}, {st['bars']} bars): Sharpe "
+                         f"{_fix(o['sharpe'])}, CAGR {_pct(o['cagr'])}, max drawdown {_pct(o['max_drawdown'])}, total "
+                         f"{_pct(o['total_return'])}; in-sample, each window's choice on its training window (mean "
+                         f"over windows): Sharpe {_fix(i['sharpe'])}, CAGR {_pct(i['cagr'])}, max drawdown "
+                         f"{_pct(i['max_drawdown'])}")
+            chosen = [s for s in w["selected"] if s >= 0]
+            if chosen:
+                counts: dict[int, int] = {}
+                for s in chosen:
+                    counts[s] = counts.get(s, 0) + 1
+                top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+                lines.append(f"{ind}  chosen: " + "; ".join(f"{combination_label(k)} ({n} of {len(chosen)} windows)"
+                                                            for k, n in top)
+                             + (f"; {len(counts) - 3} more" if len(counts) > 3 else ""))
+    return lines
