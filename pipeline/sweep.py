@@ -50,7 +50,7 @@ from kernels.metrics import HIGHER_IS_BETTER, METRIC_DESCRIPTIONS, METRIC_NAMES,
 from kernels.status import OK, STATUS_NAMES
 from kernels.sweep import SweepGrid
 from pipeline import results as rs
-from pipeline.validation import compute_validation, plan_validation
+from pipeline.validation import plan_validation, validate_store
 from pipeline.atomic import store_format
 
 __all__ = ["SweepError", "SweepIdentity", "SweepSummary", "SweepTask", "plan_blocks", "preflight_sweep",
@@ -547,8 +547,8 @@ def run_sweep(prices: Any, store: Any, grid: SweepGrid, *, client: Any = None, t
             g = zarr.open_group(str(store_path), mode="r+", zarr_format=3, use_consolidated=False)
             new_attrs = {"completed": rs.utc_now()}
             if vplan.blocks:
-                validation = compute_validation(np.asarray(g["fold_stats"][:]).reshape(
-                    (grid.size,) + tuple(g["fold_stats"].shape[len(grid.dims):])), vplan)
+                validation = validate_store(store_path, grid, vplan, prices=prices_path, dtype=dtype,
+                                            periods_per_year=plan.ppy)
                 new_attrs["validation"] = json.dumps(validation)
             g.attrs.update(new_attrs)
             rs._consolidate(store_path)
