@@ -55,7 +55,8 @@ def sweep(
         "--periods-per-year", help="Bars per year for annualised metrics (default: inferred from the time axis).")] = None,
     save_signals: Annotated[bool, typer.Option("--save-signals", help="Also store the Average_Signal cube "
                                                "(combinations x symbols x time).")] = False,
-    rank_by: Annotated[str, typer.Option("--rank-by", help="Metric for the summary table (median over symbols).")] = "sharpe",
+    rank_by: Annotated[str, typer.Option("--rank-by", help="Metric for the summary table: the portfolio's with "
+                                         "--portfolio, else the median over symbols.")] = "sharpe",
     top: Annotated[int, typer.Option("--top", help="Rows in the summary table.")] = 10,
     chunk_symbols: Annotated[Optional[int], typer.Option(
         "--chunk-symbols", help="Symbols per task, a multiple or divisor of the price store's chunk.")] = None,
@@ -84,6 +85,12 @@ def sweep(
     walk_forward: Annotated[Optional[str], typer.Option(
         "--walk-forward", help="TRAIN:TEST windows in bars or durations (500:100, 2y:6m): the best combination on "
                                "each training window, measured on the test window after it.")] = None,
+    portfolio: Annotated[Optional[str], typer.Option(
+        "--portfolio", help="Also backtest each combination's portfolio of all symbols: equal (equal sleeves, each "
+        "following its symbol's position) or signal (weights proportional to Average_Signal), as atc run "
+        "--backtest --portfolio; the summary then ranks by the portfolio's metric.")] = None,
+    rebalance: Annotated[Optional[int], typer.Option(
+        "--rebalance", help="With --portfolio: rebalance every N times of the time axis (default 1).")] = None,
 ) -> None:
     """Backtest every combination of a parameter grid on every symbol of PRICES into the sweep store
     SWEEP (metrics over one dimension per swept parameter x symbol), then print the best
@@ -91,24 +98,27 @@ def sweep(
     reused for every other parameter. Rerunning the same command resumes an interrupted sweep."""
     from flows.run_cmd import (_announce, _announce_in_process, choose_in_process, interrupted_line, load_params,
                                overwrite_command)
-    from kernels.metrics import METRIC_NAMES
+    from pipeline.portfolio_store import portfolio_settings
     from pipeline.run import RunError
-    from pipeline.sweep import preflight_sweep, run_sweep
+    from pipeline.sweep import preflight_sweep, rank_metric_names, run_sweep
 
     # every refusal before a cluster starts: parameters, grid, options, the stores
-    if rank_by not in METRIC_NAMES:
-        raise ATCUserError(f"--rank-by must be one of {', '.join(METRIC_NAMES)}, got {rank_by!r}")
+    portfolio_settings(portfolio, rebalance)
+    names = rank_metric_names(portfolio=portfolio is not None)
+    if rank_by not in names:
+        raise ATCUserError(f"--rank-by must be one of {', '.join(names)}, got {rank_by!r}")
     base_atc, base_bt = load_params(config, set_, backtest=True)
     if periods_per_year is not None:
         base_bt = base_bt.replace(periods_per_year=periods_per_year)
     g = load_grid(grid, base_atc, base_bt)
     size, complete = preflight_sweep(prices, store, g, save_signals=save_signals, dtype=dtype,
                                      chunk_symbols=chunk_symbols, combos_per_task=combos_per_task, overwrite=overwrite,
-                                     folds=folds, walk_forward=walk_forward)
+                                     folds=folds, walk_forward=walk_forward, portfolio=portfolio, rebalance=rebalance)
     local = choose_in_process(size, complete, in_process, scheduler, workers=workers,
                               threads_per_worker=threads_per_worker, report=report, backend="cpu")
     kw = dict(save_signals=save_signals, dtype=dtype, chunk_symbols=chunk_symbols, combos_per_task=combos_per_task,
-              overwrite=overwrite, progress=progress, verbose=verbose, folds=folds, walk_forward=walk_forward)
+              overwrite=overwrite, progress=progress, verbose=verbose, folds=folds, walk_forward=walk_forward,
+              portfolio=portfolio, rebalance=rebalance)
     try:
         if local:
             if not complete:
@@ -141,7 +151,7 @@ def summary_table(store: Path, rank_by: str, top: int) -> str:
     df = summarize_sweep(store, rank_by, top)
     with pd.option_context("display.width", 200, "display.max_columns", 50, "display.float_format", "{:.4g}".format):
         body = df.to_string()
-    return f"Best {len(df)} combinations by median {rank_by} over symbols:\n{body}"
+    return f"Best {len(df)} combinations by {df.attrs['ranked_by']}:\n{body}"
 
 
 # --------------------------------------------------------------------------------------------
