@@ -173,6 +173,19 @@ def validate_store(store: str | Path, grid, plan: ValidationPlan, *, prices: str
                                  parallel=parallel)
         write_stitch(store, sw, times, labels_of(grid, wf["selected"]))
         wf["stitched"] = sw.figures()
+        pwf = (out.get("portfolio") or {}).get("walk_forward")
+        if pwf and "portfolio_returns" in set(g.array_keys()):
+            from pipeline.walk_forward import stitch_series, window_columns
+
+            pr = g["portfolio_returns"]
+            rets = np.asarray(pr[:]).reshape(grid.size, -1)
+            ppy = g.attrs.get("portfolio_periods_per_year", sw.periods_per_year)
+            ppy = float(ppy) if ppy is not None else math.nan
+            psw = stitch_series(rets, window_columns(np.array(pwf["window_blocks"], np.int64).reshape(-1, 4),
+                                                     rets.shape[1], plan.blocks), pwf["selected"], ppy)
+            write_stitch(store, psw, times, labels_of(grid, pwf["selected"]), prefix="wf_portfolio_",
+                         what="the portfolio's returns, portfolio_returns")
+            pwf["stitched"] = {**psw.figures(), "combine": "the portfolio's own returns (portfolio_returns)"}
     return out
 
 

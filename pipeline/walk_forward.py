@@ -268,8 +268,22 @@ def stitch_store(prices: str | Path, grid, windows: np.ndarray, selected: Sequen
     return st.finish(ppy), times
 
 
-def write_stitch(store: str | Path, sw: StitchedWalkForward, times: np.ndarray, labels: Sequence[str]) -> None:
-    """Add the stitched walk-forward to a sweep store as `wf_*` variables (data/README.md)."""
+def stitch_series(returns: np.ndarray, columns: np.ndarray, selected: Sequence[int],
+                  periods_per_year: float) -> StitchedWalkForward:
+    """The stitched walk-forward of one return series per combination, `returns` `(N, T)` (a
+    sweep's `portfolio_returns`, flat combinations first): test window w takes `returns[selected[w]]`
+    there. The same code as for symbols with one series, so the average is the series itself."""
+    sel = np.asarray(selected, np.int64)
+    st = _Stitcher(columns, sel, returns.shape[1], 1)
+    st.add({int(c): np.asarray(returns[int(c)], np.float64)[None, :] for c in set(sel.tolist()) if c >= 0}, 0,
+           np.array([periods_per_year], np.float64))
+    return st.finish(periods_per_year)
+
+
+def write_stitch(store: str | Path, sw: StitchedWalkForward, times: np.ndarray, labels: Sequence[str],
+                 prefix: str = "wf_", what: str = "the symbols' returns (equal-weight average)") -> None:
+    """Add the stitched walk-forward to a sweep store as `wf_*` variables (data/README.md); with
+    `prefix="wf_portfolio_"` the one of the portfolio per combination (no per-symbol metrics)."""
     import xarray as xr
     import zarr
 
@@ -303,6 +317,10 @@ def write_stitch(store: str | Path, sw: StitchedWalkForward, times: np.ndarray, 
         "wf_symbol_oos_metrics": (("symbol", "wf_metric"), sw.symbol_oos_metrics, {
             "description": "metrics of each symbol's own stitched out-of-sample returns"}),
     }
+    if prefix != "wf_":
+        del data["wf_symbol_oos_metrics"]
+        data = {prefix + k[3:]: (dims, v, {"description": a["description"] + f" ({what})"})
+                for k, (dims, v, a) in data.items()}
     coords = {"wf_window": np.arange(W), "wf_bound": np.array(BOUNDS, dtype=object),
               "wf_sample": np.array(["in_sample", "out_of_sample"], dtype=object),
               "wf_metric": np.array(WF_METRICS, dtype=object)}
