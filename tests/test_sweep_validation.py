@@ -11,11 +11,14 @@ import xarray as xr
 
 from flows.cli import main
 from kernels.metrics import periods_per_year_by_symbol
-from kernels.overfit import coarsen_blocks, cscv, walk_forward
+from kernels.overfit import block_stats_from_returns, coarsen_blocks, cscv, walk_forward
 from kernels.sweep import make_grid, sweep_panel
 from pipeline.store import open_prices, write_prices
 from pipeline.sweep import SweepError, run_sweep
 from pipeline.synth import synth_prices
+from pipeline.validation import describe, plan_validation, validate_store
+from pipeline.walk_forward import window_columns
+from test_walk_forward_stitch import literal_walk_forward, stitched_by_hand
 
 GRID = {"La": [0.01, 0.05], "De": [0.0, 1.0, 3.0], "ema_len": [12, 20]}
 BASE = dict(hma_len=12, wma_len=12, dema_len=12, lsma_len=12, kama_len=12)
@@ -51,8 +54,44 @@ def test_fold_statistics_and_figures(prices, tmp_path):
     assert val["deflated_sharpe"]["n_trials"] == grid.size
     text = summary.describe()
     assert "probability of backtest overfitting" in text and "deflated Sharpe" in text and "walk-forward" in text
+    # the stitched out-of-sample equity, against the chosen combinations run by hand (test_walk_forward_stitch)
+    sel = val["walk_forward"]["selected"]
+    cols = window_columns(wf.windows, 600, blocks)
+    np.testing.assert_array_equal(ds["wf_selected"].values, sel)
+    np.testing.assert_array_equal(ds["wf_bounds"].values, cols)
+    avg, _, _ = stitched_by_hand(close, grid.all_params(), cols, sel)
+    np.testing.assert_allclose(ds["wf_oos_return"].values, avg, rtol=1e-12, atol=1e-15)
+    assert ds["time"].size == 600 and ds["wf_is_equity"].shape == (len(sel), 600)
+    stitched = val["walk_forward"]["stitched"]
+    assert stitched["oos"]["sharpe"] == pytest.approx(float(ds["wf_oos_metrics"].sel(wf_metric="sharpe")))
+    assert "stitched out-of-sample equity" in text and "chosen:" in text
+    assert str(ds["wf_selected_label"].values[0]).startswith("La=")
     with pytest.raises(SweepError, match="validation blocks"):
         run_sweep(prices, store, grid, threads=1, progress=False, folds=6)
+    # a store with a portfolio per combination (atc sweep --portfolio writes these): its figures too
+    import zarr
+
+    rng = np.random.default_rng(5)
+    pr = rng.normal(0.0, 0.01, (grid.size, 600))
+    pr[7] += 0.002
+    pst = np.stack([block_stats_from_returns(r, blocks) for r in pr])
+    g = zarr.open_group(str(store), mode="r+", zarr_format=3, use_consolidated=False)
+    g.create_array("portfolio_fold_stats", data=pst.reshape(grid.shape + (blocks, 5)),
+                   dimension_names=list(grid.dims) + ["block", "stat"])
+    g.create_array("portfolio_returns", data=pr.reshape(grid.shape + (600,)), dimension_names=list(grid.dims) + ["time"])
+    plan = plan_validation(4, "120:60", p["time"].values)
+    out = validate_store(store, grid, plan, prices=prices)
+    psel, _ = literal_walk_forward(pr, blocks, 2, 1)
+    assert out["portfolio"]["walk_forward"]["selected"] == psel and out["portfolio"]["selected"] == 7
+    assert out["walk_forward"]["selected"] == sel  # the symbols' figures are unchanged
+    by_hand = np.full(600, np.nan)
+    for (_, _, b0, b1), c in zip(cols, psel):
+        by_hand[b0:b1] = pr[c, b0:b1]
+    ds = xr.open_zarr(store, consolidated=False)
+    np.testing.assert_array_equal(ds["wf_portfolio_oos_return"].values, by_hand)
+    np.testing.assert_allclose(ds["wf_portfolio_oos_equity"].values[cols[0, 2]:cols[-1, 3]],
+                               np.cumprod(1 + by_hand[cols[0, 2]:cols[-1, 3]]), rtol=1e-12)
+    assert "portfolio per combination" in describe(out, str)
 
 
 def test_cli_prints_and_keeps_the_figures(prices, tmp_path, capsys):
