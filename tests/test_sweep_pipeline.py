@@ -72,8 +72,10 @@ def swept(cluster, prices, tmp_path_factory):
 
 def test_store_layout_and_values(swept, close):
     store, grid, summary = swept
-    # blocks of (1, 1, 2, 2) combinations (whole trailing dims up to 6 combinations) x 3 symbol chunks
-    assert (summary.action, summary.n_tasks, summary.computed) == ("created", 6 * 3, 18)
+    # even blocks of 6 combinations, (1, 3, 1, 2): 4 blocks x 3 symbol chunks, 12 equal tasks on the 2 workers
+    # (the old rule's whole trailing dims, (1, 1, 2, 2), would make 6 blocks of 4, twice the crossover passes)
+    assert json.loads(xr.open_zarr(store).attrs["block_shape"]) == [1, 3, 1, 2]
+    assert (summary.action, summary.n_tasks, summary.computed) == ("created", 4 * 3, 12)
     ds = xr.open_zarr(store)
     assert ds["sharpe"].dims == ("La", "De", "long_threshold", "fee_bps", "symbol")
     assert ds["Average_Signal"].dims == ("La", "De", "long_threshold", "fee_bps", "symbol", "time")
@@ -122,17 +124,59 @@ def test_resume_after_interruption(via, prices, swept, tmp_path):
     # as if the run had died: two tasks not marked done, one of them half written
     g["task_done"][1] = 0
     g["task_done"][7] = 0
-    g["sharpe"][0, 0, :, :, 8:16] = 99.0  # task 1: block 0, symbol chunk 1
-    g["status"][0, 0, :, :, 8:16] = rs.NOT_COMPUTED
+    g["sharpe"][0, :, 0, :, 8:16] = 99.0  # task 1: block 0, symbol chunk 1
+    g["status"][0, :, 0, :, 8:16] = rs.NOT_COMPUTED
     records = []
     s = run_sweep(prices, copy, grid, **via, save_signals=True, on_record=records.append)
-    assert (s.action, s.computed, s.already_done) == ("resumed", 2, 16)
+    assert (s.action, s.computed, s.already_done) == ("resumed", 2, 10)
     assert sorted(r["task"] for r in records) == [1, 7]
     a, b = xr.open_zarr(copy), xr.open_zarr(store)
     for name in ("sharpe", "status", "Average_Signal"):
         assert np.array_equal(a[name].values, b[name].values, equal_nan=True), name
     again = run_sweep(prices, copy, grid, **via, save_signals=True)
     assert (again.action, again.computed) == ("complete", 0)
+
+
+def test_stores_from_the_old_block_rule_resume(prices, swept, tmp_path, monkeypatch):
+    """A store written with the old rule's blocks (its `block_shape` attribute) resumes with them."""
+    import pipeline.sweep as sw
+
+    store, grid, _ = swept
+    old = tmp_path / "old.zarr"
+    with monkeypatch.context() as m:
+        m.setattr(sw, "block_shape_for", lambda shape, n, **kw: sw.legacy_block_shape_for(shape, n))
+        run_sweep(prices, old, grid, threads=2, combos_per_task=6, save_signals=True)
+    assert json.loads(xr.open_zarr(old).attrs["block_shape"]) == [1, 1, 2, 2]
+    g = zarr.open_group(str(old), mode="r+", use_consolidated=False)
+    g["task_done"][[0, 5, 17]] = 0
+    g["sharpe"][0, 0, :, :, 0:8] = 99.0  # task 0: block 0, symbol chunk 0
+    s = run_sweep(prices, old, grid, threads=2, combos_per_task=6, save_signals=True)
+    assert (s.action, s.computed, s.already_done, s.n_tasks) == ("resumed", 3, 15, 18)
+    a, b = xr.open_zarr(old), xr.open_zarr(store)
+    for name in ("sharpe", "status", "Average_Signal"):
+        assert np.array_equal(a[name].values, b[name].values, equal_nan=True), name
+    with pytest.raises(SweepError, match=r"blocks of \(1, 1, 2, 2\) combinations, more than 3"):
+        run_sweep(prices, old, grid, threads=2, combos_per_task=3, save_signals=True)
+
+
+def test_even_blocks():
+    """Block shapes: equal task costs where the old rule left a short block beside full ones."""
+    from pipeline.sweep import block_shape_for, legacy_block_shape_for, plan_blocks
+
+    def sizes(shape, b):
+        return sorted({int(np.prod([hi - lo for lo, hi in blk])) for blk in plan_blocks(shape, b)})
+
+    # issue 12's grid: (3, 100) in blocks of at most 200 gave tasks of 200 and 100
+    assert sizes((3, 100), legacy_block_shape_for((3, 100), 200)) == [100, 200]
+    b = block_shape_for((3, 100), 200, dims=("La", "De"), chunk_sizes=(100, 100), slots=2)
+    assert sizes((3, 100), b) == [150] and np.prod(b) <= 200
+    # a length dim is kept whole inside blocks rather than repeated across them (one crossover pass each)
+    assert block_shape_for((3, 100), 200, dims=("ema_len", "De"), chunk_sizes=(100, 100), slots=2) == (1, 100)
+    # fits in one block: unchanged
+    assert block_shape_for((5, 5), 256, dims=("La", "De"), chunk_sizes=(250, 250), slots=2) == (5, 5)
+    for shape, n in (((7, 3, 4), 10), ((12,), 5), ((2, 2, 2, 2, 2), 3)):
+        b = block_shape_for(shape, n, chunk_sizes=(8,), slots=2)
+        assert np.prod(b) <= n and len(sizes(shape, b)) == 1, (shape, b)
 
 
 def test_refusals(via, prices, swept, tmp_path):
