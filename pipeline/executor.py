@@ -12,9 +12,9 @@ parallel; the parallel kernels are never used here (they must not be entered fro
 Nothing here imports ``distributed`` (or bokeh): a small job never pays for them.
 
 :func:`run_tasks` is the reusable part (``atc run``, ``atc sweep``, ``atc update``): it runs a list
-of tasks with :func:`pipeline.run.guarded`, shows a progress bar, turns every failure into
-:class:`pipeline.run.TaskFailure` records (one per chunk a task covers) for
-:func:`pipeline.run.report_failures`, and on Ctrl-C cancels what has not started, lets the running
+of tasks with :func:`pipeline.failures.guarded`, shows a progress bar, turns every failure into
+:class:`pipeline.failures.TaskFailure` records (one per chunk a task covers) for
+:func:`pipeline.failures.report_failures`, and on Ctrl-C cancels what has not started, lets the running
 tasks finish their regions (they are small) and re-raises, so the caller's one-line "interrupted"
 message counts every saved chunk.
 """
@@ -66,7 +66,7 @@ def run_tasks(fn: Callable[[Any], dict[str, Any]], tasks: Sequence[Any], *, thre
 
     from tqdm import tqdm
 
-    from pipeline.run import TaskFailure, guarded
+    from pipeline.failures import TaskFailure, guarded
 
     if parts is None:
         parts = lambda t: [t.index]  # noqa: E731

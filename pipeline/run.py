@@ -1,6 +1,7 @@
 """The distributed run: price store -> one Dask task per symbol chunk -> results store.
 
-The client only plans and watches. Each task (:func:`run_chunk`) opens the price store itself,
+The client only plans and watches (this module; planning and routing in :mod:`pipeline.routing`,
+failure handling in :mod:`pipeline.failures`). Each task (:func:`pipeline.chunk_task.run_chunk`) opens the price store itself,
 reads its symbol slice, runs the kernel, writes its own whole chunk region of the results store
 and returns a small status record (counts, a few reasons, timings): prices and results never
 travel through the client or the scheduler, so the client's memory does not grow with the
@@ -40,146 +41,47 @@ import numpy as np
 
 from kernels.errors import ATCUserError
 from kernels.params import ATCParams
-from kernels.status import INSUFFICIENT_HISTORY, OK, STATUS_NAMES
+from kernels.status import OK
 from pipeline import results as rs
+
+# Re-exported: callers (flows/, pipeline/sweep.py, tests) import these from pipeline.run.
+from pipeline.chunk_task import (  # noqa: F401
+    MAX_REPORTED,
+    ChunkTask,
+    _get_worker,
+    _reasons,
+    _worker_name,
+    _worker_threads,
+    backtest_outputs,
+    read_close,
+    run_chunk,
+)
+from pipeline.failures import (  # noqa: F401
+    PricesChangedError,
+    RunError,
+    TaskFailure,
+    _stderr,
+    failure_log_path,
+    guarded,
+    report_failures,
+    task_failure,
+)
+from pipeline.routing import (  # noqa: F401
+    BACKEND_SUBMIT,
+    BACKENDS,
+    GPU_TASK_SYMBOL_BARS,
+    Route,
+    _check_alignment,
+    _Feed,
+    _gpu_group,
+    _price_chunk,
+    default_chunk_symbols,
+    plan_routes,
+    route_kinds,
+)
 
 __all__ = ["BACKENDS", "BACKEND_SUBMIT", "ChunkTask", "PricesChangedError", "Route", "RunError", "RunSummary",
            "TaskFailure", "default_chunk_symbols", "guarded", "plan_routes", "preflight", "run_atc", "run_chunk"]
-
-#: backend name -> extra ``client.submit`` keywords for its tasks.
-BACKEND_SUBMIT: dict[str, dict[str, Any]] = {"cpu": {}, "cuda": {"resources": {"GPU": 1}}}
-#: What a run accepts: "auto" picks per worker kind (see the module docstring).
-BACKENDS = ("auto", "cpu", "cuda")
-#: Default size of a GPU task, in symbol-bars (rounded down to whole store chunks, at least one):
-#: ~1.9 GB of float64 inputs and outputs on the GPU worker's host side.
-GPU_TASK_SYMBOL_BARS = 1 << 24
-#: Non-ok symbols a task reports back by name (the store has every reason).
-MAX_REPORTED = 5
-
-
-class RunError(ATCUserError):
-    """Some chunks failed; the finished ones are saved and a rerun computes the rest.
-
-    ``prices_changed``: a task found another price store than the run started from, so a plain
-    rerun would be refused (other fingerprint) and only a rerun with overwrite helps; the CLI uses
-    it to print the exact command. ``log``: the file with every failure's traceback."""
-
-    def __init__(self, message: str, *, prices_changed: bool = False, log: Path | None = None):
-        super().__init__(message)
-        self.prices_changed = prices_changed
-        self.log = log
-
-
-class PricesChangedError(ATCUserError, ValueError):
-    """The price store was replaced or appended to while a run was reading it."""
-
-
-@dataclass(frozen=True)
-class TaskFailure:
-    """One failed task as the client reports it: a line for the terminal, the traceback for the log."""
-
-    index: int  # chunk (run) or task (sweep) index
-    message: str  # "OSError: disk on fire"
-    details: str = ""  # the worker's traceback, when the task itself raised
-    prices_changed: bool = False
-
-
-def guarded(fn: Callable[[Any], dict[str, Any]], task: Any) -> dict[str, Any]:
-    """Run a task and turn its exception into a small record. A task that raises makes every Dask
-    worker log a many-line "Compute Failed" report straight to the user's terminal (on a joined
-    cluster too, where we cannot quiet its logging); the client reports failures itself instead:
-    one line each, the traceback in a log file."""
-    import traceback
-
-    try:
-        return fn(task)
-    except Exception as exc:
-        return {"failed": True, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(),
-                "prices_changed": isinstance(exc, PricesChangedError)}
-
-
-# --------------------------------------------------------------------------------------------
-# The task
-# --------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ChunkTask:
-    """Everything one task needs; small and picklable (paths, not data)."""
-
-    prices: str
-    results: str
-    index: int
-    start: int
-    stop: int
-    params: ATCParams
-    prices_fingerprint: str
-    dtype: str = "float64"
-    backend: str = "cpu"
-    parallel: bool = False
-    options: Mapping[str, Any] = field(default_factory=dict)
-    #: Symbols per store chunk when the task spans several consecutive chunks ``index, index + 1, ...``
-    #: (a GPU task); 0: the task is the one chunk ``index``.
-    chunk_symbols: int = 0
-
-    def parts(self) -> list[tuple[int, int, int]]:
-        """(chunk index, start, stop) of every store chunk the task writes."""
-        k = self.chunk_symbols
-        if not k or self.stop - self.start <= k:
-            return [(self.index, self.start, self.stop)]
-        return [(self.index + j, a, min(a + k, self.stop)) for j, a in enumerate(range(self.start, self.stop, k))]
-
-
-def _get_worker() -> Any:
-    """The Dask worker running this task, or None. A Dask worker has ``distributed`` loaded; a task on
-    the in-process path (pipeline/executor.py) must not import it (seconds, and bokeh with it)."""
-    if "distributed" not in sys.modules:
-        return None
-    from distributed import get_worker
-
-    try:
-        return get_worker()
-    except ValueError:
-        return None
-
-
-def _worker_threads() -> int:
-    """Threads of the Dask worker running this task (1 outside a worker)."""
-    w = _get_worker()
-    if w is None:
-        return 1
-    state = getattr(w, "state", None)
-    return int(getattr(state, "nthreads", None) or getattr(w, "nthreads", 1) or 1)
-
-
-def _worker_name() -> str:
-    w = _get_worker()
-    return str(w.address) if w is not None else f"pid {os.getpid()}"
-
-
-def read_close(task: ChunkTask) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """The task's ``close`` slice, symbol names and the time axis, from the price store it opens itself."""
-    from pipeline.store import open_prices
-
-    ds = open_prices(task.prices)
-    try:
-        fp = ds.attrs.get("fingerprint")
-        if fp != task.prices_fingerprint:
-            raise PricesChangedError(f"{task.prices}: the price store changed during the run (fingerprint {fp}, "
-                                     f"expected {task.prices_fingerprint})")
-        sl = slice(task.start, task.stop)
-        close = np.asarray(ds["close"][sl].values, dtype=np.float64)
-        symbols = [str(s) for s in ds["symbol"].values[sl]]
-        times = np.asarray(ds["time"].values)
-    finally:
-        ds.close()
-    return close, symbols, times
-
-
-def _reasons(messages: Mapping[int, str], status: np.ndarray) -> list[str]:
-    out = [""] * status.size
-    for i, msg in messages.items():
-        out[i] = f"{STATUS_NAMES.get(int(status[i]), 'unknown')}: {msg}"
-    return out
 
 
 def backtest_settings(backtest: Any, ds: Any) -> dict[str, Any] | None:
@@ -190,83 +92,6 @@ def backtest_settings(backtest: Any, ds: Any) -> dict[str, Any] | None:
     if backtest is None:
         return None
     return backtest.to_dict()
-
-
-def backtest_outputs(close: np.ndarray, times: np.ndarray, res: Any, params: ATCParams,
-                     settings: Mapping[str, Any]) -> dict:
-    """Positions, strategy returns, equity and per-symbol metrics of a chunk, as store variables."""
-    from kernels.backtest import BACKTEST_SERIES, BacktestParams, run_backtest
-    from kernels.metrics import periods_per_year_by_symbol
-
-    ppy = settings["periods_per_year"]
-    if ppy is None:
-        ppy = periods_per_year_by_symbol(times, close)
-    bt = run_backtest(close, res["Average_Signal"], params,
-                      BacktestParams(fee_bps=settings["fee_bps"], long_only=settings["long_only"]),
-                      periods_per_year=ppy, ok=np.asarray(res.status) == OK)
-    out: dict[str, Any] = {name: (("symbol", "time"), bt[name]) for name in BACKTEST_SERIES}
-    out.update({name: (("symbol",), values) for name, values in bt.metrics.items()})
-    return out
-
-
-def run_chunk(task: ChunkTask) -> dict[str, Any]:
-    """Compute and write one symbol chunk; return a small record of what happened."""
-    from kernels import compute_atc
-    from pipeline.stream_store import has_stream, history_hashes, write_stream_region
-    from pipeline.trades_store import task_trades, write_trades_part
-
-    t0 = time.perf_counter()
-    close, symbols, times = read_close(task)
-    t1 = time.perf_counter()
-    parallel = bool(task.parallel) and _worker_threads() == 1
-    stream = task.backend == "cpu" and has_stream(task.results)
-    if stream:  # the same batch kernel, also capturing the state `atc update` continues from
-        from kernels.stream import build_stream
-
-        res, state = build_stream(close, task.params, dtype=np.dtype(task.dtype), symbols=symbols,
-                                  parallel=parallel, index_offset=task.start, replay=False)
-        state_arrays = state.to_arrays()
-        # short histories are not captured (`atc update` rebuilds them: they are short)
-        state_arrays["have"] = (np.asarray(res.status) != INSUFFICIENT_HISTORY).astype(np.int8)
-        state_arrays["hist_hash"] = history_hashes(close)
-    else:
-        res = compute_atc(close, task.params, backend=task.backend, dtype=np.dtype(task.dtype), parallel=parallel,
-                          on_bad="status", symbols=symbols, index_offset=task.start)
-    settings = task.options.get("backtest")
-    extra = backtest_outputs(close, times, res, task.params, settings) if settings else None
-    trades = task_trades(task.results, close, extra, settings)  # adds the trade statistics to extra
-    del close
-    t2 = time.perf_counter()
-    status = np.asarray(res.status, dtype=np.int8)
-    reasons = _reasons(res.messages, status)
-    parts = task.parts()
-    for index, a, b in parts:  # one region write per store chunk: regions of tasks never overlap
-        sl = slice(a - task.start, b - task.start)
-        if stream:  # before write_chunk marks the chunk done
-            write_stream_region(task.results, a, b, {n: v[sl] for n, v in state_arrays.items()})
-        if trades is not None:  # before write_chunk marks the chunk done (pipeline/trades_store.py)
-            write_trades_part(task.results, index, sl.start, sl.stop, task.start, trades)
-        names = rs.OUTPUT_CHOICES[task.options.get("outputs", "all")]
-        rs.write_chunk(task.results, index, a, b, {n: res[n][sl] for n in names}, status[sl], reasons[sl],
-                       {n: (dims, v[sl]) for n, (dims, v) in extra.items()} if extra else None)
-    t3 = time.perf_counter()
-    codes, counts = np.unique(status, return_counts=True)
-    not_ok = [(symbols[i], reasons[i]) for i in np.flatnonzero(status != OK)[:MAX_REPORTED]]
-    return {
-        "chunk": task.index,
-        "chunks": [p[0] for p in parts],
-        "start": task.start,
-        "stop": task.stop,
-        "counts": {int(c): int(n) for c, n in zip(codes, counts)},
-        "not_ok": not_ok,
-        "worker": _worker_name(),
-        "pid": os.getpid(),
-        "backend": task.backend,
-        "parallel": parallel,
-        "read_s": t1 - t0,
-        "compute_s": t2 - t1,
-        "write_s": t3 - t2,
-    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -322,51 +147,6 @@ def _is_url(p: str) -> bool:
 def _abs(p: str | os.PathLike) -> str:
     s = str(p)
     return s if _is_url(s) else str(Path(s).expanduser().resolve())
-
-
-def _price_chunk(ds: Any) -> int:
-    enc = ds["close"].encoding.get("chunks") or ds["close"].encoding.get("preferred_chunks", {})
-    if isinstance(enc, Mapping):
-        k = enc.get("symbol")
-    else:
-        k = enc[0] if enc else None
-    if not k:
-        k = ds.attrs.get("chunk_symbols") or ds.sizes["symbol"]
-    return max(1, int(k))
-
-
-def default_chunk_symbols(price_k: int, n_symbols: int, slots: int, min_symbols: int = 16) -> int:
-    """Symbols per task when not given.
-
-    Preferred: the price store's chunk, or its largest divisor (>= ``min_symbols``) that gives
-    every worker thread at least two tasks, so that tasks read whole price chunks. When even that
-    leaves some of the ``slots`` worker threads without a task (a small store: 25 symbols in one
-    price chunk on 2 workers would be one task), ``n_symbols // slots`` instead: every thread gets
-    one, and tasks read parts of a price chunk (each still writes whole results-store chunks).
-    """
-    n = max(1, int(n_symbols))
-    slots = max(1, int(slots))
-    price_k = max(1, min(int(price_k), n))
-    want = 2 * slots
-    best = price_k
-    for d in range(price_k, 0, -1):
-        if price_k % d:
-            continue
-        if d < min_symbols:
-            break
-        best = d
-        if -(-n // d) >= want:
-            break
-    if -(-n // best) >= min(slots, n):
-        return best
-    return max(1, n // slots)
-
-def _check_alignment(k: int, price_k: int) -> None:
-    if k < 1:
-        raise rs.ResultsError(f"--chunk-symbols must be >= 1, got {k}")
-    if k % price_k and price_k % k:
-        raise rs.ResultsError(f"--chunk-symbols {k} is not aligned with the price store's chunks of {price_k} "
-                              f"symbols: use a multiple or a divisor of {price_k}")
 
 
 def _status_summary(path: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
@@ -449,72 +229,6 @@ def _existing_state(results: Any, results_path: Path, identity: rs.RunIdentity, 
             f"{results}: stored with {state.chunk_symbols} symbols per chunk, not {chunk_symbols}; "
             f"rerun without --chunk-symbols to resume, or use --overwrite")
     return state
-
-
-@dataclass(frozen=True)
-class Route:
-    """How one kind of task is submitted: its backend, store chunks per task, how many may be in
-    flight at once (None: all at once) and its extra ``client.submit`` keywords."""
-
-    backend: str
-    chunks_per_task: int = 1
-    in_flight: int | None = None
-    submit: Mapping[str, Any] = field(default_factory=dict)
-    from_back: bool = False  # takes chunks from the end of the to-do list (CPU beside GPU)
-
-
-def route_kinds(backend: str, workers: Mapping[str, Mapping]) -> tuple[list[str], str | None]:
-    """The task backends a run uses on these workers, and a notice for the user (or None).
-    Raises ``ATCBackendError`` for "cuda" without a GPU worker."""
-    from kernels.api import ATCBackendError
-    from pipeline.cluster import gpu_workers
-
-    if backend == "cpu":
-        return ["cpu"], None
-    gpus = gpu_workers(dict(workers))
-    if not gpus:
-        if backend == "cuda":
-            raise ATCBackendError(f"--backend cuda: none of the cluster's {len(workers)} workers has the resource "
-                                  "GPU (start GPU workers with --resources GPU=1, or use --backend auto or cpu)")
-        return ["cpu"], "no GPU worker in the cluster (none declares the resource GPU): every task runs on the CPU"
-    if backend == "cuda" or len(gpus) == len(workers):
-        return ["cuda"], None
-    return ["cuda", "cpu"], None
-
-
-def plan_routes(backend: str, workers: Mapping[str, Mapping], *, n_todo: int, chunk_symbols: int, n_time: int,
-                gpu_chunk_symbols: int | None = None) -> tuple[list[Route], str | None]:
-    """Routes of a run (see the module docstring) and its notice. GPU tasks cover
-    ``gpu_chunk_symbols // chunk_symbols`` store chunks (default: about GPU_TASK_SYMBOL_BARS
-    symbol-bars, and at most half of the to-do chunks per GPU so that every GPU gets two tasks)."""
-    from pipeline.cluster import gpu_workers
-
-    kinds, notice = route_kinds(backend, workers)
-    if kinds == ["cpu"]:
-        return [Route("cpu", 1, None, dict(BACKEND_SUBMIT["cpu"]))], notice
-    gpus = gpu_workers(dict(workers))
-    slots = sum(gpus.values())
-    if gpu_chunk_symbols is not None:
-        g = _gpu_group(gpu_chunk_symbols, chunk_symbols)
-    else:
-        g = max(1, GPU_TASK_SYMBOL_BARS // max(1, chunk_symbols * n_time))
-        g = max(1, min(g, n_todo // (2 * slots)))
-    if kinds == ["cuda"]:
-        return [Route("cuda", g, None, dict(BACKEND_SUBMIT["cuda"]))], notice
-    cpus = {a: w for a, w in workers.items() if a not in gpus}
-    cpu_threads = sum(max(1, int(w.get("nthreads", 1))) for w in cpus.values())
-    return [Route("cuda", g, slots, dict(BACKEND_SUBMIT["cuda"])),
-            Route("cpu", 1, 2 * cpu_threads,
-                  {**BACKEND_SUBMIT["cpu"], "workers": sorted(cpus), "allow_other_workers": True}, from_back=True),
-            ], notice
-
-
-def _gpu_group(gpu_chunk_symbols: int, chunk_symbols: int) -> int:
-    g = int(gpu_chunk_symbols)
-    if g < 1 or g % chunk_symbols:
-        raise rs.ResultsError(f"--gpu-chunk-symbols {gpu_chunk_symbols} must be a multiple of the results store's "
-                              f"chunk of {chunk_symbols} symbols")
-    return g // chunk_symbols
 
 
 def _outputs(outputs: str) -> str:
@@ -735,40 +449,11 @@ def _run_workers(client: Any, threads: int | None) -> dict[str, dict]:
     return {"in-process": {"nthreads": n, "host": "in-process"}}
 
 
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr)
-
-
 def _chunks_per_backend(records: list[dict[str, Any]]) -> dict[str, int]:
     out: dict[str, int] = {}
     for r in records:
         out[r["backend"]] = out.get(r["backend"], 0) + len(r.get("chunks") or [r["chunk"]])
     return out
-
-
-class _Feed:
-    """The chunks still to submit, handed out per route: a GPU route takes runs of up to
-    ``chunks_per_task`` consecutive chunks from the front, a CPU route beside it single chunks from
-    the back (a single route takes them in order)."""
-
-    def __init__(self, todo: list[int], routes: list[Route], make_task: Callable[[str, list[int]], ChunkTask]):
-        from collections import deque
-
-        self.todo = deque(sorted(todo))
-        self.routes = routes
-        self.n_chunks = len(self.todo)
-        self._make = make_task
-
-    def next(self, route: Route) -> ChunkTask | None:
-        if not self.todo:
-            return None
-        if route.from_back:
-            chunks = [self.todo.pop()]
-        else:
-            chunks = [self.todo.popleft()]
-            while len(chunks) < route.chunks_per_task and self.todo and self.todo[0] == chunks[-1] + 1:
-                chunks.append(self.todo.popleft())
-        return self._make(route.backend, chunks)
 
 
 def _execute(client: Any, feed: _Feed, *, progress: bool | None, report: Any,
@@ -830,38 +515,3 @@ def _execute(client: Any, feed: _Feed, *, progress: bool | None, report: Any,
             bar.close()
     failures.sort(key=lambda x: x.index)
     return records, failures
-
-
-def task_failure(future: Any) -> TaskFailure | None:
-    """The failure of a finished future: a :func:`guarded` task's error record, or an error Dask
-    itself raised (a worker lost too often, a task that could not be unpickled); None on success."""
-    if future.status == "error":
-        exc = future.exception()
-        return TaskFailure(-1, f"{type(exc).__name__}: {exc}")
-    rec = future.result()
-    if isinstance(rec, dict) and rec.get("failed"):
-        return TaskFailure(-1, rec["error"], rec.get("traceback", ""), bool(rec.get("prices_changed")))
-    return None
-
-
-def failure_log_path(store: Path) -> Path:
-    """Where a run's failure details go: beside the store (``results.zarr`` -> ``results.zarr.errors.log``),
-    where the user looks for the store, and outside it, so the store's contents stay only data."""
-    return store.with_name(store.name + ".errors.log")
-
-
-def report_failures(failures: list[TaskFailure], store: Path, describe: Callable[[int], str], *,
-                    verbose: bool = False) -> Path:
-    """Write every failure's details to the log beside ``store`` and print one line per failed
-    chunk or task on stderr (with ``verbose``, its traceback below it). Returns the log's path."""
-    log = failure_log_path(store)
-    with open(log, "w", encoding="utf-8") as fh:
-        fh.write(f"# {rs.utc_now()}: {len(failures)} failed in {store}\n")
-        for f in failures:
-            fh.write(f"\n## {describe(f.index)}: {f.message}\n{f.details or '(no traceback: Dask reported it)'}\n")
-    for f in failures:
-        line = f"{describe(f.index)} failed: {f.message} (details: {log})"
-        if verbose and f.details:
-            line += "\n" + f.details.rstrip()
-        _stderr(line)
-    return log

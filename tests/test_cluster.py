@@ -40,7 +40,7 @@ START_TIMEOUT = 120  # worker start + kernel compile on a loaded 2-core machine
 RUN_TIMEOUT = 120
 
 SLOW = """
-import time, pipeline.run as r
+import time, pipeline.chunk_task as r  # run_chunk's module: it calls read_close
 orig = getattr(r, "_test_orig_read_close", None) or r.read_close
 r._test_orig_read_close = orig
 def slow(task, _orig=orig, _delay={delay}):

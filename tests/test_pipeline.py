@@ -140,16 +140,17 @@ def test_resume_computes_only_missing_chunks(via, prices, tmp_path):
 
 
 def test_failed_chunk_is_reported_and_a_rerun_completes(via, prices, tmp_path, monkeypatch, capsys):
+    import pipeline.chunk_task as task_mod
     import pipeline.run as run_mod
 
-    real = run_mod.read_close
+    real = task_mod.read_close
 
     def flaky(task):
         if task.index == 2:
             raise OSError("disk on fire")
         return real(task)
 
-    monkeypatch.setattr(run_mod, "read_close", flaky)  # the workers are threads of this process
+    monkeypatch.setattr(task_mod, "read_close", flaky)  # the workers are threads of this process
     res = tmp_path / "r.zarr"
     with pytest.raises(run_mod.RunError, match=r"1 of 5 chunks failed \(first: chunk 2, symbols 16\.\.23: "
                                                 r"OSError: disk on fire\); the 4 finished chunks are saved"):
@@ -161,7 +162,7 @@ def test_failed_chunk_is_reported_and_a_rerun_completes(via, prices, tmp_path, m
     assert "Traceback" in log.read_text() and "in flaky" in log.read_text()
     assert list(xr.open_zarr(res)["chunk_done"].values) == [1, 1, 0, 1, 1]
     assert "completed" not in xr.open_zarr(res).attrs
-    monkeypatch.setattr(run_mod, "read_close", real)
+    monkeypatch.setattr(task_mod, "read_close", real)
     s = run_atc(prices, res, **via)
     assert (s.action, s.computed) == ("resumed", 1)
     assert_same(res, expected(prices))
@@ -238,19 +239,19 @@ def test_prices_changed_during_the_run_names_the_command_that_works(cli_via, pri
                                                                    capsys):
     """A plain rerun is refused once the price store changed (other fingerprint): the message must
     give the command with --overwrite, and that command must then work."""
-    import pipeline.run as run_mod
+    import pipeline.chunk_task as task_mod
 
     px = tmp_path / "prices.zarr"
     shutil.copytree(prices, px)
     res = tmp_path / "r.zarr"
-    real = run_mod.read_close
+    real = task_mod.read_close
 
     def replaced_meanwhile(task):
         if task.index == 1:  # the store is replaced while the run is going
             write_prices(synth_prices(N_SYM, N_BARS, seed=12), px, chunk_symbols=CHUNK, overwrite=True)
         return real(task)
 
-    monkeypatch.setattr(run_mod, "read_close", replaced_meanwhile)
+    monkeypatch.setattr(task_mod, "read_close", replaced_meanwhile)
     argv = ["run", str(px), str(res), *cli_via, "--no-progress", "--chunk-symbols", "8"]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -258,7 +259,7 @@ def test_prices_changed_during_the_run_names_the_command_that_works(cli_via, pri
                                                               "--no-progress --chunk-symbols 8 --overwrite")
     assert "the price store" in err[-1] and "changed during the run" in err[-1]
     assert all(" failed: PricesChangedError: " in line for line in err[:-1]) and len(err) >= 2
-    monkeypatch.setattr(run_mod, "read_close", real)
+    monkeypatch.setattr(task_mod, "read_close", real)
     assert main(argv) == 2  # what the old message advised: refused
     assert "a different price store" in capsys.readouterr().err
     assert main(argv + ["--overwrite"]) == 0  # what the new one says: works
