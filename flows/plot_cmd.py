@@ -23,7 +23,7 @@ import typer
 from kernels.errors import ATCUserError
 
 __all__ = ["PlotError", "direction_changes", "plot", "plot_symbol", "plot_sweep", "drawdown",
-           "symbol_figure", "symbol_html", "sweep_figure", "sweep_html"]
+           "symbol_figure", "symbol_html", "sweep_figure", "sweep_html", "plot_walk_forward", "walk_forward_figure"]
 
 WIDTH_IN, DPI = 13.0, 100
 N_BUCKETS = 1200
@@ -302,6 +302,94 @@ def sweep_figure(result, fixed: Mapping[str, Any] | None = None):
     return fig
 
 
+def walk_forward_figure(view):
+    """The stitched out-of-sample equity of a sweep's walk-forward (`pipeline.walk_forward`): test
+    windows shaded by the combination chosen for them (labels where the choice changes), each
+    window's choice in sample over its training window (grey, scaled to end where the stitched
+    equity starts its test window, so its slope compares with the test window's), and below the
+    Sharpe ratio of each window in and out of sample."""
+    Figure = _figure_class()
+    from matplotlib.patches import Patch
+
+    import matplotlib.dates as mdates
+
+    from pipeline.walk_forward import WF_METRICS
+
+    t = mdates.date2num(np.asarray(view.times, dtype="datetime64[ns]"))  # days, for spans and bar widths
+    fig = Figure(figsize=(WIDTH_IN, 7.5), dpi=DPI, layout="constrained")
+    ax, bx = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+    used = [w for w in range(len(view.selected)) if view.selected[w] >= 0]
+    distinct = sorted({int(view.selected[w]) for w in used},
+                      key=lambda c: (-int(np.sum(view.selected == c)), c))
+    colors = {c: f"C{k % 10}" for k, c in enumerate(distinct)}
+    label = {int(view.selected[w]): view.labels[w] for w in used}
+    eq = view.oos_equity
+    prev = None
+    for w in used:
+        a0, a1, b0, b1 = (int(v) for v in view.bounds[w])
+        c = int(view.selected[w])
+        ax.axvspan(t[b0], t[min(b1, len(t) - 1)], color=colors[c], alpha=0.12, lw=0)
+        ax.axvline(t[b0], color="gray", lw=0.5, ls=":")
+        if c != prev:
+            ax.annotate(view.labels[w], (t[b0], 0.01), xycoords=("data", "axes fraction"), rotation=90,
+                        fontsize=6.5, va="bottom", ha="left", color=colors[c])
+        prev = c
+        seg = view.is_equity[w, a0:a1]
+        start = eq[b0 - 1] if b0 > 0 and np.isfinite(eq[b0 - 1]) else 1.0
+        last = seg[np.isfinite(seg)]
+        if last.size:
+            ax.plot(t[a0:a1], seg * (start / last[-1]), color="gray", lw=0.7, alpha=0.6,
+                    label="in sample: each window's choice on its training window" if w == used[0] else None)
+    ok = np.isfinite(eq)
+    m = view.oos_metrics
+    ax.plot(t[ok], eq[ok], color="black", lw=1.6,
+            label=f"stitched out of sample (Sharpe {m.get('sharpe', np.nan):.2f}, "
+                  f"max drawdown {m.get('max_drawdown', np.nan):.1%})")
+    if view.portfolio_equity is not None and np.isfinite(view.portfolio_equity).any():
+        pe = view.portfolio_equity
+        ax.plot(t[np.isfinite(pe)], pe[np.isfinite(pe)], color="#2166ac", lw=1.2, ls="--",
+                label="portfolio per combination, stitched out of sample")
+    ax.set_ylabel("equity")
+    ax.grid(alpha=0.3)
+    h, lab = ax.get_legend_handles_labels()
+    h += [Patch(color=colors[c], alpha=0.3) for c in distinct[:8]]
+    lab += [label[c] for c in distinct[:8]]
+    ax.legend(h, lab, fontsize=7, loc="upper left", ncol=2)
+    _maybe_log(ax, [eq[ok]])
+    k = WF_METRICS.index("sharpe")
+    starts = np.array([t[int(view.bounds[w, 2])] for w in used])
+    if len(used):
+        widths = np.array([t[min(int(view.bounds[w, 3]), len(t) - 1)] - t[int(view.bounds[w, 2])] for w in used])
+        bx.bar(starts, view.window_metrics[used, 0, k], width=widths * 0.45, align="edge", color="gray",
+               label="in sample (training window)")
+        bx.bar(starts + widths * 0.5, view.window_metrics[used, 1, k], width=widths * 0.45, align="edge",
+               color="black", label="out of sample (test window)")
+    bx.axhline(0, color="gray", lw=0.5)
+    bx.xaxis_date()
+    bx.set_ylabel("Sharpe per window")
+    bx.legend(fontsize=7, loc="upper left")
+    bx.grid(alpha=0.3)
+    ax.set_title(f"walk-forward {view.spec}: {len(used)} windows, {len(distinct)} distinct combinations chosen "
+                 f"(equal-weight average of the symbols)", fontsize=10)
+    return fig
+
+
+def plot_walk_forward(sweep: str | Path, out: str | Path | None = None):
+    """Draw the stitched walk-forward of a sweep store (`walk_forward_figure`); returns the Figure
+    and writes it to `out` if given (.png, .svg or .pdf)."""
+    from pipeline.walk_forward import read_walk_forward
+
+    out = Path(out) if out is not None else None
+    ext = _check_out(out)
+    if ext == ".html":
+        raise PlotError("--walk-forward is drawn with matplotlib: use --out FILE.png, .svg or .pdf")
+    _figure_class()
+    fig = walk_forward_figure(read_walk_forward(sweep))
+    if out is not None:
+        _write(fig, out)
+    return fig
+
+
 def _wrap(text: str, width: int) -> str:
     import textwrap
 
@@ -517,13 +605,16 @@ def plot(
                                      "(and over swept parameters not on an axis nor fixed by --sel).")] = "median",
     sel: Annotated[Optional[list[str]], typer.Option("--sel", help="Sweep store: fix a swept parameter, "
                                                      "key=value (repeatable).")] = None,
+    walk_forward: Annotated[bool, typer.Option("--walk-forward", help="Sweep store: the stitched out-of-sample "
+                                               "equity of its walk-forward (atc sweep --walk-forward).")] = False,
     out: Annotated[Optional[Path], typer.Option("--out", help="Output file: .png, .svg, .pdf (matplotlib) or "
                                                 ".html (interactive, bokeh). Default: STORE-name.png here.")] = None,
 ) -> None:
     """Draw a results store's symbol (close with Average_Signal band and direction changes, Layer-1
     signals, Layer-2 equities, and with a backtest the equity vs buy-and-hold and the drawdown), or
     a sweep store's metric as a heatmap over two parameters (best cell marked) or against one
-    (median and interquartile band across symbols). Long histories are decimated per pixel."""
+    (median and interquartile band across symbols), or with --walk-forward a sweep's stitched
+    out-of-sample equity. Long histories are decimated per pixel."""
     from pipeline.inspect import store_kind
 
     kind = store_kind(store)
@@ -531,7 +622,7 @@ def plot(
     if kind == "atc-results":
         if symbol is None:
             raise PlotError(f"{store} is a results store: give --symbol SYMBOL")
-        extra = [o for o, v in (("--x", x), ("--y", y), ("--sel", sel)) if v]
+        extra = [o for o, v in (("--x", x), ("--y", y), ("--sel", sel), ("--walk-forward", walk_forward)) if v]
         if extra:
             raise PlotError(f"{', '.join(extra)} apply to sweep stores; {store} is a results store")
         out = out or _default_out(store, symbol)
@@ -540,8 +631,15 @@ def plot(
         extra = [o for o, v in (("--symbol", symbol), ("--start", start), ("--end", end), ("--prices", prices)) if v]
         if extra:
             raise PlotError(f"{', '.join(extra)} apply to results stores; {store} is a sweep store")
-        out = out or _default_out(store, metric, *(v for v in (x, y) if v))
-        plot_sweep(store, metric, x, y, agg, sel, out)
+        if walk_forward:
+            extra = [o for o, v in (("--x", x), ("--y", y), ("--sel", sel)) if v]
+            if extra:
+                raise PlotError(f"{', '.join(extra)} do not apply to --walk-forward")
+            out = out or _default_out(store, "walk-forward")
+            plot_walk_forward(store, out)
+        else:
+            out = out or _default_out(store, metric, *(v for v in (x, y) if v))
+            plot_sweep(store, metric, x, y, agg, sel, out)
     else:
         raise PlotError(f"{store} is a price store: plot a results store (atc run) or a sweep store (atc sweep)")
     typer.echo(f"wrote {out}")

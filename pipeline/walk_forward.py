@@ -31,6 +31,7 @@ symbols sized so that their signals and returns stay under `BUDGET_BYTES`.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -339,3 +340,46 @@ def labels_of(grid, selected: Sequence[int]) -> list[str]:
         idx = np.unravel_index(int(c), grid.shape)
         out.append(", ".join(f"{d}={grid.values[i][j]}" for i, (d, j) in enumerate(zip(grid.dims, idx))))
     return out
+
+
+@dataclass
+class WalkForwardView:
+    """What `atc plot --walk-forward` draws, read back from a sweep store (`read_walk_forward`)."""
+
+    times: np.ndarray
+    oos_equity: np.ndarray
+    is_equity: np.ndarray
+    bounds: np.ndarray
+    selected: np.ndarray
+    labels: list[str]
+    window_metrics: np.ndarray
+    oos_metrics: dict[str, float]
+    spec: str
+    portfolio_equity: np.ndarray | None = None
+    portfolio_labels: list[str] | None = None
+
+
+def read_walk_forward(store: str | Path) -> WalkForwardView:
+    """The `wf_*` variables of a sweep store; a clear error when the sweep had no walk-forward."""
+    import xarray as xr
+
+    from kernels.errors import ATCUserError
+
+    ds = xr.open_zarr(str(store))
+    try:
+        if "wf_oos_equity" not in ds:
+            raise ATCUserError(f"{store} has no walk-forward result: run atc sweep ... --walk-forward TRAIN:TEST "
+                               f"(a store swept before the stitched equity existed: recompute it with --overwrite)")
+        v = json.loads(ds.attrs.get("validation") or "{}").get("walk_forward", {})
+        port = "wf_portfolio_oos_equity" in ds
+        return WalkForwardView(
+            np.asarray(ds["time"].values), np.asarray(ds["wf_oos_equity"].values, np.float64),
+            np.asarray(ds["wf_is_equity"].values, np.float64), np.asarray(ds["wf_bounds"].values, np.int64),
+            np.asarray(ds["wf_selected"].values, np.int64), [str(s) for s in ds["wf_selected_label"].values],
+            np.asarray(ds["wf_window_metrics"].values, np.float64),
+            {str(m): float(x) for m, x in zip(ds["wf_metric"].values, ds["wf_oos_metrics"].values)},
+            str(v.get("spec", "")),
+            np.asarray(ds["wf_portfolio_oos_equity"].values, np.float64) if port else None,
+            [str(s) for s in ds["wf_portfolio_selected_label"].values] if port else None)
+    finally:
+        ds.close()

@@ -10,6 +10,7 @@ import pytest
 import xarray as xr
 
 from flows.cli import main
+from flows.plot_cmd import plot_walk_forward
 from kernels.metrics import periods_per_year_by_symbol
 from kernels.overfit import block_stats_from_returns, coarsen_blocks, cscv, walk_forward
 from kernels.sweep import make_grid, sweep_panel
@@ -66,6 +67,14 @@ def test_fold_statistics_and_figures(prices, tmp_path):
     assert stitched["oos"]["sharpe"] == pytest.approx(float(ds["wf_oos_metrics"].sel(wf_metric="sharpe")))
     assert "stitched out-of-sample equity" in text and "chosen:" in text
     assert str(ds["wf_selected_label"].values[0]).startswith("La=")
+    fig = plot_walk_forward(store, tmp_path / "wf.png")
+    ax, bx = fig.axes[:2]
+    assert (tmp_path / "wf.png").stat().st_size > 10_000
+    labels = [ln.get_label() for ln in ax.get_lines()]
+    assert any(lb.startswith("stitched out of sample") for lb in labels)
+    assert any(lb.startswith("in sample") for lb in labels)
+    assert len(bx.patches) == 2 * len(sel)  # in- and out-of-sample Sharpe bars per window
+    assert sum(1 for t in ax.texts if t.get_text().startswith("La=")) >= 1
     with pytest.raises(SweepError, match="validation blocks"):
         run_sweep(prices, store, grid, threads=1, progress=False, folds=6)
     # a store with a portfolio per combination (atc sweep --portfolio writes these): its figures too
@@ -107,3 +116,7 @@ def test_cli_prints_and_keeps_the_figures(prices, tmp_path, capsys):
     assert line and line == [ln for ln in again.splitlines() if "CSCV" in ln]
     assert main(args[:-2] + ["--folds", "3"]) == 2
     assert "even" in capsys.readouterr().err
+    assert main(["plot", str(tmp_path / "s.zarr"), "--walk-forward", "--out", str(tmp_path / "w.png")]) == 2
+    assert "no walk-forward result" in capsys.readouterr().err
+    assert main(["plot", str(tmp_path / "s.zarr"), "--walk-forward", "--x", "La"]) == 2
+    assert "do not apply to --walk-forward" in capsys.readouterr().err
