@@ -160,6 +160,8 @@ def summary_table(store: Path, rank_by: str, top: int) -> str:
 
 def warm_kernels(n_combos: int = 2) -> float:
     """Compile (or load from the disk cache) what run and sweep tasks use; run on every worker."""
+    import numpy as np
+
     from kernels import compute_atc
     from kernels.backtest import BacktestParams, run_backtest
     from kernels.params import ATCParams
@@ -170,8 +172,24 @@ def warm_kernels(n_combos: int = 2) -> float:
     x = random_walk_panel(20, 200, seed=1)
     res = compute_atc(x, parallel=False)
     run_backtest(x, res["Average_Signal"], periods_per_year=252)
-    sweep_panel(x, [(ATCParams(La=0.01 * (i + 1)), BacktestParams()) for i in range(n_combos)], parallel=False)
+    sweep_panel(x, [(ATCParams(La=0.01 * (i + 1)), BacktestParams()) for i in range(n_combos)], parallel=False,
+                save_positions=True)
+    from kernels.portfolio import portfolio_equal, portfolio_signal
+
+    portfolio_equal(x, np.where(np.isnan(x), np.nan, 1.0), fee_bps=1.0)
+    portfolio_signal(x, np.where(np.isnan(x), np.nan, 0.5), fee_bps=1.0)
     return time.perf_counter() - t0
+
+
+def _process_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def cpu_seconds(client: Any) -> float:
+    """CPU time (user + system) so far of every worker process of `client` and of this process
+    (which holds a local cluster's scheduler): the numerator of the CPU utilisation."""
+    return sum(client.run(_process_cpu_seconds).values()) + _process_cpu_seconds()
 
 
 def _floats(text: str, name: str) -> list[float]:
@@ -195,7 +213,10 @@ def bench_sweep(
 ) -> None:
     """The reuse benchmark: an La x De grid (default 5 x 5) with `atc sweep` against a single
     `atc run` (and `atc run --backtest`) on the same synthetic store and local cluster, end to end;
-    then the same comparison for the kernels alone. Target: the sweep costs <= 4 x a single run."""
+    then the same comparison for the kernels alone. Target: the sweep costs <= 4 x a single run.
+    In the same run: the sweep with `--portfolio equal` and `--portfolio signal` against the sweep
+    without, and each sweep's CPU utilisation (CPU time of the workers and this process / (wall x
+    cores)), the measure of how evenly its tasks fill the cores."""
     import numpy as np
 
     from kernels.backtest import BacktestParams
@@ -228,11 +249,17 @@ def bench_sweep(
             typer.echo(f"  {cl.describe()}; kernels warm on every worker ({max(warm.values()):.1f} s), one "
                        f"untimed run and sweep")
 
-            def timed(fn):
+            util: dict[str, float] = {}
+
+            def timed(fn, name=None):
                 def go():
-                    t0 = time.perf_counter()
+                    c0, t0 = cpu_seconds(cl.client), time.perf_counter()
                     fn()
-                    return time.perf_counter() - t0
+                    wall = time.perf_counter() - t0
+                    if name is not None:
+                        u = (cpu_seconds(cl.client) - c0) / (wall * (os.cpu_count() or 1))
+                        util[name] = max(util.get(name, 0.0), u)
+                    return wall
                 return go
 
             single = best(timed(lambda: run_atc(prices, base / "run.zarr", client=cl.client, overwrite=True,
@@ -240,18 +267,28 @@ def bench_sweep(
             single_bt = best(timed(lambda: run_atc(prices, base / "run_bt.zarr", client=cl.client, overwrite=True,
                                                    progress=False, backtest=BacktestParams())))
             swept = best(timed(lambda: run_sweep(prices, base / "sweep.zarr", grid, client=cl.client,
-                                                 overwrite=True, progress=False)))
+                                                 overwrite=True, progress=False), "sweep"))
             folded = best(timed(lambda: run_sweep(prices, base / "sweep-folds.zarr", grid, client=cl.client,
                                                   overwrite=True, progress=False, folds=10)))
+            with_pf = {kind: best(timed(lambda kind=kind: run_sweep(
+                prices, base / f"sweep-{kind}.zarr", grid, client=cl.client, overwrite=True, progress=False,
+                portfolio=kind), f"sweep --portfolio {kind}")) for kind in ("equal", "signal")}
         e2e = {"run_s": single, "run_backtest_s": single_bt, "sweep_s": swept, "sweep_over_run": swept / single,
                "sweep_over_run_backtest": swept / single_bt, "sweep_folds10_s": folded,
-               "folds10_over_sweep": folded / swept}
+               "folds10_over_sweep": folded / swept,
+               **{f"sweep_portfolio_{k}_s": v for k, v in with_pf.items()},
+               **{f"portfolio_{k}_over_sweep": v / swept for k, v in with_pf.items()}}
         out["end_to_end"] = e2e
+        out["cpu_utilisation"] = util
         typer.echo(f"  end to end: atc run {single:.2f} s, atc run --backtest {single_bt:.2f} s, atc sweep "
                    f"{swept:.2f} s = {swept / single:.2f} x atc run ({swept / single_bt:.2f} x run --backtest; "
                    f"{grid.size} separate runs would be {grid.size} x)")
         typer.echo(f"  atc sweep --folds 10 (per-block statistics, CSCV, deflated Sharpe): {folded:.2f} s = "
                    f"{folded / swept:.2f} x the sweep without (target <= 1.3 x)")
+        typer.echo("  atc sweep --portfolio (a portfolio per combination): " + ", ".join(
+            f"{k} {v:.2f} s = {v / swept:.2f} x" for k, v in with_pf.items()) + " the sweep without")
+        typer.echo("  CPU utilisation (CPU time of the workers and this process / (wall x "
+                   f"{os.cpu_count()} cores)): " + ", ".join(f"{k} {v:.0%}" for k, v in util.items()))
         if kernel:
             from kernels import compute_atc
             from kernels.backtest import run_backtest

@@ -319,7 +319,7 @@ def _coord(values: tuple) -> np.ndarray:
 
 def create_sweep_store(path: Path, prices: Any, grid: SweepGrid, identity: SweepIdentity, chunk_symbols: int,
                        bshape: tuple[int, ...], n_tasks: int, *, prices_path: str, replace: bool = False,
-                       portfolio_bounds: list[tuple[int, int]] | None = None) -> None:
+                       portfolio_block: tuple[int, ...] | None = None) -> None:
     """Write the template (metadata, coordinates, nothing computed) beside `path`, then rename it in."""
     import dask.array as da
     import xarray as xr
@@ -363,7 +363,8 @@ def create_sweep_store(path: Path, prices: Any, grid: SweepGrid, identity: Sweep
         from pipeline import sweep_portfolio as sp
 
         nb = int(json.loads(identity.validation)["blocks"]) if identity.validation else 0
-        pvars, penc, pcoords = sp.template_vars(grid, bshape, n_time, len(portfolio_bounds or []), nb)
+        pvars, penc, pcoords = sp.template_vars(grid, portfolio_block, n_time,
+                                                len(plan_blocks(grid.shape, portfolio_block)), nb)
         data_vars.update(pvars)
         encoding.update(penc)
         coords.update(pcoords)
@@ -375,7 +376,7 @@ def create_sweep_store(path: Path, prices: Any, grid: SweepGrid, identity: Sweep
         "prices_path": str(prices_path), "fingerprint": identity.fingerprint(), "dtype": identity.dtype,
         "save_signals": int(identity.save_signals), "code_version": identity.code, "chunk_symbols": int(chunk_symbols),
         "block_shape": json.dumps(list(bshape)), "n_tasks": int(n_tasks), "validation_plan": identity.validation,
-        "portfolio": identity.portfolio, "portfolio_bounds": json.dumps([list(b) for b in portfolio_bounds or []]),
+        "portfolio": identity.portfolio, "portfolio_block_shape": json.dumps(list(portfolio_block or [])),
         "versions": json.dumps(rs.versions(), sort_keys=True), "created": rs.utc_now(),
     }
     template = xr.Dataset(data_vars, coords=coords, attrs=attrs)
@@ -601,12 +602,12 @@ def run_sweep(prices: Any, store: Any, grid: SweepGrid, *, client: Any = None, t
             bounds = rs.chunk_bounds(plan.n_sym, plan.chunk_symbols)
             n_tasks = len(blocks) * len(bounds)
             if plan.state is None:
-                from pipeline.sweep_portfolio import phase2_bounds
+                from pipeline.sweep_portfolio import phase2_block_shape
 
-                pbounds = phase2_bounds(grid.size, slots) if pset else None
+                pblock = phase2_block_shape(grid.shape, slots) if pset else None
                 existed = store_path.exists() or store_path.is_symlink()
                 create_sweep_store(store_path, ds, grid, plan.identity, plan.chunk_symbols, plan.bshape, n_tasks,
-                                   prices_path=prices_path, replace=overwrite, portfolio_bounds=pbounds)
+                                   prices_path=prices_path, replace=overwrite, portfolio_block=pblock)
                 action = "overwritten" if existed else "created"
                 done = np.zeros(n_tasks, bool)
             else:
@@ -705,12 +706,12 @@ def _run_portfolio_phase(state: SweepState, prices_path: str, store_path: Path, 
     from pipeline import sweep_portfolio as sp
     from pipeline.run import RunError, report_failures
 
-    pbounds = [tuple(b) for b in json.loads(state.attrs.get("portfolio_bounds") or "[]")]
-    pdone = state.portfolio_done if state.portfolio_done is not None else np.zeros(len(pbounds), bool)
+    pblocks = plan_blocks(grid.shape, tuple(json.loads(state.attrs["portfolio_block_shape"])))
+    pdone = state.portfolio_done if state.portfolio_done is not None else np.zeros(len(pblocks), bool)
     ppy_used = float(ppy) if ppy is not None else float(infer_periods_per_year(np.asarray(times)))
-    ptasks = [sp.SweepPortfolioTask(prices_path, str(store_path), i, lo, hi, grid, pset["kind"],
+    ptasks = [sp.SweepPortfolioTask(prices_path, str(store_path), i, block, grid, pset["kind"],
                                     int(pset["rebalance_every"]), ppy_used, fp, folds)
-              for i, (lo, hi) in enumerate(pbounds) if not pdone[i]]
+              for i, block in enumerate(pblocks) if not pdone[i]]
     records: list[dict] = []
     if ptasks:
         if client is None:
@@ -723,7 +724,7 @@ def _run_portfolio_phase(state: SweepState, prices_path: str, store_path: Path, 
                                          name="atc-sweep-portfolio", desc="atc sweep portfolios")
         if failures:
             ranges = {t.index: t for t in ptasks}
-            describe = lambda i: (f"portfolio task {i} (combinations {ranges[i].lo}..{ranges[i].hi - 1})"  # noqa: E731
+            describe = lambda i: (f"portfolio task {i} (block {list(ranges[i].block)})"  # noqa: E731
                                   if i in ranges else f"portfolio task {i}")
             log = report_failures(failures, store_path, describe, verbose=verbose)
             first = failures[0]
@@ -739,7 +740,7 @@ def _run_portfolio_phase(state: SweepState, prices_path: str, store_path: Path, 
     if sp.PPY_ATTR not in g.attrs:
         g.attrs[sp.PPY_ATTR] = ppy_used
     sp.drop_input(str(store_path))
-    return records, len(pbounds), len(pbounds) - len(ptasks)
+    return records, len(pblocks), len(pblocks) - len(ptasks)
 
 
 def _execute(client: Any, tasks: list[Any], progress: bool | None, report: Any,

@@ -19,7 +19,7 @@ combines all symbols per combination with the portfolio kernel itself:
   compresses by about N. Zarr shards of one task's region (one file per task), inner chunks of
   one combination x one symbol chunk, so phase 2 reads one combination without decompressing the
   others.
-* phase 2 (after every phase-1 task is done): tasks of a few combinations each read the whole
+* phase 2 (after every phase-1 task is done): tasks of a block of combinations each read the whole
   close panel once (time-major float64, as `pipeline.portfolio_store` does) and, per combination,
   its input for all symbols, then call `portfolio_equal` / `portfolio_signal` with the
   combination's `fee_bps` (and `long_only` for `signal`) and write its series and metrics. When
@@ -33,9 +33,11 @@ backtest metrics, `turnover` and `fees_paid`), with validation `portfolio_fold_s
 `(params..., block, stat)`: per block of the time axis the count and sums of r..r^4 of the
 portfolio's returns, every time of the axis counted, the first included since a portfolio's first
 return is a real one: the fees of its first trades), and `portfolio_done` (int8 on
-`portfolio_task`, 1 once a phase-2 task wrote its combinations). Root attribute `portfolio`
-(JSON: `kind`, `rebalance_every`; part of the store's identity) and, once computed,
-`portfolio_periods_per_year` (the figure the metrics used: the fixed one, else the time axis' own).
+`portfolio_task`, 1 once a phase-2 task wrote its combinations). The outputs are chunked by the
+phase-2 block (`portfolio_block_shape` attribute), so each phase-2 task writes each output once.
+Root attribute `portfolio` (JSON: `kind`, `rebalance_every`; part of the store's identity) and,
+once computed, `portfolio_periods_per_year` (the figure the metrics used: the fixed one, else the
+time axis' own).
 
 Memory and cost: a phase-1 task holds its input cube (combinations x symbols of its chunk x times,
 1 byte for equal, the dtype's size for signal; the planner caps combinations per task to keep it
@@ -82,17 +84,18 @@ def identity_json(settings: Mapping[str, Any] | None) -> str:
     return json.dumps({"kind": settings["kind"], "rebalance_every": int(settings["rebalance_every"])}, sort_keys=True)
 
 
-def phase2_bounds(n_combos: int, slots: int) -> list[tuple[int, int]]:
-    """Flat combination ranges of the phase-2 tasks: a multiple of `slots` ranges (each combination
-    costs the same), sizes differing by at most one, at most `MAX_COMBOS_PER_PHASE2_TASK` each."""
-    slots = max(1, int(slots))
-    n = slots * max(1, math.ceil(n_combos / (slots * MAX_COMBOS_PER_PHASE2_TASK)))
-    n = max(1, min(n, n_combos))
-    edges = [n_combos * i // n for i in range(n + 1)]
-    return [(a, b) for a, b in zip(edges, edges[1:]) if b > a]
+def phase2_block_shape(shape: tuple[int, ...], slots: int) -> tuple[int, ...]:
+    """Block of combinations per phase-2 task (and chunk of the portfolio outputs, so a task writes
+    each output once): every combination costs the same, so blocks of about `n / slots` (at most
+    `MAX_COMBOS_PER_PHASE2_TASK`), as even as the grid allows (`pipeline.sweep.block_shape_for`)."""
+    from pipeline.sweep import block_shape_for
+
+    n = math.prod(shape)
+    per = max(1, min(MAX_COMBOS_PER_PHASE2_TASK, math.ceil(n / max(1, int(slots)))))
+    return block_shape_for(shape, per, slots=slots)
 
 
-def template_vars(grid: SweepGrid, bshape: tuple[int, ...], n_time: int, n_tasks: int, validation_blocks: int):
+def template_vars(grid: SweepGrid, pshape: tuple[int, ...], n_time: int, n_tasks: int, validation_blocks: int):
     """Data variables and encodings of the portfolio outputs for the sweep store's template."""
     import dask.array as da
 
@@ -100,7 +103,7 @@ def template_vars(grid: SweepGrid, bshape: tuple[int, ...], n_time: int, n_tasks
     from pipeline import results as rs
 
     dims, shape = grid.dims, grid.shape
-    ones = (1,) * len(dims)
+    ones = tuple(pshape)
     nm = len(PORTFOLIO_METRIC_NAMES)
     out: dict[str, Any] = {}
     enc: dict[str, dict[str, Any]] = {}
@@ -168,13 +171,12 @@ def task_input(res: Any, kind: str, rebalance_every: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class SweepPortfolioTask:
-    """Phase 2: the portfolios of flat combinations [lo, hi) of the grid (small and picklable)."""
+    """Phase 2: the portfolios of one block of combinations ((start, stop) per dim; small and picklable)."""
 
     prices: str
     store: str
     index: int
-    lo: int
-    hi: int
+    block: tuple[tuple[int, int], ...]
     grid: SweepGrid
     kind: str
     rebalance_every: int
@@ -206,7 +208,10 @@ def _close_panel(task: SweepPortfolioTask) -> np.ndarray:
 
 
 def run_portfolio_task(task: SweepPortfolioTask) -> dict[str, Any]:
-    """Compute and write the portfolios of one phase-2 task; return a small record."""
+    """Compute and write the portfolios of one phase-2 task (its block: one chunk of each output);
+    return a small record."""
+    import itertools
+
     import zarr
 
     from kernels.portfolio import PORTFOLIO_METRIC_NAMES, portfolio_equal, portfolio_signal
@@ -218,17 +223,21 @@ def run_portfolio_task(task: SweepPortfolioTask) -> dict[str, Any]:
     g = zarr.open_group(task.store, mode="r+", zarr_format=3, use_consolidated=False)
     inp = g[INPUT_VAR]
     otherT = np.empty((n_time, n_sym))
-    t1 = time.perf_counter()
-    read_s = t1 - t0
-    comp_s = write_s = 0.0
-    for flat in range(task.lo, task.hi):
+    bshape = tuple(hi - lo for lo, hi in task.block)
+    eq = np.empty(bshape + (n_time,))
+    ret = np.empty(bshape + (n_time,))
+    met = np.empty(bshape + (len(PORTFOLIO_METRIC_NAMES),))
+    fs = np.empty(bshape + (task.folds, 5))
+    read_s = time.perf_counter() - t0
+    comp_s = 0.0
+    for local in itertools.product(*(range(n) for n in bshape)):
         ta = time.perf_counter()
-        idx = tuple(int(i) for i in np.unravel_index(flat, task.grid.shape))
+        idx = tuple(lo + j for (lo, _), j in zip(task.block, local))
         raw = np.asarray(inp[idx])  # (symbols, times)
         otherT[...] = raw.T
         if task.kind == "equal":
             otherT[raw.T == NO_POSITION] = np.nan
-        _, bt = task.grid.params(flat)
+        _, bt = task.grid.params(int(np.ravel_multi_index(idx, task.grid.shape)) if idx else 0)
         tb = time.perf_counter()
         if task.kind == "equal":
             pf = portfolio_equal(closeT.T, otherT.T, fee_bps=bt.fee_bps, rebalance_every=task.rebalance_every,
@@ -236,18 +245,23 @@ def run_portfolio_task(task: SweepPortfolioTask) -> dict[str, Any]:
         else:
             pf = portfolio_signal(closeT.T, otherT.T, fee_bps=bt.fee_bps, rebalance_every=task.rebalance_every,
                                   long_only=bool(bt.long_only), periods_per_year=task.periods_per_year)
-        tc = time.perf_counter()
-        g["portfolio_equity"][idx] = pf.equity
-        g["portfolio_returns"][idx] = pf.returns
-        g[METRICS_VAR][idx] = np.array([pf.metrics[m] for m in PORTFOLIO_METRIC_NAMES], np.float64)
+        eq[local] = pf.equity
+        ret[local] = pf.returns
+        met[local] = [pf.metrics[m] for m in PORTFOLIO_METRIC_NAMES]
         if task.folds:
-            g[FOLD_VAR][idx] = portfolio_block_stats(pf.returns, task.folds)
+            fs[local] = portfolio_block_stats(pf.returns, task.folds)
         read_s += tb - ta
-        comp_s += tc - tb
-        write_s += time.perf_counter() - tc
+        comp_s += time.perf_counter() - tb
+    tw = time.perf_counter()
+    region = tuple(slice(lo, hi) for lo, hi in task.block)
+    g["portfolio_equity"][region] = eq
+    g["portfolio_returns"][region] = ret
+    g[METRICS_VAR][region] = met
+    if task.folds:
+        g[FOLD_VAR][region] = fs
     g[DONE_VAR][task.index] = 1
-    return {"task": task.index, "phase": "portfolio", "combinations": task.hi - task.lo, "symbols": n_sym,
-            "worker": _worker_name(), "read_s": read_s, "compute_s": comp_s, "write_s": write_s}
+    return {"task": task.index, "phase": "portfolio", "combinations": math.prod(bshape), "symbols": n_sym,
+            "worker": _worker_name(), "read_s": read_s, "compute_s": comp_s, "write_s": time.perf_counter() - tw}
 
 
 def portfolio_block_stats(returns: np.ndarray, n_blocks: int) -> np.ndarray:
