@@ -18,7 +18,10 @@ Sweep store format (Zarr v3, Blosc, consolidated; ``xarray.open_zarr`` reads it)
   ``reason`` (string on ``symbol``): bad or missing data, "" otherwise;
 * with ``save_signals``, ``Average_Signal`` on ``(params..., symbol, time)`` in the compute dtype;
 * ``task_done`` (int8 on ``task``): 1 once a task wrote its whole region (written last);
-* chunks ``(block..., chunk_symbols)``: every task writes exactly its own chunks;
+* with ``portfolio``, each combination's portfolio (``portfolio_*`` variables, a second phase of
+  tasks: pipeline/sweep_portfolio.py);
+* chunks ``(block..., chunk_symbols)``: every task writes exactly its own chunks; blocks are
+  chosen so that tasks cost the same (``block_shape_for``);
 * root attributes ``atc_format`` ("atc-sweep"), ``atc_format_version``, ``grid`` (JSON dims and
   values), ``params`` (JSON base ATCParams), ``backtest`` (JSON base BacktestParams with the
   periods per year used), ``prices_fingerprint``, ``prices_path``, ``fingerprint``, ``dtype``,
@@ -149,11 +152,11 @@ def legacy_block_shape_for(shape: tuple[int, ...], combos_per_task: int) -> tupl
     return tuple(out)
 
 
-MA_PASS_COST = 4.0
-"""Cost of one set of lengths' crossover pass in a task, in combinations (the pass that computes
-the 54 moving averages and states; every other combination only rebuilds Layers 1-2 and the
-backtest from them). A block that splits the lengths recomputes nothing, one that repeats them
-across blocks pays this again per block."""
+MA_PASS_COST = 2.5
+"""Cost of one set of lengths' crossover pass in a task, in combinations: docs/BACKTEST.md measures
+a whole `compute_atc` at ~225 ms and a new La or De at ~68 ms on the same panel, so the moving
+averages and states are ~2.3 combinations. A block that repeats a set of lengths already in
+another block pays it again."""
 _MAX_CANDIDATES = 200_000
 
 
