@@ -18,9 +18,17 @@ kernel, with state capture) and named in the summary:
 Refused, with the command that works instead: an incomplete results store (`atc run` resumes it),
 other parameters, dtype or code version, another symbol list, or a time axis that is not the old one
 extended (`atc run ... --overwrite`). Updates run in-process (no cluster): they are small. The
-results store's lock is held throughout; the new time steps, the outputs, the state and finally
-the root attributes (new price fingerprint) are written in that order, so an interrupted update is
-finished by running it again.
+results store's lock is held throughout; the new time steps, the outputs, the backtest and trades,
+the state and finally the root attributes (new price fingerprint) are written in that order, so an
+interrupted update is finished by running it again.
+
+What it reads: the price store's metadata and, of its close panel, only the times from the start of
+the fingerprint block holding the old last time, when the price store's block digests before it
+are those the state was computed from (`price_blocks` in the stream group; the per-symbol digests
+cover the rest, see pipeline/stream_store.py), else the whole panel; whole rows for the symbols it
+recomputes; the whole panel and `Average_Signal` for a backtest (its metrics cover every bar). So
+a one-bar update of a 2,000 x 5,000 store costs about what process start-up and the imports cost.
+It also carries the scan's newest values (the stream group's marks) over the new times.
 """
 
 from __future__ import annotations
@@ -30,7 +38,6 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -74,13 +81,34 @@ def _status_messages(res, index: np.ndarray) -> list[str]:
     return out
 
 
+def _open_price_group(prices: str | os.PathLike):
+    """The price store as a Zarr group (its metadata and close panel are all an update reads; xarray
+    is not needed), with the errors `open_prices` gives."""
+    import zarr
+
+    from pipeline.price_format import FORMAT_NAME, StoreError
+
+    path = Path(prices)
+    if not path.exists():
+        raise StoreError(f"{prices}: no such price store")
+    try:
+        pg = zarr.open_group(str(path), mode="r", zarr_format=3, use_consolidated=False)
+        fmt = pg.attrs.get("atc_format")
+    except Exception as exc:  # noqa: BLE001 - any unreadable directory: say what it is not
+        raise StoreError(f"{prices}: not a readable Zarr v3 store ({type(exc).__name__})") from None
+    if fmt != FORMAT_NAME or "close" not in pg:
+        raise StoreError(f"{prices}: not a price store (attribute atc_format is {fmt!r})")
+    return pg
+
+
 def update_results(prices: str | os.PathLike, results: str | os.PathLike) -> UpdateSummary:
     """Extend the complete results store `results` by the times its price store `prices` gained."""
     import zarr
 
+    from kernels.params import FAMILIES
     from kernels.stream import StreamState, build_stream
-    from pipeline.store import open_prices
-    from pipeline.stream_store import has_stream, history_hashes, read_stream, stream_attrs, write_stream
+    from pipeline import stream_store as ss
+    from pipeline.price_format import FINGERPRINT_BLOCK
 
     t_start = time.perf_counter()
     results_path = Path(results)
@@ -97,35 +125,33 @@ def update_results(prices: str | os.PathLike, results: str | os.PathLike) -> Upd
                               f"{rs.code_version()!r}: recompute it with `atc run {prices} {results} --overwrite`")
         params = ATCParams(**json.loads(attrs["params"]))
         dtype = np.dtype(attrs["dtype"])
-        pds = open_prices(prices)
-        try:
-            p_fp = str(pds.attrs.get("fingerprint"))
-            p_symbols = [str(s) for s in pds["symbol"].values]
-            p_times = np.asarray(pds["time"].values)
-            if p_fp == attrs.get("prices_fingerprint"):
-                return UpdateSummary(results_path, "up to date", len(p_symbols), state_info.n_time, state_info.n_time)
-        finally:
-            pds.close()
-        # the panel straight from Zarr: through xarray's dask arrays, computing loads `distributed`
-        close = np.asarray(zarr.open_group(str(prices), mode="r", zarr_format=3)["close"][:], np.float64)
+        pg = _open_price_group(prices)
+        p_fp = str(pg.attrs.get("fingerprint"))
+        p_symbols = [str(s) for s in pg["symbol"][:]]
+        if p_fp == attrs.get("prices_fingerprint"):
+            return UpdateSummary(results_path, "up to date", len(p_symbols), state_info.n_time, state_info.n_time)
+        p_times = rs._time_values(pg).astype("datetime64[ns]")
         rg = zarr.open_group(str(results_path), mode="r", zarr_format=3, use_consolidated=False)
         r_symbols = [str(s) for s in rg["symbol"][:]]
         r_times = rs._time_values(rg).astype("datetime64[ns]")
         status_old = np.asarray(rg["status"][:], np.int8)
+        n_sym = len(r_symbols)
         if p_symbols != r_symbols:
             added = sorted(set(p_symbols) - set(r_symbols))
             removed = sorted(set(r_symbols) - set(p_symbols))
             raise UpdateError(f"the symbols of {prices} changed ({len(added)} added, {len(removed)} removed"
                               + (", order changed" if not added and not removed else "")
                               + f"): recompute with `atc run {prices} {results} --overwrite`")
-        have_stream = has_stream(results_path)
+        have_stream = ss.has_stream(results_path)
         if have_stream:
-            state, have, hist_hash, sattrs = read_stream(results_path)
+            state, extras, sattrs = ss.read_stream(results_path)
+            have = extras["have"]
             n_old = int(sattrs["n_time"])
             if sattrs.get("params") != json.dumps(params.to_dict(), sort_keys=True) or sattrs.get("dtype") != dtype.name:
                 have[:] = False  # a state of other parameters cannot continue this store
         else:
-            state, have, hist_hash = StreamState.empty(len(r_symbols), params, dtype), None, None
+            state, extras, sattrs = StreamState.empty(n_sym, params, dtype), {}, {}
+            have = np.zeros(n_sym, bool)
             n_old = len(r_times)
         if (len(p_times) < len(r_times) or not np.array_equal(p_times[:len(r_times)], r_times)
                 or n_old > len(r_times)):
@@ -133,36 +159,59 @@ def update_results(prices: str | os.PathLike, results: str | os.PathLike) -> Upd
                               f"(bars inserted or removed in the past): recompute with "
                               f"`atc run {prices} {results} --overwrite`")
         n_new = len(p_times)
-        if have is None:
-            have = np.zeros(len(r_symbols), bool)
-            hist_hash = np.zeros(len(r_symbols), np.uint64)
+        hist_hash = extras.get("hist_hash", np.zeros(n_sym, np.uint64))
         state.status[~have & (status_old == st.BAD_DATA)] = st.BAD_DATA  # stays bad, as a full run says
 
-        new_bars = np.count_nonzero(~np.isnan(close[:, n_old:]), axis=1)
-        revised = have & (history_hashes(close[:, :n_old]) != hist_hash)
+        # The closes read: from `head` on when the price store's fingerprint blocks before it are the
+        # ones the state was computed from (no close there changed), else all of them. A backtest
+        # needs the whole panel anyway (metrics over the whole history).
+        head = ss.head_time(n_old)
+        old_blocks, new_blocks = sattrs.get("price_blocks"), pg.attrs.get("fingerprint_blocks")
+        nb = head // FINGERPRINT_BLOCK
+        window = (not attrs.get("backtest") and "hist_head" in extras and old_blocks is not None
+                  and new_blocks is not None and len(old_blocks) >= nb and len(new_blocks) >= nb
+                  and list(old_blocks[:nb]) == list(new_blocks[:nb]))
+        start = head if window else 0
+        zclose = pg["close"]
+        close = np.asarray(zclose[:, start:], np.float64)
+        head_hash = np.array(extras["hist_head"], np.uint64) if window else np.zeros(n_sym, np.uint64)
+
+        new_bars = np.count_nonzero(~np.isnan(close[:, n_old - start:]), axis=1)
+        revised = have & (head_hash + ss.history_hashes(close[:, :n_old - start], start) != hist_hash)
         was_short = (status_old != st.OK) & (status_old != st.BAD_DATA) & (new_bars > 0)
         why = {"revised past bars": revised, "no saved state": ~have & ~was_short & (status_old != st.BAD_DATA),
                "enough bars now or a first bar": was_short}
-        recompute = np.zeros(len(r_symbols), bool)
+        recompute = np.zeros(n_sym, bool)
         for mask in why.values():
             recompute |= mask
 
         # every symbol advances over the new times (recomputed ones are overwritten below)
         k = n_new - n_old
         names = rs.stored_outputs(attrs)  # `atc run --outputs` may have kept fewer than the 13
-        outs = np.empty((len(OUTPUT_NAMES), len(r_symbols), k), dtype)
+        outs = np.empty((len(OUTPUT_NAMES), n_sym, k), dtype)
         for j in range(k):
-            o = state.advance(close[:, n_old + j])
+            o = state.advance(close[:, n_old - start + j])
             for c, name in enumerate(OUTPUT_NAMES):
                 outs[c, :, j] = o[name]
+        fam_c = [OUTPUT_NAMES.index(f"{f}_Signal") for f in FAMILIES]
+        old_marks = ({m: extras[m] for m in ss.MARKS} if set(ss.MARKS) <= set(extras)
+                     else {m: np.full((n_sym,) + shape, fill, dt) for m, (dt, fill, shape) in ss.MARKS.items()})
+        marks = ss.advance_marks(old_marks, outs[OUTPUT_NAMES.index("Average_Signal")], [outs[c] for c in fam_c],
+                                 close[:, n_old - start:], params, n_old)
         idx = np.flatnonzero(recompute)
         rows = None
         if idx.size:
-            res_r, st_r = build_stream(close[idx], params, dtype=dtype, symbols=[r_symbols[i] for i in idx])
+            full = close[idx] if start == 0 else np.asarray(zclose.get_orthogonal_selection((idx, slice(None))),
+                                                            np.float64)
+            res_r, st_r = build_stream(full, params, dtype=dtype, symbols=[r_symbols[i] for i in idx])
             for name in ("t", "xo", "x", "fam", "ring", "prev", "avg", "status"):
                 getattr(state, name)[idx] = getattr(st_r, name)
             rows = res_r
             outs[:, idx, :] = np.stack([res_r[name][:, n_old:] for name in OUTPUT_NAMES])
+            head_hash[idx] = ss.history_hashes(full[:, :head]) if window else 0  # their head, read anyway
+            rm = ss.newest_marks(res_r["Average_Signal"], [res_r[f"{f}_Signal"] for f in FAMILIES], full, params)
+            for m in ss.MARKS:
+                marks[m][idx] = rm[m]
 
         # write: time axis, new region, recomputed rows, per-symbol status
         if attrs.get("backtest"):  # a portfolio's series (on time alone) cannot follow the axis: recomputed below
@@ -183,16 +232,32 @@ def update_results(prices: str | os.PathLike, results: str | os.PathLike) -> Upd
             status_new[idx] = np.asarray(rows.status, np.int8)
             g["status"].oindex[idx] = status_new[idx]
             g["reason"].oindex[idx] = np.array(_status_messages(rows, idx), dtype=object)
-        if attrs.get("backtest"):
-            _update_backtest(g, close, p_times, params, json.loads(attrs["backtest"]), status_new, n_old, idx)
-
-        hashes = history_hashes(close)
-        write_stream_or_create = write_stream if have_stream else _create_and_write
-        write_stream_or_create(results_path, state, np.ones(len(r_symbols), bool), hashes,
-                               stream_attrs(params, dtype.name, n_new, p_fp))
         identity = rs.RunIdentity(params, p_fp, dtype.name, rs.code_version(), attrs.get("backtest") or "",
                                   attrs.get("outputs", "all"))
-        if attrs.get("backtest"):  # trades and portfolio from the grown store, before the attributes say it is done
+        if attrs.get("backtest"):
+            position = _update_backtest(g, close, p_times, params, json.loads(attrs["backtest"]), status_new,
+                                        n_old, idx)
+            from pipeline.trades_store import update_trades
+
+            update_trades(results_path, close, position, json.loads(attrs["backtest"])["fee_bps"], n_old, idx,
+                          str(attrs.get("fingerprint")), identity.fingerprint())
+        unknown = np.flatnonzero(marks["last_bar"] == -2)
+        if unknown.size:  # a store written before the marks, or GPU-computed symbols: found once, by a walk
+            from pipeline.scan import store_marks
+
+            got = store_marks(g, unknown, params, zclose)
+            for m in ss.MARKS:
+                marks[m][unknown] = got[m]
+
+        digests = {"hist_hash": head_hash + ss.history_hashes(close, start),
+                   "hist_head": head_hash + ss.history_hashes(close[:, :ss.head_time(n_new) - start], start)}
+        extras_new = {"have": np.ones(n_sym, bool), **digests, **marks}
+        sattrs_new = ss.stream_attrs(params, dtype.name, n_new, p_fp,
+                                     list(new_blocks) if new_blocks is not None else None)
+        if not have_stream:
+            ss.create_stream_group(results_path, n_sym, state_info.chunk_symbols, params, dtype.name, n_new, p_fp)
+        ss.write_stream(results_path, state, extras_new, sattrs_new)
+        if attrs.get("backtest"):  # the portfolio from the grown store, before the attributes say it is done
             from pipeline.portfolio_store import refresh_after_update
 
             refresh_after_update(results_path, prices, identity.fingerprint())
@@ -203,24 +268,16 @@ def update_results(prices: str | os.PathLike, results: str | os.PathLike) -> Upd
             "status_counts": json.dumps(counts_by_name),
         })
         recomputed = {w: [r_symbols[i] for i in np.flatnonzero(m)] for w, m in why.items() if m.any()}
-        return UpdateSummary(results_path, "updated", len(r_symbols), n_old, n_new, recomputed,
+        return UpdateSummary(results_path, "updated", n_sym, n_old, n_new, recomputed,
                              time.perf_counter() - t_start)
 
 
-def _create_and_write(path: Path, state, have, hashes, attrs: dict[str, Any]) -> None:
-    from pipeline.stream_store import create_stream_group, write_stream
-
-    n = state.n_symbols
-    k = int(rs.read_state(path).chunk_symbols)
-    create_stream_group(path, n, k, state.params, state.dtype.name, attrs["n_time"], attrs["prices_fingerprint"])
-    write_stream(path, state, have, hashes, attrs)
-
-
 def _update_backtest(g, close: np.ndarray, times: np.ndarray, params: ATCParams, settings: dict,
-                     status: np.ndarray, n_old: int, idx: np.ndarray) -> None:
+                     status: np.ndarray, n_old: int, idx: np.ndarray) -> np.ndarray:
     """Positions, returns and equity over the new times (and whole rows of recomputed symbols), and
     every symbol's metrics over its whole history: the backtest of the whole extended signal, as a
-    full run computes it (its earlier bars cannot change: positions depend only on the past)."""
+    full run computes it (its earlier bars cannot change: positions depend only on the past).
+    Returns the positions (for the trades)."""
     from kernels.backtest import BACKTEST_SERIES, BacktestParams, run_backtest
     from kernels.metrics import periods_per_year_by_symbol
 
@@ -236,3 +293,4 @@ def _update_backtest(g, close: np.ndarray, times: np.ndarray, params: ATCParams,
             g[name].oindex[idx, :n_old] = bt[name][idx, :n_old]
     for name, values in bt.metrics.items():
         g[name][:] = values
+    return np.asarray(bt["position"])

@@ -3,8 +3,9 @@
 An update after appending bars must leave the results store equal, variable by variable and bit for
 bit, to a full `atc run` on the grown price store: for symbols that simply advance, for a symbol
 whose past close was revised, for one that had too little history before and for one that had no
-bar at all, with and without a backtest. The scan table is checked against a plain pandas reading
-of the store.
+bar at all, with and without a backtest (trades included). The scan table is checked against a plain
+pandas reading of the store, after a run and after an update, from the marks the stream group keeps
+(reading no output chunk) and from the walk that stores written before them use.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from kernels import ATCParams
 from kernels.backtest import BacktestParams
 from pipeline.cluster import connect
 from pipeline.run import run_atc
+from pipeline import stream_store as ss
 from pipeline.scan import newest_signals, rank
 from pipeline.store import write_prices
+from pipeline.trades_store import read_trades
 from pipeline.synth import synth_prices
 from pipeline.update import UpdateError, update_results
 
@@ -80,8 +83,24 @@ def test_update_equals_a_full_run(cluster, tmp_path, backtest):
     assert summary.recomputed == {"enough bars now or a first bar": [str(full["symbol"].values[i]) for i in (5, 6)]}
     run(cluster, tmp_path / "p.zarr", tmp_path / "full.zarr", backtest)
     assert_same_store(tmp_path / "r.zarr", tmp_path / "full.zarr")
+    assert_same_marks(tmp_path / "r.zarr", tmp_path / "full.zarr")
+    pd.testing.assert_frame_equal(newest_signals(tmp_path / "r.zarr"), newest_signals(tmp_path / "full.zarr"))
+    if backtest is not None:  # the trades, rebuilt from the open ones only, equal a full run's
+        got, want = read_trades(tmp_path / "r.zarr"), read_trades(tmp_path / "full.zarr")
+        assert len(want) > N_SYM and want["is_open"].any()
+        np.testing.assert_array_equal(got, want)
     again = update_results(tmp_path / "p.zarr", tmp_path / "r.zarr")
     assert again.action == "up to date"
+
+
+def assert_same_marks(a, b):
+    """The scan's marks in the stream group: equal, and all known (-2: unknown)."""
+    n = xr.open_zarr(a).sizes["time"]
+    x, y = ss.read_marks(a, n), ss.read_marks(b, n)
+    assert x is not None and y is not None
+    for name in ss.MARKS:
+        np.testing.assert_array_equal(x[name], y[name], err_msg=name)
+    assert (x["last_bar"] >= -1).all()
 
 
 def test_revised_past_close_is_recomputed_and_named(cluster, tmp_path):
@@ -156,6 +175,100 @@ def test_scan_table_matches_the_store(cluster, tmp_path):
         for _, part in table.groupby("stale"):
             assert list(part["signal"]) == sorted(part["signal"], reverse=not ascending)
     assert got.loc[got["symbol"] == str(full["symbol"].values[7]), "stale"].item()
+
+
+def drop_output_chunks(results):
+    """Delete every chunk file of the (symbol, time) outputs: a scan that reads none still works."""
+    import shutil
+
+    for var in results.glob("*_Signal"):
+        shutil.rmtree(var / "c")
+
+
+def test_scan_reads_no_output_chunk_and_old_stores_walk(cluster, tmp_path):
+    """The marks (from `atc run`) give the pandas table without any output chunk; a store written
+    before the marks (its arrays removed) gives it by the walk, and an update stores them."""
+    import shutil
+
+    full = universe()
+    write(full, tmp_path / "p.zarr")
+    run(cluster, tmp_path / "p.zarr", tmp_path / "r.zarr")
+    want = expected_table(tmp_path / "r.zarr")
+    shutil.copytree(tmp_path / "r.zarr", tmp_path / "old.zarr")
+    for name in ss.MARKS:
+        shutil.rmtree(tmp_path / "old.zarr" / "stream" / name)
+    drop_output_chunks(tmp_path / "r.zarr")
+    got = newest_signals(tmp_path / "r.zarr")
+    pd.testing.assert_frame_equal(got.drop(columns=["close"]), want, check_dtype=False)
+    old = newest_signals(tmp_path / "old.zarr")
+    pd.testing.assert_frame_equal(old, got)
+
+
+def test_update_of_a_store_without_marks_stores_them(cluster, tmp_path):
+    import shutil
+
+    full = universe()
+    write(full.isel(time=slice(0, N_OLD)), tmp_path / "p.zarr")
+    run(cluster, tmp_path / "p.zarr", tmp_path / "r.zarr")
+    for name in ("hist_head", *ss.MARKS):  # as written before they existed
+        shutil.rmtree(tmp_path / "r.zarr" / "stream" / name)
+    write(full, tmp_path / "p.zarr", overwrite=True)
+    update_results(tmp_path / "p.zarr", tmp_path / "r.zarr")
+    run(cluster, tmp_path / "p.zarr", tmp_path / "full.zarr")
+    assert_same_store(tmp_path / "r.zarr", tmp_path / "full.zarr")
+    assert_same_marks(tmp_path / "r.zarr", tmp_path / "full.zarr")
+
+
+@pytest.mark.parametrize("revise_at", [None, 100, 530], ids=["none", "before-head", "after-head"])
+def test_update_reads_the_last_block_and_still_finds_revisions(cluster, tmp_path, monkeypatch, revise_at):
+    """Past the first fingerprint block, an update hashes only the times from the start of the
+    block holding the old last time (the price store's earlier blocks are the ones the state saw);
+    a revised close there is found by the digest, one before it by the block digests."""
+    n_old, n_new = 560, 575
+    ds = synth_prices(10, n_new, seed=9)
+    write(ds.isel(time=slice(0, n_old)), tmp_path / "p.zarr")
+    run(cluster, tmp_path / "p.zarr", tmp_path / "r.zarr")
+    grown = ds.copy(deep=True)
+    if revise_at is not None:
+        c = grown["close"].values
+        c[0, revise_at] *= 1.01
+        grown["close"] = (("symbol", "time"), c)
+    write(grown, tmp_path / "p.zarr", overwrite=True)
+    starts = []
+    real = ss.history_hashes
+    monkeypatch.setattr(ss, "history_hashes", lambda close, start=0: starts.append(start) or real(close, start))
+    summary = update_results(tmp_path / "p.zarr", tmp_path / "r.zarr")
+    monkeypatch.undo()
+    assert summary.recomputed == ({} if revise_at is None else {"revised past bars": [str(ds["symbol"].values[0])]})
+    assert starts[0] == (0 if revise_at == 100 else 512)  # the revision check: from the block start, or all
+    run(cluster, tmp_path / "p.zarr", tmp_path / "full.zarr")
+    assert_same_store(tmp_path / "r.zarr", tmp_path / "full.zarr")
+    assert_same_marks(tmp_path / "r.zarr", tmp_path / "full.zarr")
+
+
+def test_update_trades_after_an_interrupted_update_or_without_trades(cluster, tmp_path):
+    """Trades that are not those of the results before the update (an update stopped while
+    rewriting them leaves their fingerprint cleared; a store without trades) are computed whole."""
+    import shutil
+
+    from pipeline.trades_store import _group
+
+    full = universe()
+    write(full.isel(time=slice(0, N_OLD)), tmp_path / "p.zarr")
+    run(cluster, tmp_path / "p.zarr", tmp_path / "r.zarr", BacktestParams(fee_bps=10))
+    shutil.copytree(tmp_path / "r.zarr", tmp_path / "none.zarr")
+    shutil.rmtree(tmp_path / "none.zarr" / "trades")
+    g = _group(tmp_path / "r.zarr", "r+")
+    g["ret"][:5] = 0.5  # garbage, as an interruption could leave
+    g.attrs["fingerprint"] = ""
+    write(full, tmp_path / "p.zarr", overwrite=True)
+    update_results(tmp_path / "p.zarr", tmp_path / "r.zarr")
+    update_results(tmp_path / "p.zarr", tmp_path / "none.zarr")
+    run(cluster, tmp_path / "p.zarr", tmp_path / "full.zarr", BacktestParams(fee_bps=10))
+    want = read_trades(tmp_path / "full.zarr")
+    np.testing.assert_array_equal(read_trades(tmp_path / "r.zarr"), want)
+    np.testing.assert_array_equal(read_trades(tmp_path / "none.zarr"), want)
+    assert_same_store(tmp_path / "none.zarr", tmp_path / "full.zarr")
 
 
 def test_scan_cli_formats_and_prices_input(cluster, tmp_path, capsys):
