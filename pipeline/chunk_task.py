@@ -125,7 +125,7 @@ def backtest_outputs(close: np.ndarray, times: np.ndarray, res: Any, params: ATC
 def run_chunk(task: ChunkTask) -> dict[str, Any]:
     """Compute and write one symbol chunk; return a small record of what happened."""
     from kernels import compute_atc
-    from pipeline.stream_store import has_stream, history_hashes, write_stream_region
+    from pipeline.stream_store import has_stream, stream_extras, write_stream_region
     from pipeline.trades_store import task_trades, write_trades_part
 
     t0 = time.perf_counter()
@@ -141,7 +141,7 @@ def run_chunk(task: ChunkTask) -> dict[str, Any]:
         state_arrays = state.to_arrays()
         # short histories are not captured (`atc update` rebuilds them: they are short)
         state_arrays["have"] = (np.asarray(res.status) != INSUFFICIENT_HISTORY).astype(np.int8)
-        state_arrays["hist_hash"] = history_hashes(close)
+        state_arrays.update(stream_extras(close, res, task.params))  # digests, and the newest values for atc scan
     else:
         res = compute_atc(close, task.params, backend=task.backend, dtype=np.dtype(task.dtype), parallel=parallel,
                           on_bad="status", symbols=symbols, index_offset=task.start)
