@@ -241,18 +241,21 @@ def finish_backtest(results: str | os.PathLike, prices: str | os.PathLike, portf
 
 
 def refresh_after_update(results: str | os.PathLike, prices: str | os.PathLike, fingerprint: str) -> dict[str, Any]:
-    """`atc update`'s post-pass, before it records the new fingerprint: every symbol's trades and
-    the stored portfolio (same settings) recomputed from the grown store. Recomputing from the store
-    is simple and exact; it costs a read of close and position and the two kernels (see
-    docs/BACKTEST.md), small beside the update's own read of the whole close panel."""
-    from pipeline.trades_store import rebuild_trades
+    """`atc update`'s post-pass, before it records the new fingerprint: the stored portfolio (same
+    settings) recomputed from the grown store, and every symbol's trades unless the update already
+    brought them to ``fingerprint`` (`pipeline.trades_store.update_trades`, from the new bars).
+    Recomputing from the store is simple and exact; it costs a read of close and position and the
+    two kernels (see docs/BACKTEST.md), small beside the update's own read of the whole close panel."""
+    from pipeline.trades_store import rebuild_trades, trades_current
 
     results = Path(results)
     settings = stored_portfolio(results)
-    rebuild_trades(results, prices, fingerprint)
+    rebuilt = not trades_current(results, fingerprint)
+    if rebuilt:
+        rebuild_trades(results, prices, fingerprint)
     if settings:
         write_portfolio(results, compute_portfolio(results, prices, settings), settings, fingerprint)
-    return {"trades": "rebuilt", "portfolio": settings["kind"] if settings else None}
+    return {"trades": "rebuilt" if rebuilt else "current", "portfolio": settings["kind"] if settings else None}
 
 
 def portfolio_summary(results: str | os.PathLike) -> str | None:
