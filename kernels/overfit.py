@@ -396,7 +396,18 @@ def _aggregate(perf, how: Aggregate):
 
 
 def _performance(summed, metric: Metric | None, aggregate: Aggregate, periods_per_year):
-    """Ranking metric of summed statistics `(N, F, *extra)`, aggregated to `(N,)`."""
+    """Ranking metric of summed statistics `(N, F, *extra)`, aggregated to `(N,)`.
+
+    The default ranking of a sweep (per-bar Sharpe ratio, median across symbols) goes through one
+    Numba pass (`kernels.overfit_kernel`, the same numbers); anything else through NumPy."""
+    if (metric is None and isinstance(aggregate, str) and aggregate == "median" and periods_per_year is None
+            and summed.ndim >= 3 and summed.shape[1] >= 3 and summed[0].size > 0):
+        from kernels.overfit_kernel import sharpe_median_rows
+
+        a = np.ascontiguousarray(summed, np.float64).reshape(summed.shape[0], summed.shape[1], -1)
+        out = np.empty(a.shape[0])
+        sharpe_median_rows(a, out, np.empty(2 * a.shape[2]))
+        return out
     if aggregate == "pooled" and summed.ndim > 2:
         summed = summed.reshape(summed.shape[:2] + (-1,)).sum(axis=2)
         periods_per_year = None if periods_per_year is None else float(np.nanmedian(periods_per_year))

@@ -419,3 +419,29 @@ def test_coarsen_blocks_merges_contiguous_groups():
     fine = literal_stats(R, 20)
     coarse = coarsen_blocks(fine, 10)
     np.testing.assert_allclose(coarse, literal_stats(R, 10), rtol=1e-12, atol=1e-300)
+
+
+def test_cscv_fast_median_path_equals_the_numpy_path():
+    """The default ranking (per-bar Sharpe, median across symbols) runs in kernels/overfit_kernel.py;
+    any other aggregate runs in NumPy. Same figures to the bit, degenerate entries included: no
+    returns, one return, a constant series (+/-inf), a symbol missing for some combinations, ties."""
+    from kernels.overfit import _nanmedian_rows
+
+    rng = np.random.default_rng(31)
+    N, S, M, T = 7, 6, 9, 240
+    R = rng.normal(0.0002, 0.01, (N, M, T))
+    R[:, 0] = 0.001            # constant: zero variance, +inf Sharpe
+    R[:, 1] = -0.002           # -inf
+    R[2:4, 2] = np.nan         # not computed for two combinations
+    R[:, 3, :200] = np.nan     # listed late: blocks without returns
+    R[:, 4, :-1] = np.nan      # a single return
+    R[5] = R[6]                # identical combinations tie
+    st = np.stack([np.stack([block_stats_from_returns(R[c, i], S) for i in range(M)], axis=-1) for c in range(N)])
+    fast = cscv(st)
+    slow = cscv(st, aggregate=lambda p: _nanmedian_rows(p.reshape(p.shape[0], -1)))
+    for f in ("logit", "omega", "selected", "is_perf", "oos_perf", "valid"):
+        np.testing.assert_array_equal(getattr(fast, f), getattr(slow, f), err_msg=f)
+    assert (fast.pbo, fast.prob_loss) == (slow.pbo, slow.prob_loss)
+    wf_fast, wf_slow = walk_forward(st, 2, 1), walk_forward(st, 2, 1, aggregate=lambda p: _nanmedian_rows(p))
+    np.testing.assert_array_equal(wf_fast.selected, wf_slow.selected)
+    np.testing.assert_array_equal(wf_fast.is_perf, wf_slow.is_perf)
