@@ -31,6 +31,9 @@ def bench_stream(
         "--scan-store", help="Also time atc scan alone on a results store of SYMBOLSxBARS (e.g. 20000x5000; "
         "computed once with --outputs signals, kept in --dir).")] = None,
     dir_: Annotated[Optional[Path], typer.Option("--dir", help="Where the stores go (default: a temporary dir).")] = None,
+    backtest: Annotated[bool, typer.Option("--backtest", help="With --store: the daily routine on a backtested "
+                                           "store too (atc run --backtest; the update then also extends the "
+                                           "backtest and its trades).")] = False,
 ) -> None:
     """Build a stream state from a synthetic history, then advance every symbol one bar at a time."""
     from kernels import compute_atc
@@ -73,6 +76,8 @@ def bench_stream(
         base.mkdir(parents=True, exist_ok=True)
         if store:
             out["daily"] = _daily(base, *_size(store))
+            if backtest:
+                out["daily_backtest"] = _daily(base, *_size(store), backtest=True)
         if scan_only:
             out["scan_only"] = _scan_only(base, *_size(scan_only))
     out["load_end"] = os.getloadavg()
@@ -100,16 +105,18 @@ def _wall(args: list[str]) -> float:
     return secs
 
 
-def _daily(base: Path, n_sym: int, n_bars: int) -> dict:
+def _daily(base: Path, n_sym: int, n_bars: int, backtest: bool = False) -> dict:
     """atc run on n_bars - 1 bars, append the last bar, atc update, atc scan: each a fresh process."""
     from pipeline.store import append_prices, write_prices
     from pipeline.synth import synth_prices
 
     ds = synth_prices(n_sym, n_bars, seed=7)
-    prices, results = base / f"daily-{n_sym}x{n_bars}.zarr", base / f"daily-{n_sym}x{n_bars}-results.zarr"
+    tag = f"daily{'-backtest' if backtest else ''}-{n_sym}x{n_bars}"
+    prices, results = base / f"{tag}.zarr", base / f"{tag}-results.zarr"
     write_prices(ds.isel(time=slice(0, n_bars - 1)), prices, overwrite=True)
-    typer.echo(f"  daily routine on {n_sym:,} x {n_bars:,} (fresh processes, start-up included):")
-    run_s = _wall(["run", str(prices), str(results), "--overwrite", "--no-progress"])
+    typer.echo(f"  daily routine on {n_sym:,} x {n_bars:,}{' with --backtest (trades)' if backtest else ''} "
+               f"(fresh processes, start-up included):")
+    run_s = _wall(["run", str(prices), str(results), "--overwrite", "--no-progress"] + (["--backtest"] if backtest else []))
     typer.echo(f"    atc run (full)                   {run_s:8.2f} s")
     t0 = time.perf_counter()
     append_prices(ds.isel(time=slice(n_bars - 1, n_bars)), prices)
@@ -119,8 +126,8 @@ def _daily(base: Path, n_sym: int, n_bars: int) -> dict:
     typer.echo(f"    atc update (one new bar)         {update_s:8.2f} s  ({update_s / run_s:.2f} x the full run)")
     scan_s = _wall(["scan", str(results), "--top", "20"])
     typer.echo(f"    atc scan                         {scan_s:8.2f} s")
-    return {"symbols": n_sym, "bars": n_bars, "run_s": run_s, "append_s": append_s, "update_s": update_s,
-            "scan_s": scan_s}
+    return {"symbols": n_sym, "bars": n_bars, "backtest": backtest, "run_s": run_s, "append_s": append_s,
+            "update_s": update_s, "scan_s": scan_s}
 
 
 def _scan_only(base: Path, n_sym: int, n_bars: int) -> dict:
