@@ -390,3 +390,43 @@ def portfolio_signal(close, average_signal, *, fee_bps: float = 0.0, rebalance_e
     signal_kernel(xT, aT, last, int(rebalance_every), fee, bool(long_only), *o[:5], o[5], weights)
     bh = _benchmark(xT, bar, last, int(rebalance_every))
     return _finish(o[:5], o[5], weights, periods_per_year, np.nan, np.nan, bh)
+
+
+def portfolio_time_major(kind: str, closeT, otherT, *, fee_bps: float = 0.0, rebalance_every: int = 1,
+                         long_only: bool = False, periods_per_year: float | None = None,
+                         benchmarks: dict | None = None) -> PortfolioResult:
+    """`portfolio_equal` (`kind="equal"`, `otherT` the positions) or `portfolio_signal`
+    (`kind="signal"`, `otherT` the signals, NaN for symbols not computed) on time-major panels
+    `(n_times, n_symbols)`, with the same numbers, for callers that compute many portfolios over one
+    close panel (a sweep: one per combination).
+
+    `benchmarks`, a dict the caller keeps across calls, holds the fee-free benchmark pass
+    (`buy_hold_return`) by what it depends on, which symbols have a bar when and the rebalancing,
+    so combinations that share it (the same statuses) run it once: a third of the work otherwise.
+    """
+    import hashlib
+
+    if kind not in ("equal", "signal"):
+        raise ATCUserError(f"kind must be 'equal' or 'signal', got {kind!r}")
+    closeT = np.asarray(closeT, np.float64)
+    otherT = np.asarray(otherT, np.float64)
+    xT, oT, bar, last, fee = _prepare(closeT.T, otherT.T, "position" if kind == "equal" else "average_signal",
+                                      fee_bps, rebalance_every, None)
+    every = int(rebalance_every)
+    n_t, n_s = xT.shape
+    bh = None
+    if benchmarks is not None:
+        key = (hashlib.blake2b(np.packbits(bar).tobytes(), digest_size=16).hexdigest(), bar.shape, every)
+        bh = benchmarks.get(key)
+    if bh is None:
+        bh = _benchmark(xT, bar, last, every)
+        if benchmarks is not None:
+            benchmarks[key] = bh
+    o = _outputs(n_t, n_s, False)
+    if kind == "equal":
+        counts = np.zeros(3, np.int64)
+        equal_kernel(xT, oT, last, every, fee, *o[:5], o[5], False, counts)
+        win = counts[2] / counts[1] if counts[1] else np.nan
+        return _finish(o[:5], o[5], False, periods_per_year, float(counts[0]), win, bh)
+    signal_kernel(xT, oT, last, every, fee, bool(long_only), *o[:5], o[5], False)
+    return _finish(o[:5], o[5], False, periods_per_year, np.nan, np.nan, bh)
