@@ -205,6 +205,8 @@ def bench_sweep(
     la: Annotated[str, typer.Option("--la", help="La values of the grid.")] = "0.01,0.02,0.03,0.04,0.05",
     de: Annotated[str, typer.Option("--de", help="De values of the grid.")] = "0.01,0.02,0.03,0.04,0.05",
     repeat: Annotated[int, typer.Option("--repeat", help="Timed runs of each kind (best is reported).")] = 1,
+    combos_per_task: Annotated[Optional[int], typer.Option(
+        "--combos-per-task", help="Combinations per sweep task (default: as atc sweep).")] = None,
     workers: Annotated[Optional[int], _WORKERS] = None,
     kernel: Annotated[bool, typer.Option("--kernel/--no-kernel", help="Also time the kernels alone, in this "
                                          "process (no store, no cluster).")] = True,
@@ -266,13 +268,14 @@ def bench_sweep(
                                                 progress=False)))
             single_bt = best(timed(lambda: run_atc(prices, base / "run_bt.zarr", client=cl.client, overwrite=True,
                                                    progress=False, backtest=BacktestParams())))
+            cpt = {"combos_per_task": combos_per_task}
             swept = best(timed(lambda: run_sweep(prices, base / "sweep.zarr", grid, client=cl.client,
-                                                 overwrite=True, progress=False), "sweep"))
+                                                 overwrite=True, progress=False, **cpt), "sweep"))
             folded = best(timed(lambda: run_sweep(prices, base / "sweep-folds.zarr", grid, client=cl.client,
-                                                  overwrite=True, progress=False, folds=10)))
+                                                  overwrite=True, progress=False, folds=10, **cpt)))
             with_pf = {kind: best(timed(lambda kind=kind: run_sweep(
                 prices, base / f"sweep-{kind}.zarr", grid, client=cl.client, overwrite=True, progress=False,
-                portfolio=kind), f"sweep --portfolio {kind}")) for kind in ("equal", "signal")}
+                portfolio=kind, **cpt), f"sweep --portfolio {kind}")) for kind in ("equal", "signal")}
         e2e = {"run_s": single, "run_backtest_s": single_bt, "sweep_s": swept, "sweep_over_run": swept / single,
                "sweep_over_run_backtest": swept / single_bt, "sweep_folds10_s": folded,
                "folds10_over_sweep": folded / swept,

@@ -21,9 +21,11 @@ combines all symbols per combination with the portfolio kernel itself:
   others.
 * phase 2 (after every phase-1 task is done): tasks of a block of combinations each read the whole
   close panel once (time-major float64, as `pipeline.portfolio_store` does) and, per combination,
-  its input for all symbols, then call `portfolio_equal` / `portfolio_signal` with the
-  combination's `fee_bps` (and `long_only` for `signal`) and write its series and metrics. When
-  all are done the scratch array is deleted.
+  its input for all symbols, then call `portfolio_equal` / `portfolio_signal` (through
+  `kernels.portfolio.portfolio_time_major`: the same numbers, its fee-free benchmark pass run
+  once per pattern of bars rather than per combination) with the combination's `fee_bps` (and
+  `long_only` for `signal`) and write its series and metrics. When all are done the scratch array
+  is deleted.
 
 The numbers are therefore the run's bit for bit (same inputs, same kernel, same order of symbols).
 
@@ -43,8 +45,8 @@ Memory and cost: a phase-1 task holds its input cube (combinations x symbols of 
 1 byte for equal, the dtype's size for signal; the planner caps combinations per task to keep it
 under `INPUT_BUDGET_BYTES`); a phase-2 task holds the close panel and three float64 panels of the
 portfolio kernel, about `4 * 8 * n_symbols * n_times` bytes (320 MB at 2,000 x 5,000), and runs
-two kernel passes per combination (the portfolio and its fee-free benchmark), O(symbols x times)
-each.
+one kernel pass per combination, O(symbols x times), plus one fee-free benchmark pass per
+distinct pattern of bars (usually one per task).
 """
 
 from __future__ import annotations
@@ -214,11 +216,12 @@ def run_portfolio_task(task: SweepPortfolioTask) -> dict[str, Any]:
 
     import zarr
 
-    from kernels.portfolio import PORTFOLIO_METRIC_NAMES, portfolio_equal, portfolio_signal
+    from kernels.portfolio import PORTFOLIO_METRIC_NAMES, portfolio_time_major
     from pipeline.run import _worker_name
 
     t0 = time.perf_counter()
     closeT = _close_panel(task)
+    benchmarks: dict = {}  # the fee-free benchmark pass, shared by combinations with the same bars
     n_time, n_sym = closeT.shape
     g = zarr.open_group(task.store, mode="r+", zarr_format=3, use_consolidated=False)
     inp = g[INPUT_VAR]
@@ -239,12 +242,9 @@ def run_portfolio_task(task: SweepPortfolioTask) -> dict[str, Any]:
             otherT[raw.T == NO_POSITION] = np.nan
         _, bt = task.grid.params(int(np.ravel_multi_index(idx, task.grid.shape)) if idx else 0)
         tb = time.perf_counter()
-        if task.kind == "equal":
-            pf = portfolio_equal(closeT.T, otherT.T, fee_bps=bt.fee_bps, rebalance_every=task.rebalance_every,
-                                 periods_per_year=task.periods_per_year)
-        else:
-            pf = portfolio_signal(closeT.T, otherT.T, fee_bps=bt.fee_bps, rebalance_every=task.rebalance_every,
-                                  long_only=bool(bt.long_only), periods_per_year=task.periods_per_year)
+        pf = portfolio_time_major(task.kind, closeT, otherT, fee_bps=bt.fee_bps, rebalance_every=task.rebalance_every,
+                                  long_only=bool(bt.long_only), periods_per_year=task.periods_per_year,
+                                  benchmarks=benchmarks)
         eq[local] = pf.equity
         ret[local] = pf.returns
         met[local] = [pf.metrics[m] for m in PORTFOLIO_METRIC_NAMES]

@@ -92,6 +92,40 @@ def assert_combination(ds, grid, flat, pf, tol=0.0):
         assert np.array_equal(got, want, equal_nan=True)
 
 
+def test_portfolio_time_major_equals_the_portfolio_functions():
+    """The sweep's entry point gives the numbers of portfolio_equal / portfolio_signal, its cached
+    benchmark pass included (shared between calls with the same bars, kept apart otherwise)."""
+    from kernels.portfolio import portfolio_time_major
+    from kernels.synthetic import random_walk_panel
+
+    x = random_walk_panel(12, 150, seed=2)
+    x[3, 40:50] = np.nan
+    x[4, :60] = np.nan
+    x[5, 120:] = np.nan
+    rng = np.random.default_rng(1)
+    p = np.where(np.isnan(x), np.nan, rng.integers(-1, 2, x.shape).astype(float))
+    p[7] = np.nan
+    a = np.where(np.isnan(x), np.nan, rng.standard_normal(x.shape))
+    a[8] = np.nan
+    cache: dict = {}
+    for every in (1, 4):
+        for fee in (0.0, 10.0):
+            pairs = [(portfolio_equal(x, p, fee_bps=fee, rebalance_every=every, periods_per_year=252),
+                      portfolio_time_major("equal", x.T.copy(), p.T.copy(), fee_bps=fee, rebalance_every=every,
+                                           periods_per_year=252, benchmarks=cache))]
+            for lo in (False, True):
+                pairs.append((portfolio_signal(x, a, fee_bps=fee, rebalance_every=every, long_only=lo,
+                                               periods_per_year=252),
+                              portfolio_time_major("signal", x.T.copy(), a.T.copy(), fee_bps=fee,
+                                                   rebalance_every=every, long_only=lo, periods_per_year=252,
+                                                   benchmarks=cache)))
+            for want, got in pairs:
+                for k in ("equity", "returns", "turnover", "fees", "gross_exposure"):
+                    assert np.array_equal(getattr(want, k), getattr(got, k)), k
+                assert all(np.array_equal(want.metrics[k], got.metrics[k], equal_nan=True) for k in want.metrics)
+    assert len(cache) == 4  # (equal's bars, signal's bars) x (every 1, every 4)
+
+
 @pytest.fixture(scope="module")
 def swept(prices, tmp_path_factory):
     """One store per (kind, rebalance), in-process, small tasks so both phases have several tasks."""
@@ -230,3 +264,19 @@ def test_cli(prices, panel, tmp_path, capsys):
         assert_combination(ds, g, flat, expected(x, times, g, flat, "signal", 2))
     assert main([*argv[:-6], "--rank-by", "luck", "--in-process", "--no-progress"]) == 2
     assert "--rank-by must be one of" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_sweep_prints_the_portfolio_cost_and_cpu_utilisation(tmp_path, capsys):
+    out_json = tmp_path / "b.json"
+    assert main(["bench", "sweep", "--symbols", "24", "--bars", "200", "--la", "0.01,0.02", "--de", "0.01",
+                 "--workers", "2", "--no-kernel", "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert "atc sweep --portfolio (a portfolio per combination): equal" in out and "signal" in out
+    assert "CPU utilisation" in out
+    rec = json.loads(out_json.read_text())
+    e2e = rec["end_to_end"]
+    for kind in ("equal", "signal"):
+        assert e2e[f"portfolio_{kind}_over_sweep"] == pytest.approx(e2e[f"sweep_portfolio_{kind}_s"] / e2e["sweep_s"])
+    assert set(rec["cpu_utilisation"]) == {"sweep", "sweep --portfolio equal", "sweep --portfolio signal"}
+    assert all(0.0 < u <= 1.05 for u in rec["cpu_utilisation"].values())
