@@ -399,15 +399,17 @@ def _performance(summed, metric: Metric | None, aggregate: Aggregate, periods_pe
     """Ranking metric of summed statistics `(N, F, *extra)`, aggregated to `(N,)`.
 
     The default ranking of a sweep (per-bar Sharpe ratio, median across symbols) goes through one
-    Numba pass (`kernels.overfit_kernel`, the same numbers); anything else through NumPy."""
+    Numba pass and one partition (`kernels.overfit_kernel`, the same numbers); anything else
+    through NumPy."""
     if (metric is None and isinstance(aggregate, str) and aggregate == "median" and periods_per_year is None
             and summed.ndim >= 3 and summed.shape[1] >= 3 and summed[0].size > 0):
-        from kernels.overfit_kernel import sharpe_median_rows
+        from kernels.overfit_kernel import median_of_padded, sharpe_padded_rows
 
         a = np.ascontiguousarray(summed, np.float64).reshape(summed.shape[0], summed.shape[1], -1)
-        out = np.empty(a.shape[0])
-        sharpe_median_rows(a, out, np.empty(2 * a.shape[2]))
-        return out
+        x = np.empty((a.shape[0], a.shape[2]))
+        counts = np.empty(a.shape[0], np.int64)
+        sharpe_padded_rows(a, x, counts)
+        return median_of_padded(x, counts)
     if aggregate == "pooled" and summed.ndim > 2:
         summed = summed.reshape(summed.shape[:2] + (-1,)).sum(axis=2)
         periods_per_year = None if periods_per_year is None else float(np.nanmedian(periods_per_year))
