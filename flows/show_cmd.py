@@ -167,6 +167,12 @@ def show(
     if kind == "atc-sweep":
         typer.echo("")
         typer.echo(sweep_table(store, rank_by, top))
+        from pipeline.validation import describe_stored
+
+        text = describe_stored(store)
+        if text:
+            typer.echo("")
+            typer.echo(text)
     elif kind == "atc-results" and store_info(store).get("backtested"):
         typer.echo("")
         typer.echo(backtest_summary(store))

@@ -258,3 +258,22 @@ def _describe(validation: dict[str, Any], combination_label, ind: str) -> list[s
                                                             for k, n in top)
                              + (f"; {len(counts) - 3} more" if len(counts) > 3 else ""))
     return lines
+
+
+def describe_stored(store: str | Path) -> str:
+    """The summary lines of the validation kept in a sweep store ("" without one), for `atc show`."""
+    import zarr
+
+    g = zarr.open_group(str(store), mode="r", zarr_format=3, use_consolidated=False)
+    raw = g.attrs.get("validation")
+    if not raw:
+        return ""
+    grid = json.loads(g.attrs["grid"])
+    dims, values = grid["dims"], grid["values"]
+    shape = tuple(len(v) for v in values)
+
+    def label(flat) -> str:
+        idx = np.unravel_index(int(flat), shape)
+        return ", ".join(f"{d}={values[i][j]}" for i, (d, j) in enumerate(zip(dims, idx)))
+
+    return "out-of-sample validation (computed when the sweep completed):\n" + describe(json.loads(raw), label)

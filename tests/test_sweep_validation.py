@@ -114,6 +114,9 @@ def test_cli_prints_and_keeps_the_figures(prices, tmp_path, capsys):
     again = capsys.readouterr().out
     line = [ln for ln in first.splitlines() if "CSCV" in ln]
     assert line and line == [ln for ln in again.splitlines() if "CSCV" in ln]
+    assert main(["show", str(tmp_path / "s.zarr")]) == 0  # atc show prints them too
+    shown = capsys.readouterr().out
+    assert "out-of-sample validation" in shown and line == [ln for ln in shown.splitlines() if "CSCV" in ln]
     assert main(args[:-2] + ["--folds", "3"]) == 2
     assert "even" in capsys.readouterr().err
     assert main(["plot", str(tmp_path / "s.zarr"), "--walk-forward", "--out", str(tmp_path / "w.png")]) == 2
