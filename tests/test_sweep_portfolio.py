@@ -265,18 +265,3 @@ def test_cli(prices, panel, tmp_path, capsys):
     assert main([*argv[:-6], "--rank-by", "luck", "--in-process", "--no-progress"]) == 2
     assert "--rank-by must be one of" in capsys.readouterr().err
 
-
-@pytest.mark.slow
-def test_bench_sweep_prints_the_portfolio_cost_and_cpu_utilisation(tmp_path, capsys):
-    out_json = tmp_path / "b.json"
-    assert main(["bench", "sweep", "--symbols", "24", "--bars", "200", "--la", "0.01,0.02", "--de", "0.01",
-                 "--workers", "2", "--no-kernel", "--json", str(out_json)]) == 0
-    out = capsys.readouterr().out
-    assert "atc sweep --portfolio (a portfolio per combination): equal" in out and "signal" in out
-    assert "CPU utilisation" in out
-    rec = json.loads(out_json.read_text())
-    e2e = rec["end_to_end"]
-    for kind in ("equal", "signal"):
-        assert e2e[f"portfolio_{kind}_over_sweep"] == pytest.approx(e2e[f"sweep_portfolio_{kind}_s"] / e2e["sweep_s"])
-    assert set(rec["cpu_utilisation"]) == {"sweep", "sweep --portfolio equal", "sweep --portfolio signal"}
-    assert all(0.0 < u <= 1.05 for u in rec["cpu_utilisation"].values())
