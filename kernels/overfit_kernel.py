@@ -43,7 +43,7 @@ def sharpe_padded_rows(summed, out, counts):
             ss = s2 - s1 * mean
             sr = mean / np.sqrt(ss / (n - 1.0))
             bad = not (ss > 4.0 * n * _EPS * np.abs(s2)) or n < 2
-            nan = n < 2 or mean != mean or ss != ss or mean == 0
+            nan = n < 2 or np.isnan(mean) or np.isnan(ss) or mean == 0
             fix = np.nan if nan else (np.inf if mean > 0 else -np.inf)
             row[j] = fix if bad else sr
         q = 0

@@ -103,7 +103,13 @@ def _select(full: np.ndarray) -> int:
 
 
 def _figures(fold_stats: np.ndarray, plan: ValidationPlan) -> dict[str, Any]:
-    from kernels.overfit import coarsen_blocks, cscv, deflated_sharpe_from_blocks, sharpe_from_blocks, walk_forward
+    from kernels.overfit import (
+        coarsen_blocks,
+        cscv,
+        deflated_sharpe_from_blocks,
+        sharpe_from_blocks,
+        walk_forward,
+    )
 
     stats = np.asarray(fold_stats, np.float64)
     if stats.ndim not in (3, 4) or stats.shape[1:3] != (plan.blocks, 5):
@@ -137,7 +143,7 @@ def _figures(fold_stats: np.ndarray, plan: ValidationPlan) -> dict[str, Any]:
         wf = walk_forward(stats, plan.train_blocks, plan.test_blocks, aggregate="median")
         out["walk_forward"] = {
             "spec": plan.walk_forward, "train_bars": plan.train_bars, "test_bars": plan.test_bars,
-            "windows": int(len(wf.windows)), "selected": [int(s) for s in wf.selected],
+            "windows": len(wf.windows), "selected": [int(s) for s in wf.selected],
             "window_blocks": [[int(v) for v in w] for w in wf.windows],
             "is_sharpe_mean": _num(wf.is_perf_mean), "oos_sharpe": _num(wf.oos_sharpe_agg),
             "hindsight_sharpe": _num(wf.hindsight_sharpe_agg), "hindsight_selected": int(wf.hindsight_selected),

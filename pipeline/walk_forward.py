@@ -32,9 +32,10 @@ symbols sized so that their signals and returns stay under `BUDGET_BYTES`.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -445,3 +445,25 @@ def test_cscv_fast_median_path_equals_the_numpy_path():
     wf_fast, wf_slow = walk_forward(st, 2, 1), walk_forward(st, 2, 1, aggregate=lambda p: _nanmedian_rows(p))
     np.testing.assert_array_equal(wf_fast.selected, wf_slow.selected)
     np.testing.assert_array_equal(wf_fast.is_perf, wf_slow.is_perf)
+
+
+def test_median_of_padded_rows_equals_the_median_of_the_real_values():
+    """The kernel's trick: NaN written as -inf, +inf in turn leaves the median of the k real values
+    at the middle of the row, for every row length and k (reals include +/-inf and ties)."""
+    from kernels.overfit_kernel import median_of_padded
+
+    rng = np.random.default_rng(41)
+    for M in range(1, 10):
+        for k in range(M + 1):
+            for rep in range(6):
+                v = rng.choice([-np.inf, np.inf, -1.0, 0.5, 0.5, 2.0], k) if rep % 2 else rng.normal(size=k)
+                row = np.concatenate([v, [-np.inf if q % 2 == 0 else np.inf for q in range(M - k)]])
+                rng.shuffle(row)
+                got = median_of_padded(row[None], np.array([k]))[0]
+                if k == 0:
+                    assert math.isnan(got)
+                    continue
+                srt = sorted(v)
+                with np.errstate(invalid="ignore"):
+                    want = srt[k // 2] if k % 2 else 0.5 * (srt[k // 2 - 1] + srt[k // 2])
+                assert got == want or (math.isnan(got) and math.isnan(want)), (M, k, v)

@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 import pytest
+from test_overfit import literal_best, literal_cscv, literal_stats, raw_sharpe, take
 
 from kernels.api import compute_atc
 from kernels.backtest import run_backtest
@@ -19,7 +20,6 @@ from kernels.params import ATCParams
 from kernels.sweep import make_grid, sweep_panel
 from pipeline.validation import ValidationPlan, compute_validation, describe
 from pipeline.walk_forward import WF_METRICS, stitch_panel, window_columns
-from test_overfit import literal_best, literal_cscv, literal_stats, raw_sharpe, take
 
 BASE = ATCParams(ema_len=8, hma_len=8, wma_len=8, dema_len=8, lsma_len=8, kama_len=8)
 GRID = {"ema_len": [8, 14], "De": [0.0, 3.0]}
@@ -82,7 +82,7 @@ def setup(close, folds_train_test=(60, 30)):
 
 def test_stitched_equity_equals_a_recomputation_by_hand():
     close = prices(3)
-    grid, combos, plan, wf, columns = setup(close)
+    _, combos, _, wf, columns = setup(close)
     assert len(wf.windows) == 8 and (wf.selected >= 0).all()
     sw = stitch_panel(close, dict(enumerate(combos)), columns, wf.selected, periods_per_year=252.0, parallel=False)
     avg, per_symbol, cache = stitched_by_hand(close, combos, columns, wf.selected)
@@ -169,7 +169,7 @@ def test_validation_of_one_series_per_combination_against_literal():
     assert v["series"] == "one"
     full = [raw_sharpe(r) for r in R]
     assert v["selected"] == literal_best(full) == 3
-    lam, pbo, loss, slope = literal_cscv(R, S)
+    _, pbo, loss, slope = literal_cscv(R, S)
     assert v["cscv"]["pbo"] == pbo and v["cscv"]["prob_loss"] == loss and v["cscv"]["n_splits"] == 20
     assert v["cscv"]["degradation_slope"] == pytest.approx(slope, rel=1e-8)
     sel, oos = literal_walk_forward(R, S, 2, 1)
