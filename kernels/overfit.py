@@ -1,6 +1,8 @@
 """Out-of-sample and overfitting statistics of a parameter sweep, from per-block sufficient statistics.
 
-Pure NumPy, no I/O. Formulas, assumptions and how to read the results: docs/OVERFITTING.md.
+NumPy, no I/O; the default CSCV ranking across symbols (per-bar Sharpe, median) runs in one Numba
+pass, `kernels/overfit_kernel.py`, imported when used, with the same numbers. Formulas, assumptions
+and how to read the results: docs/OVERFITTING.md.
 
 Block statistics layout (what the sweep must produce)
 -----------------------------------------------------

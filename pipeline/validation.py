@@ -6,7 +6,11 @@ The sweep tasks keep, for every combination and symbol, sufficient statistics of
 returns per block of the time axis (`fold_stats`: count and sums of r..r^4; kernels/sweep.py). One
 block grid serves both analyses: `S` blocks for CSCV alone, or the walk-forward's finer grid of
 gcd(train, test) bars, merged into `S` groups for CSCV. Combinations are ranked as the sweep's
-summary ranks them: by the median across symbols of the Sharpe ratio.
+summary ranks them: by the median across symbols of the Sharpe ratio. The same figures work on one
+series per combination (`(N, blocks, 5)`, e.g. the `portfolio_fold_stats` of `atc sweep
+--portfolio`, ranked by its own Sharpe ratio): `validate_store` adds them under "portfolio" when the
+store has that variable. With a walk-forward, `validate_store` also stitches the out-of-sample
+equity (pipeline/walk_forward.py: the chosen combinations rerun, `wf_*` variables).
 
 The figures are computed once, when the sweep completes, and kept in the sweep store's `validation`
 attribute (JSON), so `atc sweep` (rerun on a complete store) and `atc show` print them again
