@@ -89,13 +89,16 @@ def combination_returns(close: np.ndarray, combos: Sequence[tuple], *, dtype: An
 
 
 def _metrics(returns: np.ndarray, ppy: float) -> tuple[np.ndarray, np.ndarray]:
-    """`series_metrics` of the non-NaN returns of a series (equity 1 before the first), and the
-    equity at every position of `returns` (carried over NaN)."""
+    """`series_metrics` of the non-NaN returns of a series (equity 1 before the first; all NaN
+    without a return: nothing was traded), and the equity at every position of `returns`
+    (carried over NaN)."""
     from kernels.metrics import series_metrics
 
     r = np.asarray(returns, np.float64)
     ok = ~np.isnan(r)
     eq_all = np.cumprod(np.where(ok, 1.0 + np.where(ok, r, 0.0), 1.0))
+    if not ok.any():
+        return np.full(len(WF_METRICS), np.nan), eq_all
     ret = np.concatenate([[0.0], r[ok]])
     eq = np.concatenate([[1.0], eq_all[ok]])
     out = np.full(len(METRIC_NAMES), np.nan)

@@ -82,6 +82,7 @@ def setup(close, folds_train_test=(60, 30)):
 
 def test_stitched_equity_equals_a_recomputation_by_hand():
     close = prices(3)
+    close[5, 150] = -1.0  # bad data: the symbol is not computed under any combination
     _, combos, _, wf, columns = setup(close)
     assert len(wf.windows) == 8 and (wf.selected >= 0).all()
     sw = stitch_panel(close, dict(enumerate(combos)), columns, wf.selected, periods_per_year=252.0, parallel=False)
@@ -111,7 +112,8 @@ def test_stitched_equity_equals_a_recomputation_by_hand():
     assert sw.window_metrics[2, 0, SHARPE] == pytest.approx(x.mean() / x.std(ddof=1) * math.sqrt(252), rel=1e-10)
     # per symbol: the stitched returns' sums are the walk-forward's sums from the sweep's blocks
     np.testing.assert_allclose(sw.symbol_oos_sums, wf.oos_stats, rtol=1e-10, atol=1e-15)
-    for i in range(close.shape[0]):
+    assert np.isnan(sw.symbol_oos_metrics[5]).all()  # bad data: never computed, no metric
+    for i in range(close.shape[0] - 1):
         ri = per_symbol[i][~np.isnan(per_symbol[i])]
         assert sw.symbol_oos_metrics[i, SHARPE] == pytest.approx(ri.mean() / ri.std(ddof=1) * math.sqrt(252),
                                                                  rel=1e-10)
