@@ -102,3 +102,29 @@ def test_bad_close_and_shape_errors():
         state.advance(x[:3, 102])
     with pytest.raises(Exception, match="stream state array 'x'"):
         StreamState.from_arrays(state.to_arrays(), ATCParams(), np.float64)
+
+
+def test_symbols_with_different_bar_counts_share_lane_blocks():
+    """Enough symbols for several lane blocks and the threaded path, with own bar counts that differ:
+    by 256 (such symbols share blocks once past the warm-up, their HMA rings rotated), by a few bars,
+    by holes that move symbols between blocks at every update, plus listings while streaming and a
+    bad close. Mid-stream the blocks are written back to the arrays, and the stream goes on."""
+    n, n_bars, start = 260, 410, 380
+    x = random_walk_panel(n, n_bars, seed=11, vol=0.02)
+    rng = np.random.default_rng(11)
+    x[:100, :256] = np.nan                      # 256 bars fewer than symbols 100..199
+    for i in range(200, 230):                   # a few bars fewer, each its own count
+        x[i, : i - 199] = np.nan
+    x[230:][rng.random((30, n_bars)) < 0.3] = np.nan
+    x[240:250, : n_bars - 20] = np.nan          # list while streaming
+    x[5, 395] = -2.0                            # bad data while streaming
+    p = ATCParams(**VARIANTS["small"])
+    _, state = build_stream(x[:, :start], p)
+    state.advance(x[:, start])
+    lanes = state._lanes
+    counts = [{int(state._t[i]) for i in lanes.blocks[7][b] if i >= 0} for b in range(int(lanes.meta[0]))]
+    assert any(len(c) > 1 for c in counts)      # symbols 256 bars apart in one block
+    t_mid = state.t.copy()                      # reading the arrays writes the blocks back
+    assert state._lanes is None
+    assert np.array_equal(t_mid, np.count_nonzero(~np.isnan(x[:, : start + 1]), axis=1))
+    assert check_every_bar(x, p, start=start + 1, state=state) > 4000
