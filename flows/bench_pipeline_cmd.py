@@ -1,28 +1,37 @@
-"""`atc bench pipeline`: the end-to-end run against the kernel alone, and the client's memory.
+"""`atc bench pipeline`: `atc run` as a user runs it against the kernel alone, in one run.
 
-On one synthetic price store (default 2000 x 5000) in the same process and run:
+On one synthetic price store (``--size SYMBOLSxBARS``, default 2000x5000; created once with
+`atc synth` and kept with ``--dir``), timed in the same run, because absolute figures move 2x
+with the load of a shared machine while ratios taken together survive it:
 
-* end to end: ``run_atc`` on a local cluster (already started, kernels compiled on the workers by
-  a warm-up; both reported separately) from the price store to a complete results store;
-* kernel alone: ``compute_atc`` on the same close panel already in memory (parallel kernel on
-  every core), i.e. no reading, no writing, no scheduling;
-* client memory: the peak of Python-level allocations (``tracemalloc``, numpy buffers included)
-  in the client process during a run, for a small and the full universe. The client only plans
-  and collects small records, so the two should be about equal.
+* kernel alone: ``compute_atc`` on the close panel already in memory, parallel over the cores
+  the run uses (no reading, writing, scheduling or process start), in blocks of symbols so that
+  memory stays bounded at any size; timed before and after the run, the mean is the reference;
+* ``atc run`` as a fresh process (the console script, ``--overwrite --no-progress``), wall to wall:
+  process start, imports, the cluster start where the run takes a cluster, then the run;
+* its run phase: the seconds the run itself reports (``run_atc``: from taking the lock to the
+  finished store), i.e. after start-up.
+
+Both ratios are printed: run / kernel (wall to wall) and run phase / kernel.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
-import tracemalloc
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+
+#: Symbols per block of the kernel-alone timing: ~0.5 GB of float64 outputs at 5000 bars.
+KERNEL_BLOCK = 1000
 
 
 def warm_kernel(parallel: bool) -> float:
@@ -35,100 +44,108 @@ def warm_kernel(parallel: bool) -> float:
     return time.perf_counter() - t0
 
 
-def _mib(n: float) -> str:
-    return f"{n / 2**20:.1f} MiB"
+def parse_size(size: str) -> tuple[int, int]:
+    """``"2000x5000"`` -> (2000, 5000); a clear error otherwise."""
+    m = re.fullmatch(r"\s*([0-9_,]+)\s*[xX*]\s*([0-9_,]+)\s*", size)
+    if not m:
+        raise typer.BadParameter(f"--size must be SYMBOLSxBARS (e.g. 2000x5000), got {size!r}")
+    n, b = (int(g.replace("_", "").replace(",", "")) for g in m.groups())
+    if n < 1 or b < 1:
+        raise typer.BadParameter(f"--size needs at least 1 symbol and 1 bar, got {size!r}")
+    return n, b
 
 
-def bench_pipeline(
-    symbols: Annotated[int, typer.Option("--symbols", help="Symbols of the main store.")] = 2000,
-    bars: Annotated[int, typer.Option("--bars", help="Bars per symbol.")] = 5000,
-    small: Annotated[int, typer.Option("--small", help="Symbols of the second store (client memory).")] = 500,
-    repeat: Annotated[int, typer.Option("--repeat", help="Timed runs of each kind (best is reported).")] = 1,
-    workers: Annotated[Optional[int], typer.Option("--workers", help="Local worker processes (default: cores).")] = None,
-    threads_per_worker: Annotated[Optional[int], typer.Option("--threads-per-worker", help="Threads per worker.")] = None,
-    dir_: Annotated[Optional[Path], typer.Option("--dir", help="Keep the stores here (default: a temporary dir).")] = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the figures to this JSON file.")] = None,
-) -> None:
-    """Time `atc run` end to end against the kernel alone on a synthetic store, and show the
-    client's peak memory for two universe sizes."""
+def _atc() -> str:
+    exe = Path(sys.executable).with_name("atc")
+    return str(exe) if exe.exists() else (shutil.which("atc") or "atc")
+
+
+def kernel_alone(prices: Path, dtype: str) -> float:
+    """Seconds of ``compute_atc`` (parallel kernel) over the whole close panel, block by block;
+    reading the blocks is not timed."""
     import numpy as np
 
     from kernels import compute_atc
-    from pipeline.cluster import connect, kernel_parallel
-    from pipeline.run import run_atc
-    from pipeline.store import open_prices, write_prices
-    from pipeline.synth import synth_prices
+    from pipeline.store import open_prices
 
+    ds = open_prices(prices)
+    try:
+        n = ds.sizes["symbol"]
+        total = 0.0
+        for a in range(0, n, KERNEL_BLOCK):
+            close = np.asarray(ds["close"][a:a + KERNEL_BLOCK].values, dtype=np.float64)
+            t = time.perf_counter()
+            res = compute_atc(close, dtype=np.dtype(dtype), parallel=True, on_bad="status")
+            total += time.perf_counter() - t
+            del res, close
+    finally:
+        ds.close()
+    return total
+
+
+def run_fresh(prices: Path, results: Path, extra: list[str]) -> tuple[float, float, str]:
+    """(wall seconds, run-phase seconds, stdout) of `atc run` as a new process."""
+    cmd = [_atc(), "run", str(prices), str(results), "--overwrite", "--no-progress", *extra]
+    t = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - t
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stderr[-3000:]}")
+    m = re.search(r"already done; ([0-9.]+) s", p.stdout)
+    if not m:
+        raise RuntimeError(f"no run time in the output of {' '.join(cmd)}:\n{p.stdout}")
+    return wall, float(m.group(1)), p.stdout
+
+
+def bench_pipeline(
+    size: Annotated[str, typer.Option("--size", help="SYMBOLSxBARS of the synthetic store.")] = "2000x5000",
+    dtype: Annotated[str, typer.Option("--dtype", help="float64 or float32 (the run's and the kernel's).")] = "float64",
+    outputs: Annotated[str, typer.Option("--outputs", help="all, signals or average (the run's --outputs).")] = "all",
+    dir_: Annotated[Optional[Path], typer.Option("--dir", help="Keep the stores here, and reuse a price store "
+                                                 "of this size (default: a temporary dir, removed).")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the figures to this JSON file.")] = None,
+    in_process: Annotated[Optional[bool], typer.Option("--in-process/--cluster", help="Passed to atc run (default: "
+                                                       "what atc run chooses for this size).", show_default=False)] = None,
+) -> None:
+    """Time `atc run` (a fresh process, wall to wall, and its run phase) against the kernel alone
+    on a synthetic store, in one run, and print the ratios."""
+    symbols, bars = parse_size(size)
     load_start = os.getloadavg()
     base = Path(tempfile.mkdtemp(prefix="atc-bench-")) if dir_ is None else dir_
     base.mkdir(parents=True, exist_ok=True)
-    out: dict[str, Any] = {"symbols": symbols, "bars": bars, "small": small, "cores": os.cpu_count()}
+    out: dict[str, Any] = {"symbols": symbols, "bars": bars, "dtype": dtype, "outputs": outputs,
+                           "cores": os.cpu_count()}
     try:
-        stores = {}
-        for n in sorted({small, symbols}):
-            p = base / f"prices-{n}x{bars}.zarr"
-            if not p.exists():
-                write_prices(synth_prices(n, bars, seed=0), p, source=f"bench {n}x{bars}")
-            stores[n] = p
-        typer.echo(f"atc bench pipeline: stores in {base} ({', '.join(f'{n} x {bars}' for n in stores)})")
+        prices = base / f"prices-{symbols}x{bars}.zarr"
+        if not prices.exists():
+            subprocess.run([_atc(), "synth", str(prices), "--symbols", str(symbols), "--bars", str(bars)],
+                           check=True, capture_output=True, text=True)
+        results = base / f"results-{symbols}x{bars}.zarr"
+        typer.echo(f"atc bench pipeline: {symbols} x {bars} {dtype}, --outputs {outputs}; stores in {base}")
 
-        t0 = time.perf_counter()
-        with connect(None, workers=workers, threads_per_worker=threads_per_worker, dashboard_address=None) as cl:
-            parallel = kernel_parallel(cl.workers())
-            cl.client.run(warm_kernel, parallel)
-            t_start = time.perf_counter() - t0
-            typer.echo(f"  {cl.describe()}, {'parallel' if parallel else 'serial'} kernels; "
-                       f"start + compile on workers {t_start:.1f} s")
-            out.update(cluster=cl.describe(), kernel_parallel=parallel, cluster_start_s=t_start)
-
-            def one_run(n: int, traced: bool) -> tuple[float, int, Any]:
-                if traced:
-                    tracemalloc.start()
-                t = time.perf_counter()
-                s = run_atc(stores[n], base / f"results-{n}x{bars}.zarr", client=cl.client, overwrite=True,
-                            progress=False)
-                dt = time.perf_counter() - t
-                peak = 0
-                if traced:
-                    peak = tracemalloc.get_traced_memory()[1]
-                    tracemalloc.stop()
-                return dt, peak, s
-
-            mem = {}
-            for n in stores:
-                _, peak, _ = one_run(n, traced=True)
-                mem[n] = peak
-            e2e = float("inf")
-            summary = None
-            for _ in range(max(1, repeat)):
-                dt, _, summary = one_run(symbols, traced=False)
-                e2e = min(e2e, dt)
-        ts = summary.task_seconds()
-
-        close = np.asarray(open_prices(stores[symbols])["close"].values)
         warm_kernel(True)
-        kern = float("inf")
-        for _ in range(max(1, repeat)):
-            t = time.perf_counter()
-            compute_atc(close, parallel=True)
-            kern = min(kern, time.perf_counter() - t)
+        k1 = kernel_alone(prices, dtype)
+        place = [] if in_process is None else ["--in-process" if in_process else "--cluster"]
+        wall, phase, stdout = run_fresh(prices, results, ["--dtype", dtype, "--outputs", outputs, *place])
+        k2 = kernel_alone(prices, dtype)
+        kern = (k1 + k2) / 2
         load_end = os.getloadavg()
+        how = next((ln.strip() for ln in stdout.splitlines() if ln.startswith(("in-process", "local cluster"))), "")
+        on_disk = sum(f.stat().st_size for f in results.rglob("*") if f.is_file())
 
         sb = symbols * bars
-        typer.echo(f"  end to end (atc run, {summary.n_chunks} tasks of {summary.chunk_symbols} symbols): {e2e:8.2f} s "
-                   f"{sb / e2e / 1e6:7.2f} M symbol-bars/s")
-        typer.echo(f"  kernel alone (compute_atc, parallel, in memory):  {kern:8.2f} s {sb / kern / 1e6:7.2f} M symbol-bars/s")
-        typer.echo(f"  end to end / kernel alone: {e2e / kern:.2f} x")
-        typer.echo(f"  inside the tasks (seconds summed over workers): read {ts['read_s']:.2f}, kernel "
-                   f"{ts['compute_s']:.2f}, write {ts['write_s']:.2f}")
-        for n, peak in mem.items():
-            typer.echo(f"  client peak memory during the run, {n:5d} x {bars}: {_mib(peak)} (tracemalloc)")
+        typer.echo(f"  kernel alone (compute_atc, parallel, in memory): {k1:7.2f} s before, {k2:.2f} s after the "
+                   f"run; mean {kern:.2f} s, {sb / kern / 1e6:.2f} M symbol-bars/s")
+        typer.echo(f"  atc run, fresh process, wall to wall:            {wall:7.2f} s  {wall / kern:5.2f} x kernel"
+                   + (f"  ({how})" if how else ""))
+        typer.echo(f"  atc run, run phase (after start-up):             {phase:7.2f} s  {phase / kern:5.2f} x kernel")
+        typer.echo(f"  start-up (process, imports, cluster):            {wall - phase:7.2f} s")
+        typer.echo(f"  results on disk: {on_disk / 2**20:.1f} MiB, {on_disk / sb:.1f} bytes per symbol-bar")
         typer.echo(f"  load average (1 min) {load_start[0]:.2f} at start, {load_end[0]:.2f} at end, "
                    f"{os.cpu_count()} cores")
-        out.update(e2e_s=e2e, kernel_s=kern, ratio=e2e / kern, task_seconds=ts,
-                   client_peak_bytes={str(n): p for n, p in mem.items()},
-                   loadavg_start=load_start, loadavg_end=load_end, n_chunks=summary.n_chunks,
-                   chunk_symbols=summary.chunk_symbols)
+        out.update(kernel_s=[k1, k2], kernel_mean_s=kern, run_wall_s=wall, run_phase_s=phase,
+                   wall_ratio=wall / kern, phase_ratio=phase / kern, bytes_per_symbol_bar=on_disk / sb,
+                   how=how, loadavg_start=load_start, loadavg_end=load_end)
         if json_out is not None:
             json_out.write_text(json.dumps(out, indent=2))
     finally:

@@ -309,3 +309,15 @@ def test_small_run_in_a_fresh_process_imports_no_cluster(prices, tmp_path):
         assert "dashboard" not in p.stdout and "local cluster" not in p.stdout
         modules = p.stdout.split("MODULES")[1].split()
         assert modules == (["cpu"] if expect == "computed" else ["-"]), p.stdout
+
+
+def test_bench_pipeline_size_option():
+    import typer
+
+    from flows.bench_pipeline_cmd import parse_size
+
+    assert parse_size("2000x5000") == (2000, 5000)
+    assert parse_size("20,000 x 5,000") == (20000, 5000)
+    for bad in ("2000", "0x10", "ax5", "10x10x10"):
+        with pytest.raises(typer.BadParameter, match="--size"):
+            parse_size(bad)

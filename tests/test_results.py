@@ -78,6 +78,41 @@ def test_write_chunk_region_and_done_marker(prices, tmp_path):
     assert np.isnan(ds["KAMA_S"].values[:4]).all() and np.isnan(ds["KAMA_S"].values[8:]).all()
 
 
+
+def test_write_chunk_refuses_a_region_that_is_not_whole_chunks(prices, tmp_path):
+    """Tasks write zarr arrays directly: a region that is not whole chunks could be shared by two
+    tasks (read-modify-write races), so it is refused before anything is written."""
+    res = tmp_path / "r.zarr"
+    rs.create_results(res, open_prices(prices), _identity(prices), 4)
+    outs = {n: np.zeros((3, 50)) for n in OUTPUT_NAMES}
+    with pytest.raises(rs.ResultsError, match="not whole chunks"):
+        rs.write_chunk(res, 1, 5, 8, outs, np.zeros(3, np.int8), [""] * 3)
+    with pytest.raises(rs.ResultsError, match="no variable 'position'"):
+        rs.write_chunk(res, 2, 8, 10, {n: np.zeros((2, 50)) for n in OUTPUT_NAMES}, np.zeros(2, np.int8), [""] * 2,
+                       {"position": (("symbol", "time"), np.zeros((2, 50)))})
+    ds = xr.open_zarr(res)
+    assert list(ds["chunk_done"].values) == [0, 0, 0] and (ds["status"].values == rs.NOT_COMPUTED).all()
+    assert np.isnan(ds["EMA_S"].values).all()
+    rs.write_chunk(res, 2, 8, 10, {n: np.ones((2, 50)) for n in OUTPUT_NAMES}, np.zeros(2, np.int8), [""] * 2)
+    assert list(xr.open_zarr(res)["chunk_done"].values) == [0, 0, 1]  # the short last chunk is whole
+
+
+def test_results_codecs_round_trip_two_decimal_signals_exactly(prices, tmp_path):
+    """The measured codecs (lz4 without shuffle for the signals) are lossless: 2-decimal values and
+    full doubles come back bit for bit."""
+    res = tmp_path / "r.zarr"
+    rs.create_results(res, open_prices(prices), _identity(prices), 4)
+    rng = np.random.default_rng(5)
+    outs = {n: (np.round(rng.uniform(-1, 1, (4, 50)), 2) if n.endswith("_Signal") else rng.lognormal(size=(4, 50)))
+            for n in OUTPUT_NAMES}
+    outs["Average_Signal"][0, :7] = np.nan
+    rs.write_chunk(res, 0, 0, 4, outs, np.zeros(4, np.int8), [""] * 4)
+    ds = xr.open_zarr(res)
+    for n in OUTPUT_NAMES:
+        np.testing.assert_array_equal(ds[n].values[:4].view(np.int64), outs[n].view(np.int64))
+    cfg = json.loads((res / "EMA_Signal" / "zarr.json").read_text())["codecs"][-1]["configuration"]
+    assert (cfg["cname"], cfg["shuffle"]) == ("lz4", "noshuffle")
+
 def test_identity_differences_name_the_change(prices):
     a = _identity(prices)
     attrs = {"params": a.params_json(), "prices_fingerprint": a.prices_fingerprint, "dtype": "float64",
