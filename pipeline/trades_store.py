@@ -287,7 +287,8 @@ def update_trades(results: str | os.PathLike, close: np.ndarray, position: np.nd
         part = rec[edges[c]:edges[c + 1]]
         base = int(closed[c])
         new = part[part["is_open"] | (part["exit"] >= n_old)]  # closed at a new time, or still open
-        if not tail or c in redo or base < 0 or count[c] < 0 or base + len(new) > rows[c]:
+        if (not tail or c in redo or base != len(part) - len(new) or count[c] < 0  # stored rows not the old ones
+                or base + len(new) > rows[c]):
             write_trades_part(results, c, c * k, (c + 1) * k, 0, part, spare=max(ROWS_PER_CHUNK, len(part) // 4))
             continue
         new = _closed_first(new)

@@ -271,6 +271,40 @@ def test_update_trades_after_an_interrupted_update_or_without_trades(cluster, tm
     assert_same_store(tmp_path / "none.zarr", tmp_path / "full.zarr")
 
 
+@pytest.mark.slow  # five full runs beside the updates
+def test_trades_over_many_updates_equal_a_full_run(cluster, tmp_path, monkeypatch):
+    """One bar at a time: each update rewrites only each chunk's tail (closed trades first, open
+    ones last); with 8-row reservations, chunks outgrow theirs and move. The trades and their
+    statistics equal a full run's after every update."""
+    import zarr
+
+    from pipeline import trades_store as ts
+
+    monkeypatch.setattr(ts, "ROWS_PER_CHUNK", 8)
+    full = universe()
+    bt = BacktestParams(fee_bps=10)
+    write(full.isel(time=slice(0, N_OLD)), tmp_path / "p.zarr")
+    run(cluster, tmp_path / "p.zarr", tmp_path / "r.zarr", bt)
+    tails = 0
+    real = ts.write_trades_part
+    monkeypatch.setattr(ts, "write_trades_part", lambda *a, **k: (calls.append(a[1]), real(*a, **k))[1])
+    for n in range(N_OLD + 1, N_OLD + 6):
+        calls: list[int] = []
+        write(full.isel(time=slice(0, n)), tmp_path / "p.zarr", overwrite=True)
+        update_results(tmp_path / "p.zarr", tmp_path / "r.zarr")
+        tails += N_SYM // 8 - len(set(calls))  # chunks updated by their tail alone
+        run(cluster, tmp_path / "p.zarr", tmp_path / f"full{n}.zarr", bt)
+        np.testing.assert_array_equal(read_trades(tmp_path / "r.zarr"), read_trades(tmp_path / f"full{n}.zarr"))
+        assert_same_store(tmp_path / "r.zarr", tmp_path / f"full{n}.zarr")
+        g = zarr.open_group(str(tmp_path / "r.zarr" / "trades"), mode="r")
+        start, count, closed = (np.asarray(g[k][:]) for k in ("chunk_start", "chunk_count", "chunk_closed"))
+        is_open = np.asarray(g["is_open"][:])
+        for c in range(len(count)):  # closed first, open last
+            rows = is_open[start[c]:start[c] + count[c]]
+            assert not rows[:closed[c]].any() and rows[closed[c]:].all()
+    assert tails > 0
+
+
 def test_scan_cli_formats_and_prices_input(cluster, tmp_path, capsys):
     ds = synth_prices(12, 200, seed=3)
     write(ds, tmp_path / "p.zarr")
