@@ -361,6 +361,7 @@ class WalkForwardView:
     spec: str
     portfolio_equity: np.ndarray | None = None
     portfolio_labels: list[str] | None = None
+    portfolio_metrics: dict[str, float] | None = None
 
 
 def read_walk_forward(store: str | Path) -> WalkForwardView:
@@ -384,6 +385,8 @@ def read_walk_forward(store: str | Path) -> WalkForwardView:
             {str(m): float(x) for m, x in zip(ds["wf_metric"].values, ds["wf_oos_metrics"].values)},
             str(v.get("spec", "")),
             np.asarray(ds["wf_portfolio_oos_equity"].values, np.float64) if port else None,
-            [str(s) for s in ds["wf_portfolio_selected_label"].values] if port else None)
+            [str(s) for s in ds["wf_portfolio_selected_label"].values] if port else None,
+            {str(m): float(x) for m, x in zip(ds["wf_metric"].values, ds["wf_portfolio_oos_metrics"].values)}
+            if port else None)
     finally:
         ds.close()
