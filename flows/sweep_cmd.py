@@ -226,7 +226,7 @@ def bench_sweep(
     from pipeline.cluster import connect
     from pipeline.run import run_atc
     from pipeline.store import write_prices
-    from pipeline.sweep import run_sweep
+    from pipeline.sweep import run_sweep, task_balance
     from pipeline.synth import synth_prices
 
     grid_spec = {"La": _floats(la, "--la"), "De": _floats(de, "--de")}
@@ -252,6 +252,7 @@ def bench_sweep(
                        f"untimed run and sweep")
 
             util: dict[str, float] = {}
+            cpu: dict[str, float] = {}
 
             def timed(fn, name=None):
                 def go():
@@ -259,8 +260,9 @@ def bench_sweep(
                     fn()
                     wall = time.perf_counter() - t0
                     if name is not None:
-                        u = (cpu_seconds(cl.client) - c0) / (wall * (os.cpu_count() or 1))
-                        util[name] = max(util.get(name, 0.0), u)
+                        used = cpu_seconds(cl.client) - c0
+                        cpu[name] = min(cpu.get(name, used), used)
+                        util[name] = max(util.get(name, 0.0), used / (wall * (os.cpu_count() or 1)))
                     return wall
                 return go
 
@@ -269,8 +271,16 @@ def bench_sweep(
             single_bt = best(timed(lambda: run_atc(prices, base / "run_bt.zarr", client=cl.client, overwrite=True,
                                                    progress=False, backtest=BacktestParams())))
             cpt = {"combos_per_task": combos_per_task}
-            swept = best(timed(lambda: run_sweep(prices, base / "sweep.zarr", grid, client=cl.client,
-                                                 overwrite=True, progress=False, **cpt), "sweep"))
+            recs: list = []
+
+            def keep(rec):
+                if rec.get("phase", "sweep") == "sweep":
+                    recs.append(rec)
+
+            swept = best(timed(lambda: (recs.clear(), run_sweep(prices, base / "sweep.zarr", grid, client=cl.client,
+                                                                overwrite=True, progress=False, on_record=keep,
+                                                                **cpt)), "sweep"))
+            balance = task_balance(recs)
             folded = best(timed(lambda: run_sweep(prices, base / "sweep-folds.zarr", grid, client=cl.client,
                                                   overwrite=True, progress=False, folds=10, **cpt)))
             with_pf = {kind: best(timed(lambda kind=kind: run_sweep(
@@ -283,15 +293,20 @@ def bench_sweep(
                **{f"portfolio_{k}_over_sweep": v / swept for k, v in with_pf.items()}}
         out["end_to_end"] = e2e
         out["cpu_utilisation"] = util
+        out["cpu_s"] = cpu
+        out["task_balance"] = balance
         typer.echo(f"  end to end: atc run {single:.2f} s, atc run --backtest {single_bt:.2f} s, atc sweep "
                    f"{swept:.2f} s = {swept / single:.2f} x atc run ({swept / single_bt:.2f} x run --backtest; "
                    f"{grid.size} separate runs would be {grid.size} x)")
         typer.echo(f"  atc sweep --folds 10 (per-block statistics, CSCV, deflated Sharpe): {folded:.2f} s = "
                    f"{folded / swept:.2f} x the sweep without (target <= 1.3 x)")
         typer.echo("  atc sweep --portfolio (a portfolio per combination): " + ", ".join(
-            f"{k} {v:.2f} s = {v / swept:.2f} x" for k, v in with_pf.items()) + " the sweep without")
+            f"{k} {v:.2f} s = {v / swept:.2f} x" for k, v in with_pf.items()) + " the sweep without; in CPU time "
+            "(steadier under load): " + ", ".join(f"{k} {cpu[f'sweep --portfolio {k}'] / cpu['sweep']:.2f} x"
+                                                  for k in with_pf))
         typer.echo("  CPU utilisation (CPU time of the workers and this process / (wall x "
-                   f"{os.cpu_count()} cores)): " + ", ".join(f"{k} {v:.0%}" for k, v in util.items()))
+                   f"{os.cpu_count()} cores)): " + ", ".join(f"{k} {v:.0%}" for k, v in util.items())
+                   + f"; task balance of the sweep's tasks (from their CPU times, whatever the load): {balance:.0%}")
         if kernel:
             from kernels import compute_atc
             from kernels.backtest import run_backtest

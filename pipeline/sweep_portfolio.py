@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -219,7 +220,7 @@ def run_portfolio_task(task: SweepPortfolioTask) -> dict[str, Any]:
     from kernels.portfolio import PORTFOLIO_METRIC_NAMES, portfolio_time_major
     from pipeline.run import _worker_name
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.thread_time()  # (serial kernels: the task's CPU is its thread's)
     closeT = _close_panel(task)
     benchmarks: dict = {}  # the fee-free benchmark pass, shared by combinations with the same bars
     n_time, n_sym = closeT.shape
@@ -261,7 +262,8 @@ def run_portfolio_task(task: SweepPortfolioTask) -> dict[str, Any]:
         g[FOLD_VAR][region] = fs
     g[DONE_VAR][task.index] = 1
     return {"task": task.index, "phase": "portfolio", "combinations": math.prod(bshape), "symbols": n_sym,
-            "worker": _worker_name(), "read_s": read_s, "compute_s": comp_s, "write_s": time.perf_counter() - tw}
+            "worker": _worker_name(), "read_s": read_s, "compute_s": comp_s, "write_s": time.perf_counter() - tw,
+            "cpu_s": time.thread_time() - c0, "slot": f"{_worker_name()}/{threading.current_thread().name}"}
 
 
 def portfolio_block_stats(returns: np.ndarray, n_blocks: int) -> np.ndarray:

@@ -7,8 +7,6 @@ an interrupted portfolio phase; refusals; the CLI."""
 
 from __future__ import annotations
 
-import json
-import shutil
 
 import numpy as np
 import pytest
@@ -185,7 +183,7 @@ def test_a_combination_equals_atc_run_portfolio(swept, prices, tmp_path, kind, e
 
 
 def test_ranking_by_the_portfolio_metric(swept):
-    grid, stores = swept
+    _, stores = swept
     store, _ = stores["equal", 1]
     df = summarize_sweep(store, "sharpe", top=8)
     ds = xr.open_zarr(store)
