@@ -179,6 +179,18 @@ def test_even_blocks():
         assert np.prod(b) <= n and len(sizes(shape, b)) == 1, (shape, b)
 
 
+def test_task_balance():
+    """From each task's CPU time on the thread that ran it: tasks of 20 and 10 on two threads keep
+    one thread idle for a third of the time (balance 0.75); 15 and 15 none."""
+    from pipeline.sweep import task_balance
+
+    rec = lambda slot, cpu: {"slot": slot, "cpu_s": cpu}  # noqa: E731
+    assert task_balance([rec("a", 2.0), rec("b", 1.0)]) == pytest.approx(0.75)
+    assert task_balance([rec("a", 1.5), rec("b", 1.5)]) == pytest.approx(1.0)
+    assert task_balance([rec("a", 1.0), rec("b", 0.5), rec("b", 0.5)]) == pytest.approx(1.0)
+    assert np.isnan(task_balance([]))
+
+
 def test_refusals(via, prices, swept, tmp_path):
     store, grid, _ = swept
     before = (store / "zarr.json").read_text()
