@@ -162,22 +162,23 @@ def update_results(prices: str | os.PathLike, results: str | os.PathLike) -> Upd
         hist_hash = extras.get("hist_hash", np.zeros(n_sym, np.uint64))
         state.status[~have & (status_old == st.BAD_DATA)] = st.BAD_DATA  # stays bad, as a full run says
 
-        # The closes read: from `head` on when the price store's fingerprint blocks before it are the
-        # ones the state was computed from (no close there changed), else all of them. A backtest
-        # needs the whole panel anyway (metrics over the whole history).
+        # The digests cover the closes from `h0` on: from `head` when the price store's fingerprint
+        # blocks before it are the ones the state was computed from (no close there changed), else
+        # from 0. The closes read: from `h0`, or all of them for a backtest (metrics over the whole
+        # history).
         head = ss.head_time(n_old)
         old_blocks, new_blocks = sattrs.get("price_blocks"), pg.attrs.get("fingerprint_blocks")
         nb = head // FINGERPRINT_BLOCK
-        window = (not attrs.get("backtest") and "hist_head" in extras and old_blocks is not None
-                  and new_blocks is not None and len(old_blocks) >= nb and len(new_blocks) >= nb
-                  and list(old_blocks[:nb]) == list(new_blocks[:nb]))
-        start = head if window else 0
+        blocks_ok = ("hist_head" in extras and old_blocks is not None and new_blocks is not None
+                     and len(old_blocks) >= nb and len(new_blocks) >= nb and list(old_blocks[:nb]) == list(new_blocks[:nb]))
+        h0 = head if blocks_ok else 0
+        start = 0 if attrs.get("backtest") else h0
         zclose = pg["close"]
         close = np.asarray(zclose[:, start:], np.float64)
-        head_hash = np.array(extras["hist_head"], np.uint64) if window else np.zeros(n_sym, np.uint64)
+        head_hash = np.array(extras["hist_head"], np.uint64) if blocks_ok else np.zeros(n_sym, np.uint64)
 
         new_bars = np.count_nonzero(~np.isnan(close[:, n_old - start:]), axis=1)
-        revised = have & (head_hash + ss.history_hashes(close[:, :n_old - start], start) != hist_hash)
+        revised = have & (head_hash + ss.history_hashes(close[:, h0 - start:n_old - start], h0) != hist_hash)
         was_short = (status_old != st.OK) & (status_old != st.BAD_DATA) & (new_bars > 0)
         why = {"revised past bars": revised, "no saved state": ~have & ~was_short & (status_old != st.BAD_DATA),
                "enough bars now or a first bar": was_short}
@@ -208,7 +209,7 @@ def update_results(prices: str | os.PathLike, results: str | os.PathLike) -> Upd
                 getattr(state, name)[idx] = getattr(st_r, name)
             rows = res_r
             outs[:, idx, :] = np.stack([res_r[name][:, n_old:] for name in OUTPUT_NAMES])
-            head_hash[idx] = ss.history_hashes(full[:, :head]) if window else 0  # their head, read anyway
+            head_hash[idx] = ss.history_hashes(full[:, :h0])  # their head (0 when h0 is): read anyway
             rm = ss.newest_marks(res_r["Average_Signal"], [res_r[f"{f}_Signal"] for f in FAMILIES], full, params)
             for m in ss.MARKS:
                 marks[m][idx] = rm[m]
@@ -249,8 +250,8 @@ def update_results(prices: str | os.PathLike, results: str | os.PathLike) -> Upd
             for m in ss.MARKS:
                 marks[m][unknown] = got[m]
 
-        digests = {"hist_hash": head_hash + ss.history_hashes(close, start),
-                   "hist_head": head_hash + ss.history_hashes(close[:, :ss.head_time(n_new) - start], start)}
+        digests = {"hist_hash": head_hash + ss.history_hashes(close[:, h0 - start:], h0),
+                   "hist_head": head_hash + ss.history_hashes(close[:, h0 - start:ss.head_time(n_new) - start], h0)}
         extras_new = {"have": np.ones(n_sym, bool), **digests, **marks}
         sattrs_new = ss.stream_attrs(params, dtype.name, n_new, p_fp,
                                      list(new_blocks) if new_blocks is not None else None)

@@ -219,15 +219,16 @@ def test_update_of_a_store_without_marks_stores_them(cluster, tmp_path):
     assert_same_marks(tmp_path / "r.zarr", tmp_path / "full.zarr")
 
 
-@pytest.mark.parametrize("revise_at", [None, 100, 530], ids=["none", "before-head", "after-head"])
-def test_update_reads_the_last_block_and_still_finds_revisions(cluster, tmp_path, monkeypatch, revise_at):
+@pytest.mark.parametrize("revise_at, backtest", [(None, None), (100, None), (530, None), (530, BacktestParams())],
+                         ids=["none", "before-head", "after-head", "after-head-backtest"])
+def test_update_reads_the_last_block_and_still_finds_revisions(cluster, tmp_path, monkeypatch, revise_at, backtest):
     """Past the first fingerprint block, an update hashes only the times from the start of the
     block holding the old last time (the price store's earlier blocks are the ones the state saw);
     a revised close there is found by the digest, one before it by the block digests."""
     n_old, n_new = 560, 575
     ds = synth_prices(10, n_new, seed=9)
     write(ds.isel(time=slice(0, n_old)), tmp_path / "p.zarr")
-    run(cluster, tmp_path / "p.zarr", tmp_path / "r.zarr")
+    run(cluster, tmp_path / "p.zarr", tmp_path / "r.zarr", backtest)
     grown = ds.copy(deep=True)
     if revise_at is not None:
         c = grown["close"].values
@@ -241,7 +242,7 @@ def test_update_reads_the_last_block_and_still_finds_revisions(cluster, tmp_path
     monkeypatch.undo()
     assert summary.recomputed == ({} if revise_at is None else {"revised past bars": [str(ds["symbol"].values[0])]})
     assert starts[0] == (0 if revise_at == 100 else 512)  # the revision check: from the block start, or all
-    run(cluster, tmp_path / "p.zarr", tmp_path / "full.zarr")
+    run(cluster, tmp_path / "p.zarr", tmp_path / "full.zarr", backtest)
     assert_same_store(tmp_path / "r.zarr", tmp_path / "full.zarr")
     assert_same_marks(tmp_path / "r.zarr", tmp_path / "full.zarr")
 
