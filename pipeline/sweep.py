@@ -31,16 +31,21 @@ Sweep store format (Zarr v3, Blosc, consolidated; ``xarray.open_zarr`` reads it)
 Resume and refusal work as for ``atc run``: a rerun of the same command submits only the tasks
 not marked done; a store computed from another grid, other parameters, other prices, dtype or
 code is refused unless ``overwrite``; a lock keeps a second concurrent run out.
+
+This module plans and runs a sweep (`preflight_sweep`, `run_sweep`) and ranks its combinations
+(`summarize_sweep`); the parts live beside it, their names importable from here too:
+pipeline/sweep_identity.py (what a store's numbers depend on, its fingerprint, combination labels),
+pipeline/sweep_plan.py (blocks of combinations per task), pipeline/sweep_task.py (the task a worker
+runs), pipeline/sweep_store.py (the store's template and state), pipeline/sweep_portfolio.py (the
+portfolio phase).
 """
+
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import json
 import math
 import sys
-import threading
 import time
 import uuid
 import warnings
@@ -51,374 +56,21 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from kernels.errors import ATCUserError
-from kernels.metrics import HIGHER_IS_BETTER, METRIC_DESCRIPTIONS, METRIC_NAMES, periods_per_year_by_symbol
-from kernels.status import OK, STATUS_NAMES
+from kernels.metrics import HIGHER_IS_BETTER, METRIC_NAMES
+from kernels.status import OK
 from kernels.sweep import LENGTH_PARAMS, SweepGrid
 from pipeline import results as rs
 from pipeline.validation import plan_validation, validate_store
-from pipeline.atomic import store_format
+# The parts of a sweep live in their own modules; their names stay importable from here.
+from pipeline.sweep_identity import SweepIdentity, combination_label
+from pipeline.sweep_plan import (DEFAULT_COMBOS_PER_TASK, MA_PASS_COST, SIGNAL_BUDGET_BYTES,  # noqa: F401
+                                 block_shape_for, legacy_block_shape_for, plan_blocks)
+from pipeline.sweep_store import (FORMAT_NAME, FORMAT_VERSION, SweepError, SweepState,  # noqa: F401
+                                  create_sweep_store, is_sweep_store, read_sweep_state)
+from pipeline.sweep_task import SweepTask, run_sweep_task, task_balance, task_combinations  # noqa: F401
 
 __all__ = ["SweepError", "SweepIdentity", "SweepSummary", "SweepTask", "plan_blocks", "preflight_sweep",
            "run_sweep", "run_sweep_task", "summarize_sweep"]
-
-FORMAT_NAME = "atc-sweep"
-FORMAT_VERSION = 1
-DEFAULT_COMBOS_PER_TASK = 256
-SIGNAL_BUDGET_BYTES = 64 * 2**20
-"""With --save-signals, combinations per task are capped so that a task's cube stays below this."""
-
-
-class SweepError(rs.ResultsError):
-    """A sweep store cannot be created, resumed or written as asked."""
-
-
-# --------------------------------------------------------------------------------------------
-# Identity and layout
-# --------------------------------------------------------------------------------------------
-
-def _jsonable(v: Any) -> Any:
-    return v.item() if isinstance(v, np.generic) else v
-
-
-@dataclass(frozen=True)
-class SweepIdentity:
-    """Everything the numbers of a sweep store depend on."""
-
-    grid: str  # JSON {"dims": [...], "values": [[...], ...]}
-    params: str  # JSON of the base ATCParams
-    backtest: str  # JSON of the base BacktestParams, periods_per_year resolved
-    prices_fingerprint: str
-    dtype: str
-    save_signals: bool
-    code: str
-    validation: str = ""  # JSON of pipeline.validation.ValidationPlan ("" : no per-block statistics)
-    portfolio: str = ""  # JSON {"kind", "rebalance_every"} ("" : no portfolio)
-
-    @classmethod
-    def of(cls, grid: SweepGrid, ppy: float | None, prices_fingerprint: str, dtype: str, save_signals: bool,
-           validation: str = "", portfolio: str = ""):
-        g = {"dims": list(grid.dims), "values": [[_jsonable(v) for v in vals] for vals in grid.values]}
-        bt = grid.base_backtest.to_dict()
-        bt["periods_per_year"] = ppy
-        return cls(json.dumps(g), json.dumps(grid.base_atc.to_dict(), sort_keys=True), json.dumps(bt, sort_keys=True),
-                   prices_fingerprint, dtype, bool(save_signals), rs.code_version(), validation, portfolio)
-
-    def fingerprint(self) -> str:
-        what = {"format": f"{FORMAT_NAME}/{FORMAT_VERSION}", "grid": json.loads(self.grid),
-                "params": json.loads(self.params), "backtest": json.loads(self.backtest),
-                "prices": self.prices_fingerprint, "dtype": self.dtype,
-                "save_signals": self.save_signals, "code": self.code}
-        if self.validation:  # absent otherwise: stores without it keep their fingerprint
-            what["validation"] = json.loads(self.validation)
-        if self.portfolio:  # likewise
-            what["portfolio"] = json.loads(self.portfolio)
-        return "sha256:" + hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
-
-    def differences(self, attrs: Mapping[str, Any]) -> list[str]:
-        out = []
-        for key, label in (("grid", "a different grid"), ("params", "different base parameters"),
-                           ("backtest", "different backtest settings")):
-            if attrs.get(key) != getattr(self, key):
-                out.append(f"{label} ({attrs.get(key)} -> {getattr(self, key)})")
-        if attrs.get("prices_fingerprint") != self.prices_fingerprint:
-            out.append("a different price store")
-        if attrs.get("dtype") != self.dtype:
-            out.append(f"dtype {attrs.get('dtype')} (now {self.dtype})")
-        if (attrs.get("validation_plan") or "") != self.validation:
-            out.append(f"validation blocks {attrs.get('validation_plan') or 'none'} (now {self.validation or 'none'})")
-        if (attrs.get("portfolio") or "") != self.portfolio:
-            out.append(f"portfolio {attrs.get('portfolio') or 'none'} (now {self.portfolio or 'none'})")
-        if bool(attrs.get("save_signals")) != self.save_signals:
-            out.append(f"save_signals={bool(attrs.get('save_signals'))} (now {self.save_signals})")
-        if attrs.get("code_version") != self.code:
-            out.append(f"code version {attrs.get('code_version')!r} (now {self.code!r})")
-        if not out and attrs.get("fingerprint") != self.fingerprint():
-            out.append("a different sweep fingerprint")
-        return out
-
-
-def legacy_block_shape_for(shape: tuple[int, ...], combos_per_task: int) -> tuple[int, ...]:
-    """The block rule of stores written before even tasks: whole trailing dims while they fit in
-    `combos_per_task`, then part of the next dim, 1 for the leading ones."""
-    out = [1] * len(shape)
-    prod = 1
-    budget = max(1, int(combos_per_task))
-    for i in reversed(range(len(shape))):
-        if prod * shape[i] <= budget:
-            out[i] = shape[i]
-            prod *= shape[i]
-        else:
-            out[i] = max(1, budget // prod)
-            break
-    return tuple(out)
-
-
-MA_PASS_COST = 2.5
-"""Cost of one set of lengths' crossover pass in a task, in combinations: docs/BACKTEST.md measures
-a whole `compute_atc` at ~225 ms and a new La or De at ~68 ms on the same panel, so the moving
-averages and states are ~2.3 combinations. A block that repeats a set of lengths already in
-another block pays it again."""
-_MAX_CANDIDATES = 200_000
-
-
-def block_shape_for(shape: tuple[int, ...], combos_per_task: int, *, dims: tuple[str, ...] | None = None,
-                    chunk_sizes: tuple[int, ...] = (1,), slots: int = 1) -> tuple[int, ...]:
-    """Block of combinations per task (a hyper-rectangle of at most `combos_per_task`), chosen so
-    that the tasks cost the same.
-
-    A task's cost is (combinations + `MA_PASS_COST` x the sets of lengths among them) x the symbols
-    of its chunk (`chunk_sizes`, one per symbol chunk). Per dim, a block size is one of
-    `ceil(n / m)` (m pieces); among the shapes within the budget the one with the smallest
-    estimated wall time on `slots` cores wins: rounds of tasks (`ceil(tasks / slots)`) x the
-    largest task, which is the wall time of equal tasks and penalises a short last block along a
-    dim (the old rule's (3, 100) grid in blocks of 200 gave tasks of 200 and 100 side by side);
-    ties go to less total work, then fewer blocks. Large grids (too many shapes to try) fall back
-    to `legacy_block_shape_for`.
-    """
-    budget = max(1, int(combos_per_task))
-    d = len(shape)
-    if d == 0:
-        return ()
-    dims = tuple(dims) if dims is not None else ("",) * d
-    from kernels.sweep import LENGTH_PARAMS
-
-    is_len = [name in LENGTH_PARAMS for name in dims]
-    cands = [sorted({-(-n // m) for m in range(1, n + 1)}) for n in shape]
-    if math.prod(len(c) for c in cands) > _MAX_CANDIDATES:
-        return legacy_block_shape_for(shape, budget)
-    chunks = [int(c) for c in chunk_sizes if c > 0] or [1]
-    n_chunks, big_chunk, sum_chunks = len(chunks), max(chunks), sum(chunks)
-    slots = max(1, int(slots))
-    best_key, best = None, None
-    for b in itertools.product(*cands):
-        if math.prod(b) > budget:
-            continue
-        # per dim: q full pieces of b and maybe one remainder r; blocks are products of the pieces
-        pieces = [[(bi, n // bi)] + ([(n % bi, 1)] if n % bi else []) for n, bi in zip(shape, b)]
-        n_blocks = math.prod(sum(c for _, c in p) for p in pieces)
-        total = big = 0.0
-        for combo in itertools.product(*pieces):
-            size = math.prod(sz for sz, _ in combo)
-            sets = math.prod(sz for (sz, _), ln in zip(combo, is_len) if ln)
-            cost = size + MA_PASS_COST * sets
-            count = math.prod(c for _, c in combo)
-            total += cost * count
-            big = max(big, cost)
-        n_tasks = n_blocks * n_chunks
-        wall = math.ceil(n_tasks / slots) * big * big_chunk
-        key = (round(wall, 6), round(total * sum_chunks, 6), n_blocks, tuple(-x for x in reversed(b)))
-        if best_key is None or key < best_key:
-            best_key, best = key, b
-    return tuple(best) if best is not None else (1,) * d
-
-
-def plan_blocks(shape: tuple[int, ...], bshape: tuple[int, ...]) -> list[tuple[tuple[int, int], ...]]:
-    """The blocks of a grid, as ((start, stop) per dim), in C order."""
-    ranges = [[(lo, min(lo + b, n)) for lo in range(0, n, b)] for n, b in zip(shape, bshape)]
-    return list(itertools.product(*ranges))
-
-
-# --------------------------------------------------------------------------------------------
-# The task
-# --------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class SweepTask:
-    """One task: a symbol chunk x a block of combinations. Small and picklable (paths, not data);
-    `prices`, `prices_fingerprint`, `start`, `stop` as in `pipeline.run.ChunkTask`."""
-
-    prices: str
-    store: str
-    index: int
-    block: tuple[tuple[int, int], ...]
-    start: int
-    stop: int
-    grid: SweepGrid
-    periods_per_year: float | None
-    prices_fingerprint: str
-    dtype: str = "float64"
-    save_signals: bool = False
-    write_reason: bool = False
-    parallel: bool = False
-    folds: int = 0  # blocks of the time axis for per-block return statistics (0: none)
-    portfolio: str = ""  # "equal" / "signal": keep the portfolio input (pipeline/sweep_portfolio.py)
-    rebalance_every: int = 1
-    cost: float = 0.0  # estimated (combinations + MA passes) x symbols, for largest-first scheduling
-
-
-def task_combinations(grid: SweepGrid, block: tuple[tuple[int, int], ...]) -> list:
-    """The (ATCParams, BacktestParams) of a block, in C order of the block."""
-    from kernels.backtest import split_params
-
-    out = []
-    for idx in itertools.product(*(range(lo, hi) for lo, hi in block)):
-        point = {d: grid.values[i][j] for i, (d, j) in enumerate(zip(grid.dims, idx))}
-        out.append(split_params(point, grid.base_atc, grid.base_backtest))
-    return out
-
-
-def run_sweep_task(task: SweepTask) -> dict[str, Any]:
-    """Compute and write one task's region; return a small record."""
-    import zarr
-
-    from kernels.sweep import sweep_panel
-    from pipeline.run import _worker_name, _worker_threads, read_close
-
-    t0, c0, th0 = time.perf_counter(), time.process_time(), time.thread_time()
-    close, symbols, times = read_close(task)
-    t1 = time.perf_counter()
-    combos = task_combinations(task.grid, task.block)
-    parallel = bool(task.parallel) and _worker_threads() == 1
-    ppy = task.periods_per_year
-    if ppy is None:  # each symbol's own, from the times of its own bars
-        ppy = periods_per_year_by_symbol(times, close)
-    res = sweep_panel(close, combos, periods_per_year=ppy, dtype=np.dtype(task.dtype),
-                      parallel=parallel, save_signals=task.save_signals or task.portfolio == "signal",
-                      on_bad="status", symbols=symbols, index_offset=task.start, folds=task.folds,
-                      save_positions=task.portfolio == "equal")
-    del close
-    t2 = time.perf_counter()
-    bshape = tuple(hi - lo for lo, hi in task.block)
-    n_s = task.stop - task.start
-    region = tuple(slice(lo, hi) for lo, hi in task.block) + (slice(task.start, task.stop),)
-    g = zarr.open_group(task.store, mode="r+", zarr_format=3, use_consolidated=False)
-    for m, name in enumerate(METRIC_NAMES):
-        g[name][region] = res.metrics[:, m, :].reshape(bshape + (n_s,))
-    g["status"][region] = res.status.reshape(bshape + (n_s,))
-    if task.save_signals:
-        g["Average_Signal"][region + (slice(None),)] = res.average_signal.reshape(bshape + (n_s, -1))
-    if task.folds:
-        g["fold_stats"][region[:-1] + (slice(None), slice(None), region[-1])] = \
-            res.fold_stats.reshape(bshape + (task.folds, 5, n_s))
-    if task.portfolio:  # after Average_Signal: task_input may zero the signal cube in place
-        from pipeline.sweep_portfolio import INPUT_VAR, task_input
-
-        g[INPUT_VAR][region + (slice(None),)] = task_input(res, task.portfolio, task.rebalance_every).reshape(
-            bshape + (n_s, -1))
-    if task.write_reason:
-        reasons = [""] * n_s
-        for i, msg in res.messages.items():
-            reasons[i] = f"{STATUS_NAMES.get(int(res.status[0, i]), 'unknown')}: {msg}"
-        g["reason"][task.start:task.stop] = np.array(reasons, dtype=object)
-    g["task_done"][task.index] = 1
-    t3 = time.perf_counter()
-    return {"task": task.index, "combinations": len(combos), "symbols": n_s,
-            "ok": int(np.count_nonzero(res.status == OK)), "worker": _worker_name(), "parallel": parallel,
-            "read_s": t1 - t0, "compute_s": t2 - t1, "write_s": t3 - t2,
-            # the task's CPU: its thread's, or with parallel kernels its process's (one task at a time then)
-            "cpu_s": time.process_time() - c0 if parallel else time.thread_time() - th0,
-            "slot": f"{_worker_name()}/{threading.current_thread().name}"}
-
-
-# --------------------------------------------------------------------------------------------
-# The store
-# --------------------------------------------------------------------------------------------
-
-def is_sweep_store(path: Path) -> bool:
-    return store_format(path) == FORMAT_NAME
-
-
-def _coord(values: tuple) -> np.ndarray:
-    if all(isinstance(v, str) for v in values):
-        return np.array(values, dtype=object)
-    return np.array(values)
-
-
-def create_sweep_store(path: Path, prices: Any, grid: SweepGrid, identity: SweepIdentity, chunk_symbols: int,
-                       bshape: tuple[int, ...], n_tasks: int, *, prices_path: str, replace: bool = False,
-                       portfolio_block: tuple[int, ...] | None = None) -> None:
-    """Write the template (metadata, coordinates, nothing computed) beside `path`, then rename it in."""
-    import dask.array as da
-    import xarray as xr
-
-    n_sym, n_time = prices.sizes["symbol"], prices.sizes["time"]
-    shape = grid.shape + (n_sym,)
-    chunks = bshape + (chunk_symbols,)
-    dims = grid.dims + ("symbol",)
-    data_vars: dict[str, Any] = {}
-    encoding: dict[str, dict[str, Any]] = {}
-    for name in METRIC_NAMES:
-        data_vars[name] = (dims, da.zeros(shape, np.float64, chunks=chunks), {"description": METRIC_DESCRIPTIONS[name]})
-        encoding[name] = {"chunks": chunks, "compressors": [rs.results_codec(name)]}
-    data_vars["status"] = (dims, da.full(shape, rs.NOT_COMPUTED, dtype=np.int8, chunks=chunks), {
-        "description": "outcome per combination and symbol: -1 not computed yet, "
-                       + ", ".join(f"{c} {n}" for c, n in STATUS_NAMES.items())})
-    # dtype given explicitly: with only a fill_value, xarray stores a float64 array with a NaN _FillValue
-    encoding["status"] = {"chunks": chunks, "dtype": "int8", "fill_value": rs.NOT_COMPUTED,
-                          "compressors": [rs.results_codec("status")]}
-    data_vars["reason"] = (("symbol",), np.full(n_sym, "", dtype=object), {"description": "bad or missing data"})
-    encoding["reason"] = {"chunks": (chunk_symbols,)}
-    if identity.save_signals:
-        ft = np.dtype(identity.dtype)
-        data_vars["Average_Signal"] = (dims + ("time",), da.zeros(shape + (n_time,), ft, chunks=chunks + (n_time,)),
-                                       {"description": "final ATC signal of every combination"})
-        encoding["Average_Signal"] = {"chunks": chunks + (max(1, n_time),),
-                                      "compressors": [rs.results_codec("Average_Signal")]}
-    if identity.validation:
-        nb = int(json.loads(identity.validation)["blocks"])
-        data_vars["fold_stats"] = (
-            grid.dims + ("block", "stat", "symbol"), da.zeros(grid.shape + (nb, 5, n_sym), np.float64,
-                                                              chunks=bshape + (nb, 5, chunk_symbols)),
-            {"description": "per block of the time axis: count and sums of r, r^2, r^3, r^4 of the strategy "
-                            "returns (out-of-sample statistics; pipeline/validation.py)"})
-        encoding["fold_stats"] = {"chunks": bshape + (nb, 5, chunk_symbols), "compressors": [rs.results_codec("fold_stats")]}
-    data_vars["task_done"] = (("task",), np.zeros(n_tasks, np.int8), {"description": "1 once a task's region is written"})
-    encoding["task_done"] = {"chunks": (1,)}
-    coords = {d: _coord(v) for d, v in zip(grid.dims, grid.values)}
-    coords["symbol"] = np.array([str(s) for s in prices["symbol"].values], dtype=object)
-    if identity.portfolio:
-        from pipeline import sweep_portfolio as sp
-
-        nb = int(json.loads(identity.validation)["blocks"]) if identity.validation else 0
-        pvars, penc, pcoords = sp.template_vars(grid, portfolio_block, n_time,
-                                                len(plan_blocks(grid.shape, portfolio_block)), nb)
-        data_vars.update(pvars)
-        encoding.update(penc)
-        coords.update(pcoords)
-    if identity.save_signals or identity.portfolio:
-        coords["time"] = prices["time"].values
-    attrs = {
-        "atc_format": FORMAT_NAME, "atc_format_version": FORMAT_VERSION, "grid": identity.grid,
-        "params": identity.params, "backtest": identity.backtest, "prices_fingerprint": identity.prices_fingerprint,
-        "prices_path": str(prices_path), "fingerprint": identity.fingerprint(), "dtype": identity.dtype,
-        "save_signals": int(identity.save_signals), "code_version": identity.code, "chunk_symbols": int(chunk_symbols),
-        "block_shape": json.dumps(list(bshape)), "n_tasks": int(n_tasks), "validation_plan": identity.validation,
-        "portfolio": identity.portfolio, "portfolio_block_shape": json.dumps(list(portfolio_block or [])),
-        "versions": json.dumps(rs.versions(), sort_keys=True), "created": rs.utc_now(),
-    }
-    template = xr.Dataset(data_vars, coords=coords, attrs=attrs)
-    rs.write_template(template, path, encoding, error=SweepError, what="sweep store")
-
-
-@dataclass(frozen=True)
-class SweepState:
-    attrs: dict[str, Any]
-    task_done: np.ndarray
-    portfolio_done: np.ndarray | None = None  # phase-2 tasks of a portfolio (None: no portfolio)
-
-    @property
-    def complete(self) -> bool:
-        return bool(self.task_done.all()) and (self.portfolio_done is None or bool(self.portfolio_done.all()))
-
-
-def read_sweep_state(path: Path) -> SweepState:
-    import zarr
-
-    if not is_sweep_store(path):
-        raise SweepError(f"{path} exists and is not an atc sweep store; choose another path")
-    try:
-        g = zarr.open_group(str(path), mode="r", zarr_format=3, use_consolidated=False)
-        attrs = dict(g.attrs)
-        if attrs.get("atc_format_version") != FORMAT_VERSION:
-            raise SweepError(f"{path}: sweep format version {attrs.get('atc_format_version')!r}, this code writes "
-                             f"{FORMAT_VERSION}; use --overwrite")
-        done = np.asarray(g["task_done"][:]) == 1
-        pdone = np.asarray(g["portfolio_done"][:]) == 1 if attrs.get("portfolio") else None
-    except SweepError:
-        raise
-    except Exception as exc:
-        raise SweepError(f"{path}: unreadable sweep store ({type(exc).__name__}: {exc}); use --overwrite") from None
-    return SweepState(attrs, done, pdone)
 
 
 # --------------------------------------------------------------------------------------------
@@ -464,12 +116,6 @@ class SweepSummary:
         if self.validation:
             lines.append(describe_validation(self.validation, self.combination_label or str))
         return "\n".join(lines)
-
-
-def combination_label(grid: SweepGrid, flat: int) -> str:
-    """"La=0.02, De=0.03" for the combination at C-order position `flat` of the grid."""
-    idx = np.unravel_index(int(flat), grid.shape)
-    return ", ".join(f"{d}={grid.values[i][j]}" for i, (d, j) in enumerate(zip(grid.dims, idx)))
 
 
 def _resolve(grid: SweepGrid, dtype: Any, prices: Any, store: Any) -> tuple[str, str, Path]:
@@ -692,19 +338,6 @@ def run_sweep(prices: Any, store: Any, grid: SweepGrid, *, client: Any = None, t
                             dict(pset, tasks=n_ptasks, computed=n_ptasks - n_pdone) if pset else None)
     finally:
         lock.release()
-
-
-def task_balance(records: list[dict[str, Any]]) -> float:
-    """How evenly a sweep's tasks filled its workers, from each task's CPU time (`cpu_s`) and not
-    the wall clock, so that other load on the machine does not enter: the total over (workers x the
-    busiest worker's total; a worker is a thread that ran tasks). 1 = every worker busy until the
-    end; a pair of tasks of 20 and 10 combinations on 2 threads gives about 0.75."""
-    per: dict[str, float] = {}
-    for r in records:
-        slot = str(r.get("slot", r.get("worker")))  # the thread that ran it
-        per[slot] = per.get(slot, 0.0) + float(r.get("cpu_s", 0.0))
-    busiest = max(per.values(), default=0.0)
-    return sum(per.values()) / (len(per) * busiest) if busiest > 0 else float("nan")
 
 
 def _portfolio_settings(kind: str | None, rebalance: int | None) -> dict[str, Any] | None:
