@@ -12,7 +12,9 @@ with the load of a shared machine while ratios taken together survive it:
 * its run phase: the seconds the run itself reports (``run_atc``: from taking the lock to the
   finished store), i.e. after start-up.
 
-Both ratios are printed: run / kernel (wall to wall) and run phase / kernel.
+Both ratios are printed: run / kernel (wall to wall) and run phase / kernel; and, because wall
+times on a loaded machine move 2x between runs, the CPU seconds (user + system) of both: the
+kernel's in this process, the run's as a child process (its workers included).
 """
 
 from __future__ import annotations
@@ -60,9 +62,18 @@ def _atc() -> str:
     return str(exe) if exe.exists() else (shutil.which("atc") or "atc")
 
 
-def kernel_alone(prices: Path, dtype: str) -> float:
-    """Seconds of ``compute_atc`` (parallel kernel) over the whole close panel, block by block;
-    reading the blocks is not timed."""
+def _cpu(who: int) -> float:
+    import resource
+
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
+
+
+def kernel_alone(prices: Path, dtype: str) -> tuple[float, float]:
+    """Seconds and CPU seconds of ``compute_atc`` (parallel kernel) over the whole close panel,
+    block by block; reading the blocks is not timed."""
+    import resource
+
     import numpy as np
 
     from kernels import compute_atc
@@ -71,20 +82,25 @@ def kernel_alone(prices: Path, dtype: str) -> float:
     ds = open_prices(prices)
     try:
         n = ds.sizes["symbol"]
-        total = 0.0
+        total = cpu = 0.0
         for a in range(0, n, KERNEL_BLOCK):
             close = np.asarray(ds["close"][a:a + KERNEL_BLOCK].values, dtype=np.float64)
-            t = time.perf_counter()
+            t, c = time.perf_counter(), _cpu(resource.RUSAGE_SELF)
             res = compute_atc(close, dtype=np.dtype(dtype), parallel=True, on_bad="status")
             total += time.perf_counter() - t
+            cpu += _cpu(resource.RUSAGE_SELF) - c
             del res, close
     finally:
         ds.close()
-    return total
+    return total, cpu
 
 
-def run_fresh(prices: Path, results: Path, extra: list[str]) -> tuple[float, float, str]:
-    """(wall seconds, run-phase seconds, stdout) of `atc run` as a new process."""
+def run_fresh(prices: Path, results: Path, extra: list[str]) -> tuple[float, float, float, str]:
+    """(wall seconds, run-phase seconds, CPU seconds, stdout) of `atc run` as a new process (CPU:
+    its own and its reaped children's, e.g. local workers)."""
+    import resource
+
+    c = _cpu(resource.RUSAGE_CHILDREN)
     cmd = [_atc(), "run", str(prices), str(results), "--overwrite", "--no-progress", *extra]
     t = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -94,7 +110,7 @@ def run_fresh(prices: Path, results: Path, extra: list[str]) -> tuple[float, flo
     m = re.search(r"already done; ([0-9.]+) s", p.stdout)
     if not m:
         raise RuntimeError(f"no run time in the output of {' '.join(cmd)}:\n{p.stdout}")
-    return wall, float(m.group(1)), p.stdout
+    return wall, float(m.group(1)), _cpu(resource.RUSAGE_CHILDREN) - c, p.stdout
 
 
 def bench_pipeline(
@@ -124,11 +140,11 @@ def bench_pipeline(
         typer.echo(f"atc bench pipeline: {symbols} x {bars} {dtype}, --outputs {outputs}; stores in {base}")
 
         warm_kernel(True)
-        k1 = kernel_alone(prices, dtype)
+        k1, kc1 = kernel_alone(prices, dtype)
         place = [] if in_process is None else ["--in-process" if in_process else "--cluster"]
-        wall, phase, stdout = run_fresh(prices, results, ["--dtype", dtype, "--outputs", outputs, *place])
-        k2 = kernel_alone(prices, dtype)
-        kern = (k1 + k2) / 2
+        wall, phase, run_cpu, stdout = run_fresh(prices, results, ["--dtype", dtype, "--outputs", outputs, *place])
+        k2, kc2 = kernel_alone(prices, dtype)
+        kern, kern_cpu = (k1 + k2) / 2, (kc1 + kc2) / 2
         load_end = os.getloadavg()
         how = next((ln.strip() for ln in stdout.splitlines() if ln.startswith(("in-process", "local cluster"))), "")
         on_disk = sum(f.stat().st_size for f in results.rglob("*") if f.is_file())
@@ -140,11 +156,15 @@ def bench_pipeline(
                    + (f"  ({how})" if how else ""))
         typer.echo(f"  atc run, run phase (after start-up):             {phase:7.2f} s  {phase / kern:5.2f} x kernel")
         typer.echo(f"  start-up (process, imports, cluster):            {wall - phase:7.2f} s")
+        typer.echo(f"  CPU seconds (user + system; moves far less with the load than wall time): kernel "
+                   f"{kern_cpu:.2f} (mean), atc run {run_cpu:.2f} = {run_cpu / kern_cpu:.2f} x kernel")
         typer.echo(f"  results on disk: {on_disk / 2**20:.1f} MiB, {on_disk / sb:.1f} bytes per symbol-bar")
         typer.echo(f"  load average (1 min) {load_start[0]:.2f} at start, {load_end[0]:.2f} at end, "
                    f"{os.cpu_count()} cores")
         out.update(kernel_s=[k1, k2], kernel_mean_s=kern, run_wall_s=wall, run_phase_s=phase,
-                   wall_ratio=wall / kern, phase_ratio=phase / kern, bytes_per_symbol_bar=on_disk / sb,
+                   wall_ratio=wall / kern, phase_ratio=phase / kern,
+                   kernel_cpu_s=[kc1, kc2], run_cpu_s=run_cpu, cpu_ratio=run_cpu / kern_cpu,
+                   bytes_per_symbol_bar=on_disk / sb,
                    how=how, loadavg_start=load_start, loadavg_end=load_end)
         if json_out is not None:
             json_out.write_text(json.dumps(out, indent=2))
