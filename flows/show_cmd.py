@@ -54,7 +54,7 @@ def backtest_summary(results_store_path: str | Path) -> str:
     share = beat / known if known else float("nan")
     bh = stats.loc["buy_hold_return"]
     return "\n".join([
-        f"Backtest across symbols (median and interquartile range of each metric):",
+        "Backtest across symbols (median and interquartile range of each metric):",
         table.to_string(),
         f"beats buy and hold: {beat} of {known} symbols ({_pct(share)}) have a higher total return than holding "
         f"(buy and hold: median {bh['median']:.4g}, IQR {bh['q25']:.4g} .. {bh['q75']:.4g})",
@@ -64,7 +64,8 @@ def backtest_summary(results_store_path: str | Path) -> str:
 def sweep_table(sweep_store_path: str | Path, rank_by: str = "sharpe", top: int = 10) -> str:
     """The best combinations of a sweep store by the median of `rank_by` across symbols, with its
     interquartile range, the share of symbols beating buy-and-hold, the buy-and-hold baseline and
-    the fixed (not swept) parameters."""
+    the fixed (not swept) parameters. A store with portfolios (`atc sweep --portfolio`) is ranked
+    by each combination's portfolio `rank_by`, as `atc sweep` ranks it, and the title says so."""
     import pandas as pd
 
     from pipeline.inspect import sweep_ranking, sweep_setup
@@ -74,16 +75,25 @@ def sweep_table(sweep_store_path: str | Path, rank_by: str = "sharpe", top: int 
     shown = pd.DataFrame(index=df.index)
     for d in dims:
         shown[d] = df[d].map(_v)
-    shown[f"{rank_by} median [IQR]"] = [_iqr(*r) for r in df[[f"{rank_by} median", f"{rank_by} q25",
-                                                             f"{rank_by} q75"]].itertuples(index=False)]
+    pcols = [c for c in df.columns if c.startswith("portfolio ")]
+    for c in pcols:
+        shown[c] = df[c].map("{:.4g}".format)
+    lead = rank_by if f"{rank_by} median" in df else "sharpe"
+    shown[f"{lead} median [IQR]"] = [_iqr(*r) for r in df[[f"{lead} median", f"{lead} q25",
+                                                           f"{lead} q75"]].itertuples(index=False)]
     for m, label in (("total_return", "total return"), ("max_drawdown", "max drawdown"), ("n_trades", "trades")):
-        if f"{m} median" in df and m != rank_by:
+        if f"{m} median" in df and m != lead:
             shown[label] = df[f"{m} median"].map("{:.4g}".format)
     shown["beats B&H"] = df["beats B&H"].map(_pct)
     shown["symbols ok"] = df["symbols ok"]
+    if pcols:
+        title = (f"Best {len(df)} combinations by {df.attrs['ranked_by']} (portfolio columns: each combination's "
+                 f"portfolio; the others across symbols: IQR = q25, q75, other columns medians):")
+    else:
+        title = (f"Best {len(df)} combinations by median {rank_by} across symbols (IQR = q25, q75 across symbols; "
+                 f"other columns medians):")
     return "\n".join([
-        f"Best {len(df)} combinations by median {rank_by} across symbols (IQR = q25, q75 across symbols; "
-        f"other columns medians):",
+        title,
         shown.to_string(),
         f"buy and hold (same bars, every combination): median total return {bh['median']:.4g} "
         f"[{bh['q25']:.4g}, {bh['q75']:.4g}] over {bh['symbols']} symbols",
@@ -152,17 +162,18 @@ def describe_store(path: str | Path) -> str:
 def show(
     store: Annotated[Path, typer.Argument(help="Any atc store: price, results or sweep.", show_default=False,
                                           metavar="STORE")],
-    rank_by: Annotated[str, typer.Option("--rank-by", help="Sweep store: metric of the ranking table.")] = "sharpe",
+    rank_by: Annotated[str, typer.Option("--rank-by", help="Sweep store: metric of the ranking table "
+                                                      "(with --portfolio stores, of the portfolios).")] = "sharpe",
     top: Annotated[int, typer.Option("--top", help="Sweep store: rows in the ranking table.")] = 10,
 ) -> None:
     """Print what STORE holds (kind, dims, parameters, status counts, fingerprints, history); for
     a sweep store also the ranking of its combinations, for a backtested results store the metrics
     across symbols. Nothing is recomputed."""
-    from pipeline.inspect import check_metric, store_info, store_kind
+    from pipeline.inspect import check_rank_metric, store_info, store_kind
 
     kind = store_kind(store)
     if kind == "atc-sweep":
-        check_metric(rank_by)
+        check_rank_metric(store, rank_by)
     typer.echo(describe_store(store))
     if kind == "atc-sweep":
         typer.echo("")

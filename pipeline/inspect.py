@@ -29,7 +29,8 @@ from pipeline.atomic import store_format
 __all__ = [
     "AGGREGATIONS", "BACKTEST_SERIES", "InspectError", "KINDS", "SymbolView", "SweepSurface", "UnknownNameError",
     "backtest_stats", "beats_buy_hold", "minmax_decimate", "open_store", "parse_sel", "read_symbol",
-    "store_info", "store_kind", "sweep_curve", "sweep_ranking", "sweep_setup", "sweep_surface",
+    "check_rank_metric", "store_info", "store_kind", "sweep_curve", "sweep_portfolio", "sweep_ranking", "sweep_setup",
+    "sweep_surface",
 ]
 
 KINDS = {"price-store": "price store", "atc-results": "results store", "atc-sweep": "sweep store"}
@@ -515,6 +516,32 @@ def sweep_curve(path: str | Path, metric: str, x: str, sel: Mapping[str, Any] | 
 
 
 RANK_COLUMNS = ("total_return", "max_drawdown", "n_trades")
+PORTFOLIO_RANK_COLUMNS = ("total_return", "max_drawdown", "turnover", "fees_paid")
+
+
+def sweep_portfolio(path: str | Path) -> dict[str, Any] | None:
+    """The portfolio settings of a sweep store computed with `atc sweep --portfolio` (`kind`,
+    `rebalance_every`), or None: without, its combinations are ranked across symbols."""
+    ds = open_store(path, "atc-sweep")
+    return _json(ds.attrs, "portfolio") or None
+
+
+def check_rank_metric(path: str | Path, metric: str) -> str:
+    """`metric` if a sweep store can be ranked by it: a portfolio metric (the 11, turnover,
+    fees_paid) when the store holds portfolios, else a per-symbol one."""
+    from kernels.portfolio import PORTFOLIO_METRIC_NAMES
+
+    names = PORTFOLIO_METRIC_NAMES if sweep_portfolio(path) else METRIC_NAMES
+    if metric not in names:
+        raise unknown("metric", metric, names)
+    return metric
+
+
+def _rank_order(key: np.ndarray, higher_is_better: bool, top: int) -> np.ndarray:
+    """Best first, NaN last, ties in grid order; +-inf ranked as the extremes they are."""
+    sign = -1.0 if higher_is_better else 1.0
+    return np.lexsort((np.arange(key.size), sign * np.nan_to_num(key, nan=0.0, posinf=1e300, neginf=-1e300),
+                       np.isnan(key)))[:max(0, top)]
 
 
 def sweep_ranking(path: str | Path, rank_by: str = "sharpe", top: int = 10):
@@ -522,19 +549,44 @@ def sweep_ranking(path: str | Path, rank_by: str = "sharpe", top: int = 10):
     median total return/drawdown/trades, the share of symbols beating buy-and-hold and the
     symbols computed; plus the buy-and-hold baseline (median and IQR of buy_hold_return over
     symbols, which is the same for every combination). Reads one block of combinations at a
-    time (memory: a block x the symbols), like `summarize_sweep`."""
+    time (memory: a block x the symbols), like `summarize_sweep`.
+
+    A store with portfolios (`atc sweep --portfolio`) is ranked by each combination's portfolio
+    `rank_by` instead, as `atc sweep`'s own summary does, since that is what the portfolio run
+    optimises: the table adds ``portfolio <metric>`` columns (`rank_by`, total return, max
+    drawdown, turnover, fees_paid) and keeps the across-symbol columns beside them (`rank_by`'s
+    median and IQR only when it is a per-symbol metric). ``df.attrs["ranked_by"]`` says which."""
     import pandas as pd
 
     from kernels.status import OK
     from pipeline.sweep import plan_blocks
 
     path = Path(path)
-    check_metric(rank_by)
+    check_rank_metric(path, rank_by)
+    pf = sweep_portfolio(path)
     ds = open_store(path, "atc-sweep")
     dims, values, _ = sweep_setup(path)
     shape = tuple(len(v) for v in values)
+    pcols: list[str] = []
+    pvals: dict[str, np.ndarray] = {}
+    if pf:
+        from kernels.portfolio import PORTFOLIO_METRIC_NAMES
+        from pipeline.sweep_portfolio import METRIC_DIM, METRICS_VAR
+
+        pcols = [rank_by] + [m for m in PORTFOLIO_RANK_COLUMNS if m != rank_by]
+        pm = ds[METRICS_VAR].transpose(*dims, METRIC_DIM)
+        names = [str(n) for n in pm[METRIC_DIM].values] if METRIC_DIM in pm.coords else list(PORTFOLIO_METRIC_NAMES)
+        pm = np.asarray(pm.values, dtype=np.float64)
+        pvals = {m: pm[..., names.index(m)] for m in pcols}
+        every = int(pf.get("rebalance_every", 1))
+        ranked_by = (f"the {pf.get('kind')} portfolio's {rank_by} (rebalanced every {every} "
+                     f"time{'s' if every != 1 else ''})")
+    else:
+        ranked_by = f"median {rank_by} across symbols"
+    per_symbol = rank_by in METRIC_NAMES
+    lead = rank_by if per_symbol else "sharpe"  # the across-symbol column with an IQR
     bshape = tuple(json.loads(ds.attrs.get("block_shape", "null")) or shape)
-    cols = [rank_by] + [m for m in RANK_COLUMNS if m != rank_by]
+    cols = [lead] + [m for m in RANK_COLUMNS if m != lead]
     med = {m: np.full(shape, np.nan) for m in cols}
     q25 = np.full(shape, np.nan)
     q75 = np.full(shape, np.nan)
@@ -547,8 +599,8 @@ def sweep_ranking(path: str | Path, rank_by: str = "sharpe", top: int = 10):
         region = tuple(slice(lo, hi) for lo, hi in block)
         sub = ds.isel(isel)
         load = lambda m: np.asarray(sub[m].transpose(*dims, "symbol").values, dtype=np.float64)  # noqa: E731
-        m_, lo_, hi_ = _quantiles(load(rank_by))
-        med[rank_by][region], q25[region], q75[region] = m_, lo_, hi_
+        m_, lo_, hi_ = _quantiles(load(lead))
+        med[lead][region], q25[region], q75[region] = m_, lo_, hi_
         for m in cols[1:]:
             med[m][region] = _quantiles(load(m))[0]
         tr, bhr = load("total_return"), load("buy_hold_return")
@@ -557,23 +609,28 @@ def sweep_ranking(path: str | Path, rank_by: str = "sharpe", top: int = 10):
         n_ok[region] = (st == OK).sum(axis=-1)
         if bh is None:  # the same bars for every combination: one block's first combination suffices
             bh = bhr.reshape(-1, bhr.shape[-1])[0]
-    key = med[rank_by].reshape(-1)
-    sign = -1.0 if HIGHER_IS_BETTER[rank_by] else 1.0
-    order = np.lexsort((np.arange(key.size), sign * np.nan_to_num(key, nan=0.0, posinf=1e300, neginf=-1e300),
-                        np.isnan(key)))[:max(0, top)]
+    if pf:
+        key = pvals[rank_by].reshape(-1)
+        better = HIGHER_IS_BETTER.get(rank_by, rank_by not in ("turnover", "fees_paid"))
+    else:
+        key = med[rank_by].reshape(-1)
+        better = HIGHER_IS_BETTER[rank_by]
     rows = []
-    for flat in order:
+    for flat in _rank_order(key, better, top):
         idx = np.unravel_index(int(flat), shape)
         row = {d: values[i][j] for i, (d, j) in enumerate(zip(dims, idx))}
-        row[f"{rank_by} median"] = med[rank_by][idx]
-        row[f"{rank_by} q25"] = q25[idx]
-        row[f"{rank_by} q75"] = q75[idx]
+        for m in pcols:
+            row[f"portfolio {m}"] = pvals[m][idx]
+        row[f"{lead} median"] = med[lead][idx]
+        row[f"{lead} q25"] = q25[idx]
+        row[f"{lead} q75"] = q75[idx]
         for m in cols[1:]:
             row[f"{m} median"] = med[m][idx]
         row["beats B&H"] = beat[idx] / known[idx] if known[idx] else np.nan
         row["symbols ok"] = int(n_ok[idx])
         rows.append(row)
     df = pd.DataFrame(rows, index=pd.RangeIndex(1, len(rows) + 1, name="rank"))
+    df.attrs["ranked_by"] = ranked_by
     baseline = _quantiles(bh if bh is not None else np.array([np.nan]))
     return df, {"median": float(baseline[0]), "q25": float(baseline[1]), "q75": float(baseline[2]),
                 "symbols": int(np.isfinite(bh).sum()) if bh is not None else 0}

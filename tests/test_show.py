@@ -101,3 +101,60 @@ def test_show_errors(stores, tmp_path, capsys):
 
 def test_describe_store_is_text(stores):
     assert "fingerprint: sha256:" in describe_store(stores["prices"])
+
+
+@pytest.fixture(scope="module")
+def portfolio_sweep(tmp_path_factory):
+    """A small sweep store with an equal-weight portfolio per combination, computed in-process."""
+    from kernels import ATCParams
+    from kernels.sweep import make_grid
+    from pipeline.store import write_prices
+    from pipeline.sweep import run_sweep
+    from pipeline.synth import synth_prices
+
+    root = tmp_path_factory.mktemp("show-pf")
+    prices, store = root / "prices.zarr", root / "sweep.zarr"
+    write_prices(synth_prices(4, 300, seed=5, freq="B"), prices, chunk_symbols=4)
+    base = ATCParams(ema_len=10, hma_len=10, wma_len=10, dema_len=10, lsma_len=10, kama_len=10, cutout=5)
+    grid = make_grid({"La": [0.02, 0.5], "fee_bps": [0.0, 25.0]}, base)
+    run_sweep(prices, store, grid, threads=1, progress=False, portfolio="equal", rebalance=5)
+    return store
+
+
+def _table_rows(text: str, n: int) -> list[list[str]]:
+    lines = text.splitlines()
+    assert lines[2].split() == ["rank"]  # title, header, index name, then the rows
+    return [ln.split() for ln in lines[3:3 + n]]
+
+
+@pytest.mark.parametrize("rank_by,higher_better", [("sharpe", True), ("fees_paid", False)])
+def test_sweep_table_of_a_portfolio_sweep_ranks_by_the_portfolio(portfolio_sweep, rank_by, higher_better):
+    sw = xr.open_zarr(portfolio_sweep)
+    pm = sw["portfolio_metrics"].sel(portfolio_metric=rank_by).load()  # (La, fee_bps)
+    flat = pm.stack(c=["La", "fee_bps"])
+    want = flat.values if higher_better else -flat.values
+    order = np.argsort(-want, kind="stable")
+    text = sweep_table(portfolio_sweep, rank_by, top=4)
+    title = text.splitlines()[0]
+    assert title.startswith(f"Best 4 combinations by the equal portfolio's {rank_by} (rebalanced every 5 times)")
+    assert text.splitlines()[1].split()[:3] == ["La", "fee_bps", "portfolio"]
+    rows = _table_rows(text, 4)
+    for row, k in zip(rows, order):
+        c = flat.isel(c=int(k))
+        assert [float(row[1]), float(row[2])] == [pytest.approx(c["La"].item()), c["fee_bps"].item()]
+        assert float(row[3]) == pytest.approx(c.item(), rel=1e-3, abs=1e-9)
+        # the across-symbol columns stay: the per-symbol median of sharpe for this combination
+        sel = {"La": c["La"].item(), "fee_bps": c["fee_bps"].item()}
+        med = np.nanmedian(sw["sharpe"].sel(sel).values)
+        assert f"{med:.4g} [" in " ".join(row)
+    # fees grow with the fee: the zero-fee combinations pay nothing
+    fees = sw["portfolio_metrics"].sel(portfolio_metric="fees_paid")
+    assert (fees.sel(fee_bps=0.0).values == 0).all() and (fees.sel(fee_bps=25.0).values > 0).all()
+
+
+def test_show_portfolio_sweep_accepts_portfolio_metrics_only_there(portfolio_sweep, stores, capsys):
+    assert main(["show", str(portfolio_sweep), "--rank-by", "turnover", "--top", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "Best 2 combinations by the equal portfolio's turnover (rebalanced every 5 times)" in out
+    assert main(["show", str(stores["sweep"]), "--rank-by", "turnover"]) == 2  # no portfolio: per-symbol metrics
+    assert "turnover" in capsys.readouterr().err
