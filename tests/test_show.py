@@ -147,6 +147,12 @@ def test_sweep_table_of_a_portfolio_sweep_ranks_by_the_portfolio(portfolio_sweep
         sel = {"La": c["La"].item(), "fee_bps": c["fee_bps"].item()}
         med = np.nanmedian(sw["sharpe"].sel(sel).values)
         assert f"{med:.4g} [" in " ".join(row)
+    # the same order as atc sweep's own summary
+    from pipeline.sweep import summarize_sweep
+
+    summary = summarize_sweep(portfolio_sweep, rank_by, top=4)
+    assert [(float(r[1]), float(r[2])) for r in rows] == [
+        (pytest.approx(a), b) for a, b in zip(summary["La"], summary["fee_bps"])]
     # fees grow with the fee: the zero-fee combinations pay nothing
     fees = sw["portfolio_metrics"].sel(portfolio_metric="fees_paid")
     assert (fees.sel(fee_bps=0.0).values == 0).all() and (fees.sel(fee_bps=25.0).values > 0).all()
