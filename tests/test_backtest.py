@@ -4,7 +4,6 @@ computations of the rules in its docstring, on hand-made and random series."""
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from kernels import ATCParams, compute_atc

@@ -217,7 +217,6 @@ def test_deflated_sharpe_from_blocks_against_literal():
 
 def literal_cscv(R, S):
     """PBO etc. by looping over every split; Sharpe ratios from the raw returns."""
-    N = len(R)
     lam, loss, pairs = [], [], []
     for J in itertools.combinations(range(S), S // 2):
         Jc = [b for b in range(S) if b not in J]

@@ -4,7 +4,6 @@ in-process executor keeps failures per task. Timings: `atc bench startup` (docs/
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
