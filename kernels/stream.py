@@ -32,7 +32,7 @@ own (and more than `cutout`), exactly where the batch would report insufficient 
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from types import SimpleNamespace
 
 import numba
@@ -151,7 +151,7 @@ def pack_lanes(order, keys, c, b, sym_blk, sym_lane, lens, lmax):
 @_kernel()
 def unpack_lanes(n_used, c, b, lens, lmax):
     """Write every symbol in a block back to the symbol-first arrays."""
-    b_t, b_xo, b_x, b_st, b_ring, b_prev, b_avg, b_sym, b_occ = b
+    b_t, b_xo, b_x, b_st, b_ring, b_prev, b_avg, b_sym, _ = b
     for blk in range(n_used):
         for k in range(b_sym.shape[1]):
             i = b_sym[blk, k]
@@ -257,7 +257,7 @@ def route(closes, status, c, b, sym_blk, sym_lane, meta, adv, work, out, lens, l
 def advance_block(blk, closes, c_t, b, growth, lens, coef, weights, cutout, keep, short_thr, long_thr,
                   strategy, need, lmax, out, r, scr, no_sig, no_ma):
     """One bar for every lane of block blk: the batch kernel's step functions on nb lanes."""
-    b_t, b_xo, b_x, b_st, b_ring, b_prev, b_avg, b_sym, b_occ = b
+    b_t, b_xo, b_x, b_st, b_ring, b_prev, b_avg, b_sym, _ = b
     nb = b_x.shape[2]
     tb = b_t[blk]
     x = b_x[blk]
@@ -319,7 +319,7 @@ def advance_blocks(todo, nt, closes, c_t, b, growth, lens, coef, weights, cutout
                           long_thr, strategy, need, lmax, out, r, scr, no_sig, no_ma)
 
 
-@lru_cache(maxsize=None)
+@cache
 def build_stream_kernel(dtype_name: str) -> SimpleNamespace:
     """Compile the streaming engine for one float type, on top of the batch kernel's functions."""
     from kernels import cpu
@@ -346,7 +346,7 @@ class _Lanes:
     rest. The blocks are repacked when there are twice as many as the last packing made.
     """
 
-    def __init__(self, state: "StreamState"):
+    def __init__(self, state: StreamState):
         from kernels.cpu import LANES
 
         f = state.dtype
@@ -444,7 +444,7 @@ class StreamState:
             self._kern.unpack_lanes(int(ln.meta[0]), self._c(), ln.blocks, self._lens, ln.lmax)
             self._lanes = None
 
-    def _rest(name):  # noqa: N805 - builds the properties below
+    def _rest(name):  # builds the properties below
         def get(self):
             self._settle()
             return getattr(self, "_" + name)
@@ -469,7 +469,7 @@ class StreamState:
         return build_stream_kernel(self.dtype.name)
 
     @classmethod
-    def empty(cls, n_symbols: int, params: ATCParams | None = None, dtype=np.float64) -> "StreamState":
+    def empty(cls, n_symbols: int, params: ATCParams | None = None, dtype=np.float64) -> StreamState:
         """Symbols with no bar yet: each joins at its first close."""
         from kernels.cpu import line_tables
 
@@ -496,7 +496,7 @@ class StreamState:
         return {name: getattr(self, name) for name in STATE_ARRAYS}
 
     @classmethod
-    def from_arrays(cls, arrays, params: ATCParams, dtype) -> "StreamState":
+    def from_arrays(cls, arrays, params: ATCParams, dtype) -> StreamState:
         ref = cls.empty(0, params, dtype)
         got = {}
         for name in STATE_ARRAYS:
