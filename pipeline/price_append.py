@@ -46,9 +46,9 @@ from pipeline.price_store import (
     summarise,
     to_frames,
     utc_now,
-    write_time_coord,
     write_store,
 )
+from pipeline.time_coord import write_time_coord
 from pipeline.tables import frames_from
 
 __all__ = ["append_prices"]

@@ -7,7 +7,6 @@ normalisation, panels, writing, appending) agrees on one definition without impo
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
 from kernels.errors import ATCUserError
 
@@ -57,6 +56,9 @@ def blosc_codec():
 def format_time(ns: int | np.integer | np.datetime64) -> str:
     """A time as users wrote it in their files: a bare date for daily bars, ISO otherwise, so
     error messages can be matched against the file."""
+    import pandas as pd  # only for error messages: readers such as `atc update` skip pandas' import
+
     t = pd.Timestamp(np.datetime64(int(ns), "ns")) if not isinstance(ns, np.datetime64) else pd.Timestamp(ns)
     return t.isoformat() if (t.hour or t.minute or t.second or t.microsecond or t.nanosecond) else t.strftime("%Y-%m-%d")
+
 

@@ -534,24 +534,3 @@ def write_prices_chunked(
                         variables=tuple(variables), filled_gaps=int(filled.sum()), nbytes=store_nbytes(path),
                         raw_nbytes=n * m * 8 * len(variables), fingerprint=fp, chunk_symbols=k, own_bars=own, fill=fill)
 
-
-def write_time_coord(arr: Any, times: np.ndarray) -> None:
-    """Rewrite a Zarr ``time`` coordinate (CF-encoded int64) with ``times`` (int64 ns), keeping its
-    units when they represent every time exactly and choosing finer ones otherwise (hourly bars
-    may follow daily ones). Used by appends to price stores and by ``results.extend_time``."""
-    from xarray.coding.times import decode_cf_datetime, encode_cf_datetime
-
-    units, calendar = arr.attrs.get("units"), arr.attrs.get("calendar", "proleptic_gregorian")
-    dt = np.asarray(times).astype(np.int64).view("datetime64[ns]")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            vals, units2, cal2 = encode_cf_datetime(dt, units, calendar, dtype=np.dtype(np.int64))
-            exact = np.array_equal(np.asarray(decode_cf_datetime(vals, units2, cal2), "datetime64[ns]"), dt)
-        except (ValueError, OverflowError, TypeError):
-            exact = False
-        if not exact:
-            vals, units2, cal2 = encode_cf_datetime(dt, None, calendar)
-    arr.resize((dt.size,))
-    arr[:] = np.asarray(vals, dtype=arr.dtype)
-    arr.attrs.update({"units": units2, "calendar": cal2})

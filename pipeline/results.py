@@ -55,6 +55,7 @@ from pipeline.atomic import atomic_directory, store_format
 from kernels.params import FAMILIES, OUTPUT_NAMES, ATCParams
 from kernels.status import STATUS_NAMES
 from pipeline.price_format import TIME_CHUNK
+from pipeline.time_coord import simple_cf_units
 
 __all__ = [
     "FORMAT_NAME",
@@ -546,10 +547,6 @@ def finalize_results(path: str | os.PathLike, extra_attrs: Mapping[str, Any]) ->
 # Growing by new time steps, reading the newest bars
 # --------------------------------------------------------------------------------------------
 
-_CF_UNITS = {"days": "D", "hours": "h", "minutes": "m", "seconds": "s", "milliseconds": "ms",
-             "microseconds": "us", "nanoseconds": "ns"}
-
-
 def _time_values(g: Any) -> np.ndarray:
     """The decoded ``time`` coordinate of an open Zarr group, as int64 ns.
 
@@ -561,15 +558,11 @@ def _time_values(g: Any) -> np.ndarray:
     units = t.attrs.get("units")
     if not units:
         return np.asarray(raw, dtype="datetime64[ns]").astype(np.int64)
-    unit, _, origin = str(units).partition(" since ")
     calendar = t.attrs.get("calendar", "proleptic_gregorian")
-    if unit in _CF_UNITS and raw.dtype.kind in "iu" and calendar in ("proleptic_gregorian", "standard", "gregorian"):
-        try:
-            base = np.datetime64(origin.strip().replace(" ", "T"), "ns")
-        except ValueError:
-            base = None
-        if base is not None:
-            return (base + raw.astype(np.int64).astype(f"timedelta64[{_CF_UNITS[unit]}]")).astype(np.int64)
+    simple = simple_cf_units(units, calendar)
+    if simple is not None and raw.dtype.kind in "iu":
+        base, unit = simple
+        return (base + raw.astype(np.int64).astype(f"timedelta64[{unit}]")).astype(np.int64)
     from xarray.coding.times import decode_cf_datetime
 
     return np.asarray(decode_cf_datetime(raw, units, calendar), dtype="datetime64[ns]").astype(np.int64)
@@ -589,7 +582,7 @@ def extend_time(path: str | os.PathLike, new_times: Any) -> int:
     """
     import zarr
 
-    from pipeline.price_store import write_time_coord
+    from pipeline.time_coord import write_time_coord
 
     path = Path(path)
     if not is_results_store(path):

@@ -345,3 +345,25 @@ def test_fewer_outputs_stored_updated_and_scanned(cluster, tmp_path, choice):
     np.testing.assert_array_equal(table["signal"], newest_signals(tmp_path / "all.zarr")["signal"])
     with pytest.raises(Exception, match="outputs"):
         run(cluster, tmp_path / "p.zarr", tmp_path / "r.zarr")  # all 13 asked of a store holding fewer
+
+
+def test_daily_update_imports_neither_pandas_nor_xarray(cluster, tmp_path):
+    """The daily update starts fast: its CF time coordinate and store reads are plain numpy/zarr
+    (pipeline/time_coord.py), so a fresh `atc update` never imports pandas or xarray (about a
+    second of its two-second budget on this machine); `atc scan` builds its tables with pandas."""
+    import subprocess
+    import sys
+
+    full = universe()
+    write(full.isel(time=slice(0, N_OLD)), tmp_path / "p.zarr")
+    run(cluster, tmp_path / "p.zarr", tmp_path / "r.zarr")
+    write(full, tmp_path / "p.zarr", overwrite=True)
+    probe = ("import sys; from flows.cli import main\n"
+             "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+             "print(sorted(m for m in ('pandas', 'xarray') if m in sys.modules))")
+    for args in (["update", "p.zarr", "r.zarr"],):
+        out = subprocess.run([sys.executable, "-c", probe, *args], cwd=tmp_path, capture_output=True, text=True,
+                             timeout=300)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip().splitlines()[-1] == "[]", (args, out.stdout[-500:])
+    assert xr.open_zarr(tmp_path / "r.zarr").sizes["time"] == N_NEW
