@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -79,22 +81,30 @@ def _worker_name() -> str:
     return str(w.address) if w is not None else f"pid {os.getpid()}"
 
 
-def read_close(task: ChunkTask) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """The task's ``close`` slice, symbol names and the time axis, from the price store it opens itself."""
+@contextmanager
+def checked_prices(path: str, fingerprint: str, what: str = "run") -> Iterator[Any]:
+    """The price store a task reads, opened by the task itself, refused when it is no longer the one
+    the client planned from (``PricesChangedError``: the rerun needs ``--overwrite``)."""
     from pipeline.store import open_prices
 
-    ds = open_prices(task.prices)
+    ds = open_prices(path)
     try:
         fp = ds.attrs.get("fingerprint")
-        if fp != task.prices_fingerprint:
-            raise PricesChangedError(f"{task.prices}: the price store changed during the run (fingerprint {fp}, "
-                                     f"expected {task.prices_fingerprint})")
+        if fp != fingerprint:
+            raise PricesChangedError(f"{path}: the price store changed during the {what} (fingerprint {fp}, "
+                                     f"expected {fingerprint})")
+        yield ds
+    finally:
+        ds.close()
+
+
+def read_close(task: ChunkTask) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """The task's ``close`` slice, symbol names and the time axis, from the price store it opens itself."""
+    with checked_prices(task.prices, task.prices_fingerprint) as ds:
         sl = slice(task.start, task.stop)
         close = np.asarray(ds["close"][sl].values, dtype=np.float64)
         symbols = [str(s) for s in ds["symbol"].values[sl]]
         times = np.asarray(ds["time"].values)
-    finally:
-        ds.close()
     return close, symbols, times
 
 

@@ -235,7 +235,7 @@ def run_sweep(prices: Any, store: Any, grid: SweepGrid, *, client: Any = None, t
     every ``rebalance`` times) adds each combination's portfolio (pipeline/sweep_portfolio.py), by
     which the summary then ranks."""
     from pipeline.cluster import kernel_parallel
-    from pipeline.run import RunError, _run_workers, report_failures
+    from pipeline.run import RunError, _run_workers
     from pipeline.store import open_prices
 
     t_start = time.perf_counter()
@@ -298,18 +298,10 @@ def run_sweep(prices: Any, store: Any, grid: SweepGrid, *, client: Any = None, t
             records, failures = _execute(client, tasks, progress, report, on_record)
         if failures:
             ranges = {t.index: t for t in tasks}
-            describe = lambda i: (f"task {i} (symbols {ranges[i].start}..{ranges[i].stop - 1})"  # noqa: E731
-                                  if i in ranges else f"task {i}")
-            log = report_failures(failures, store_path, describe, verbose=verbose)
-            first = failures[0]
-            if any(f.prices_changed for f in failures):
-                raise RunError(
-                    f"{len(failures)} of {len(tasks)} sweep tasks failed: the price store {prices} changed during the "
-                    f"sweep, so {store} no longer matches it and a plain rerun is refused; recompute it from the new "
-                    f"prices with --overwrite (details: {log})", prices_changed=True, log=log)
-            raise RunError(f"{len(failures)} of {len(tasks)} sweep tasks failed (first: task {first.index}: "
-                           f"{first.message}); the finished tasks are saved in {store}: rerun the same command "
-                           f"to compute the rest (details: {log})", log=log)
+            _raise_failures(failures, len(tasks), "sweep tasks", prices, store, store_path, verbose,
+                            lambda i: f"task {i} (symbols {ranges[i].start}..{ranges[i].stop - 1})"
+                            if i in ranges else f"task {i}",
+                            f", so {store} no longer matches it and a plain rerun is refused")
         n_ptasks = n_pdone = 0
         if pset:
             state = read_sweep_state(store_path)
@@ -340,6 +332,24 @@ def run_sweep(prices: Any, store: Any, grid: SweepGrid, *, client: Any = None, t
         lock.release()
 
 
+def _raise_failures(failures: list, n_tasks: int, what: str, prices: Any, store: Any, store_path: Path,
+                    verbose: bool, describe: Callable[[int], str], changed_note: str) -> None:
+    """One line per failed task on stderr (their tracebacks in the store's error log), then the
+    RunError that says what a rerun does: resume, or be refused when the prices changed meanwhile."""
+    from pipeline.run import RunError, report_failures
+
+    log = report_failures(failures, store_path, describe, verbose=verbose)
+    first = failures[0]
+    if any(f.prices_changed for f in failures):
+        raise RunError(
+            f"{len(failures)} of {n_tasks} {what} failed: the price store {prices} changed during the sweep"
+            f"{changed_note}; recompute it from the new prices with --overwrite (details: {log})",
+            prices_changed=True, log=log)
+    raise RunError(f"{len(failures)} of {n_tasks} {what} failed (first: task {first.index}: {first.message}); the "
+                   f"finished tasks are saved in {store}: rerun the same command to compute the rest (details: {log})",
+                   log=log)
+
+
 def _portfolio_settings(kind: str | None, rebalance: int | None) -> dict[str, Any] | None:
     from pipeline.portfolio_store import portfolio_settings
 
@@ -357,7 +367,6 @@ def _run_portfolio_phase(state: SweepState, prices_path: str, store_path: Path, 
 
     from kernels.metrics import infer_periods_per_year
     from pipeline import sweep_portfolio as sp
-    from pipeline.run import RunError, report_failures
 
     pblocks = plan_blocks(grid.shape, tuple(json.loads(state.attrs["portfolio_block_shape"])))
     pdone = state.portfolio_done if state.portfolio_done is not None else np.zeros(len(pblocks), bool)
@@ -377,18 +386,9 @@ def _run_portfolio_phase(state: SweepState, prices_path: str, store_path: Path, 
                                          name="atc-sweep-portfolio", desc="atc sweep portfolios")
         if failures:
             ranges = {t.index: t for t in ptasks}
-            describe = lambda i: (f"portfolio task {i} (block {list(ranges[i].block)})"  # noqa: E731
-                                  if i in ranges else f"portfolio task {i}")
-            log = report_failures(failures, store_path, describe, verbose=verbose)
-            first = failures[0]
-            if any(f.prices_changed for f in failures):
-                raise RunError(
-                    f"{len(failures)} of {len(ptasks)} portfolio tasks failed: the price store {prices} changed during "
-                    f"the sweep; recompute it from the new prices with --overwrite (details: {log})",
-                    prices_changed=True, log=log)
-            raise RunError(f"{len(failures)} of {len(ptasks)} portfolio tasks failed (first: task {first.index}: "
-                           f"{first.message}); the finished tasks are saved in {store}: rerun the same command "
-                           f"to compute the rest (details: {log})", log=log)
+            _raise_failures(failures, len(ptasks), "portfolio tasks", prices, store, store_path, verbose,
+                            lambda i: f"portfolio task {i} (block {list(ranges[i].block)})"
+                            if i in ranges else f"portfolio task {i}", "")
     g = zarr.open_group(str(store_path), mode="r+", zarr_format=3, use_consolidated=False)
     if sp.PPY_ATTR not in g.attrs:
         g.attrs[sp.PPY_ATTR] = ppy_used

@@ -190,23 +190,16 @@ class SweepPortfolioTask:
 
 def _close_panel(task: SweepPortfolioTask) -> np.ndarray:
     """The whole close panel, time-major float64 (filled chunk by chunk, as pipeline.portfolio_store)."""
-    from pipeline.run import PricesChangedError, _price_chunk
-    from pipeline.store import open_prices
+    from pipeline.chunk_task import checked_prices
+    from pipeline.run import _price_chunk
 
-    px = open_prices(task.prices)
-    try:
-        fp = px.attrs.get("fingerprint")
-        if fp != task.prices_fingerprint:
-            raise PricesChangedError(f"{task.prices}: the price store changed during the sweep (fingerprint {fp}, "
-                                     f"expected {task.prices_fingerprint})")
+    with checked_prices(task.prices, task.prices_fingerprint, "sweep") as px:
         n_sym, n_time = px.sizes["symbol"], px.sizes["time"]
         k = _price_chunk(px)
         closeT = np.empty((n_time, n_sym))
         for a in range(0, n_sym, k):
             b = min(n_sym, a + k)
             closeT[:, a:b] = np.asarray(px["close"][a:b].values, np.float64).T
-    finally:
-        px.close()
     return closeT
 
 
