@@ -255,6 +255,7 @@ def connect(
                                f"when joining the cluster at {address}")
         try:
             client = Client(address, timeout=connect_timeout)
+            _drop_sync_cancel_race()
         except (OSError, TimeoutError) as exc:
             raise ClusterError(f"cannot reach the Dask scheduler at {address} ({type(exc).__name__}: {exc})") from None
         try:
@@ -312,6 +313,7 @@ def connect(
     try:
         _restore_sigint(mask)  # a Ctrl-C pressed while the cluster started is delivered here
         client = Client(cluster)
+        _drop_sync_cancel_race()
         if processes:
             client.register_plugin(_ignore_sigint_plugin(), name="atc-ignore-sigint")
         try:
@@ -383,10 +385,35 @@ def _restore_sigint(mask: Any) -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
+class _SyncCancelRace(logging.Filter):
+    """Drops one known, harmless log record: distributed's ``sync()`` schedules ``cancel()`` on a
+    Ctrl-C, and when the Ctrl-C arrives before the awaited call has started, ``cancel`` reads a
+    ``future`` not yet assigned (distributed 2026.8 utils.py: ``NameError: cannot access free
+    variable 'future'``), which tornado logs with a traceback. Nothing was running, so nothing is
+    lost; the traceback would only break the one line an interrupted command prints."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, NameError) or "'future'" not in str(exc):
+            return True
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        return tb is None or not tb.tb_frame.f_code.co_filename.endswith(os.path.join("distributed", "utils.py"))
+
+
+def _drop_sync_cancel_race() -> None:
+    log = logging.getLogger("tornado.application")
+    if not any(isinstance(f, _SyncCancelRace) for f in log.filters):
+        log.addFilter(_SyncCancelRace())
+
+
 def quiet_shutdown() -> None:
     """Silence distributed's logging for an interrupted run's shutdown: closing a cluster with
     tasks in flight logs cancelled tasks and closed connections, which the user did not ask about."""
-    for name in ("distributed", "tornado", "asyncio"):
+    prefixes = ("distributed", "tornado", "asyncio")
+    names = [n for n in logging.root.manager.loggerDict if n.split(".")[0] in prefixes]  # e.g. tornado.application,
+    for name in (*prefixes, *names):                                                    # which distributed sets to error
         logging.getLogger(name).setLevel(logging.CRITICAL + 1)
 
 
