@@ -304,6 +304,7 @@ def test_worker_killed_mid_run_still_completes(ext, prices, clean, tmp_path):
     assert_identical(res, clean)
 
 
+@pytest.mark.slow  # the README demo itself runs in-process in the default run (tests/test_startup.py)
 def test_demo_end_to_end(tmp_path):
     """`atc demo` as a user runs it (console script), on a local cluster of worker processes
     (``--cluster``; without it this size runs in-process: tests/test_startup.py)."""

@@ -47,6 +47,7 @@ def test_panel_of_real_closes_on_a_shared_calendar():
         assert not np.isnan(res["Average_Signal"][i][~np.isnan(panel[i])]).any()
 
 
+@pytest.mark.slow  # compiles the float32 batch kernel (~1 min of the default run)
 @pytest.mark.parametrize("name", ["sp500", "wti"])
 def test_float32_sign_agrees_with_float64_on_real_data(name):
     close = CLOSES[name].to_numpy(np.float64)

@@ -65,7 +65,7 @@ def test_cpu_equals_each_symbol_alone(seed, share, variant):
     assert_bitwise_alone(res, panel, p, on_bad="status")
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("dtype", [np.float64, pytest.param(np.float32, marks=pytest.mark.slow)])  # float32: its compile
 def test_holes_past_the_anchor_with_src_and_threads(dtype):
     """Long compacted series cross the 256-bar re-anchoring; `src` must have the same holes."""
     panel = holed_panel(6, 900, seed=4, share=0.3)
