@@ -529,19 +529,12 @@ def sweep_portfolio(path: str | Path) -> dict[str, Any] | None:
 def check_rank_metric(path: str | Path, metric: str) -> str:
     """`metric` if a sweep store can be ranked by it: a portfolio metric (the 11, turnover,
     fees_paid) when the store holds portfolios, else a per-symbol one."""
-    from kernels.portfolio import PORTFOLIO_METRIC_NAMES
+    from pipeline.sweep import rank_metric_names
 
-    names = PORTFOLIO_METRIC_NAMES if sweep_portfolio(path) else METRIC_NAMES
+    names = rank_metric_names(portfolio=bool(sweep_portfolio(path)))
     if metric not in names:
         raise unknown("metric", metric, names)
     return metric
-
-
-def _rank_order(key: np.ndarray, higher_is_better: bool, top: int) -> np.ndarray:
-    """Best first, NaN last, ties in grid order; +-inf ranked as the extremes they are."""
-    sign = -1.0 if higher_is_better else 1.0
-    return np.lexsort((np.arange(key.size), sign * np.nan_to_num(key, nan=0.0, posinf=1e300, neginf=-1e300),
-                       np.isnan(key)))[:max(0, top)]
 
 
 def sweep_ranking(path: str | Path, rank_by: str = "sharpe", top: int = 10):
@@ -559,7 +552,7 @@ def sweep_ranking(path: str | Path, rank_by: str = "sharpe", top: int = 10):
     import pandas as pd
 
     from kernels.status import OK
-    from pipeline.sweep import plan_blocks
+    from pipeline.sweep import higher_is_better, plan_blocks, portfolio_ranking_label, rank_order
 
     path = Path(path)
     check_rank_metric(path, rank_by)
@@ -578,9 +571,7 @@ def sweep_ranking(path: str | Path, rank_by: str = "sharpe", top: int = 10):
         names = [str(n) for n in pm[METRIC_DIM].values] if METRIC_DIM in pm.coords else list(PORTFOLIO_METRIC_NAMES)
         pm = np.asarray(pm.values, dtype=np.float64)
         pvals = {m: pm[..., names.index(m)] for m in pcols}
-        every = int(pf.get("rebalance_every", 1))
-        ranked_by = (f"the {pf.get('kind')} portfolio's {rank_by} (rebalanced every {every} "
-                     f"time{'s' if every != 1 else ''})")
+        ranked_by = portfolio_ranking_label(pf, rank_by)
     else:
         ranked_by = f"median {rank_by} across symbols"
     per_symbol = rank_by in METRIC_NAMES
@@ -609,14 +600,9 @@ def sweep_ranking(path: str | Path, rank_by: str = "sharpe", top: int = 10):
         n_ok[region] = (st == OK).sum(axis=-1)
         if bh is None:  # the same bars for every combination: one block's first combination suffices
             bh = bhr.reshape(-1, bhr.shape[-1])[0]
-    if pf:
-        key = pvals[rank_by].reshape(-1)
-        better = HIGHER_IS_BETTER.get(rank_by, rank_by not in ("turnover", "fees_paid"))
-    else:
-        key = med[rank_by].reshape(-1)
-        better = HIGHER_IS_BETTER[rank_by]
+    key = (pvals if pf else med)[rank_by].reshape(-1)
     rows = []
-    for flat in _rank_order(key, better, top):
+    for flat in rank_order(key, higher_is_better(rank_by), top):
         idx = np.unravel_index(int(flat), shape)
         row = {d: values[i][j] for i, (d, j) in enumerate(zip(dims, idx))}
         for m in pcols:

@@ -459,8 +459,24 @@ def rank_metric_names(store: Any = None, portfolio: bool | None = None) -> tuple
     return PORTFOLIO_METRIC_NAMES if portfolio else METRIC_NAMES
 
 
-def _higher_is_better(name: str) -> bool:
+def higher_is_better(name: str) -> bool:
+    """Per-symbol metrics as `kernels.metrics` says; of the portfolio's extra two, turnover and
+    fees paid, less is better."""
     return HIGHER_IS_BETTER.get(name, name not in ("turnover", "fees_paid"))
+
+
+def rank_order(key: np.ndarray, higher: bool, top: int) -> np.ndarray:
+    """Flat indices of the best `top` entries of `key`: best first, NaN last, ties in grid order,
+    +-inf ranked as the extremes they are. The one order of `atc sweep` and `atc show`."""
+    sign = -1.0 if higher else 1.0
+    return np.lexsort((np.arange(key.size), sign * np.nan_to_num(key, nan=0.0, posinf=1e300, neginf=-1e300),
+                       np.isnan(key)))[:max(0, top)]
+
+
+def portfolio_ranking_label(pf: Mapping[str, Any], rank_by: str) -> str:
+    """What a sweep with portfolios is ranked by, in the words both summaries print."""
+    every = int(pf.get("rebalance_every", 1))
+    return f"the {pf.get('kind')} portfolio's {rank_by} (rebalanced every {every} time{'s' if every != 1 else ''})"
 
 
 def summarize_sweep(store: Any, rank_by: str = "sharpe", top: int = 10):
@@ -497,8 +513,7 @@ def summarize_sweep(store: Any, rank_by: str = "sharpe", top: int = 10):
         pcol = {m: pm[..., names.index(m)] for m in shown_pf}
         shown = [rank_by] if rank_by in METRIC_NAMES else []
         key = pcol[rank_by].reshape(-1)
-        what = (f"the {pf['kind']} portfolio's {rank_by} (rebalanced every {pf['rebalance_every']} "
-                f"time{'s' if pf['rebalance_every'] != 1 else ''})")
+        what = portfolio_ranking_label(pf, rank_by)
     else:
         shown_pf, pcol = [], {}
         shown = [rank_by] + [m for m in SUMMARY_METRICS if m != rank_by]
@@ -514,10 +529,8 @@ def summarize_sweep(store: Any, rank_by: str = "sharpe", top: int = 10):
             n_ok[region] = (np.asarray(g["status"][region + (slice(None),)]) == OK).sum(axis=-1)
     if pf is None:
         key = med[rank_by].reshape(-1)
-    sign = -1.0 if _higher_is_better(rank_by) else 1.0
-    order = np.lexsort((np.arange(key.size), sign * np.nan_to_num(key, nan=0.0), np.isnan(key)))[:max(0, top)]
     rows = []
-    for flat in order:
+    for flat in rank_order(key, higher_is_better(rank_by), top):
         idx = np.unravel_index(int(flat), shape)
         row = {d: values[i][j] for i, (d, j) in enumerate(zip(dims, idx))}
         for m in shown_pf:
