@@ -63,3 +63,23 @@ def store_format(path: Path) -> str | None:
         return json.loads(meta.read_text()).get("attributes", {}).get("atc_format")
     except (OSError, ValueError):
         return None
+
+
+@contextlib.contextmanager
+def read_store_state(path: Path, version: int, *, error: type[Exception], what: str) -> Iterator[tuple]:
+    """``(group, attrs)`` of an atc store opened read-only for its bookkeeping, refused with
+    `error` when written by another format version; anything unreadable inside the block becomes
+    one line naming the store (a damaged store says so instead of a traceback), `error` passes."""
+    import zarr
+
+    try:
+        g = zarr.open_group(str(path), mode="r", zarr_format=3, use_consolidated=False)
+        attrs = dict(g.attrs)
+        if attrs.get("atc_format_version") != version:
+            raise error(f"{path}: {what} format version {attrs.get('atc_format_version')!r}, this code writes "
+                        f"{version}; use --overwrite")
+        yield g, attrs
+    except error:
+        raise
+    except Exception as exc:
+        raise error(f"{path}: unreadable {what} store ({type(exc).__name__}: {exc}); use --overwrite to replace it") from None

@@ -51,7 +51,7 @@ if TYPE_CHECKING:  # xarray is imported where it is used: readers of a store nee
     import xarray as xr
 
 from kernels.errors import ATCUserError
-from pipeline.atomic import atomic_directory, store_format
+from pipeline.atomic import atomic_directory, read_store_state, store_format
 from kernels.params import FAMILIES, OUTPUT_NAMES, ATCParams
 from kernels.status import STATUS_NAMES
 from pipeline.price_format import TIME_CHUNK
@@ -462,27 +462,15 @@ class ResultsState:
 
 def read_state(path: str | os.PathLike) -> ResultsState:
     """Read a results store's attributes and chunk record (never the outputs)."""
-    import zarr
-
     path = Path(path)
     if not is_results_store(path):
         raise ResultsError(f"{path} exists and is not an atc results store (no atc_format attribute "
                            f"'{FORMAT_NAME}'); choose another path")
-    try:
-        g = zarr.open_group(str(path), mode="r", zarr_format=3, use_consolidated=False)
-        attrs = dict(g.attrs)
-        if attrs.get("atc_format_version") != FORMAT_VERSION:
-            raise ResultsError(f"{path}: results format version {attrs.get('atc_format_version')!r}, "
-                               f"this code writes {FORMAT_VERSION}; use --overwrite")
+    with read_store_state(path, FORMAT_VERSION, error=ResultsError, what="results") as (g, attrs):
         close_like = g["Average_Signal"]  # stored whatever `--outputs` chose
         done = np.asarray(g["chunk_done"][:]) == 1
         n_sym, n_time = close_like.shape
         k = int(close_like.chunks[0])
-    except ResultsError:
-        raise
-    except Exception as exc:  # a damaged store: say so instead of a traceback
-        raise ResultsError(f"{path}: unreadable results store ({type(exc).__name__}: {exc}); "
-                           f"use --overwrite to replace it") from None
     return ResultsState(attrs, int(n_sym), int(n_time), k, done)
 
 

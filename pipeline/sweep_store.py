@@ -15,7 +15,7 @@ from kernels.metrics import METRIC_DESCRIPTIONS, METRIC_NAMES
 from kernels.status import STATUS_NAMES
 from kernels.sweep import SweepGrid
 from pipeline import results as rs
-from pipeline.atomic import store_format
+from pipeline.atomic import read_store_state, store_format
 from pipeline.sweep_plan import plan_blocks
 
 if TYPE_CHECKING:
@@ -120,20 +120,9 @@ class SweepState:
 
 
 def read_sweep_state(path: Path) -> SweepState:
-    import zarr
-
     if not is_sweep_store(path):
         raise SweepError(f"{path} exists and is not an atc sweep store; choose another path")
-    try:
-        g = zarr.open_group(str(path), mode="r", zarr_format=3, use_consolidated=False)
-        attrs = dict(g.attrs)
-        if attrs.get("atc_format_version") != FORMAT_VERSION:
-            raise SweepError(f"{path}: sweep format version {attrs.get('atc_format_version')!r}, this code writes "
-                             f"{FORMAT_VERSION}; use --overwrite")
+    with read_store_state(path, FORMAT_VERSION, error=SweepError, what="sweep") as (g, attrs):
         done = np.asarray(g["task_done"][:]) == 1
         pdone = np.asarray(g["portfolio_done"][:]) == 1 if attrs.get("portfolio") else None
-    except SweepError:
-        raise
-    except Exception as exc:
-        raise SweepError(f"{path}: unreadable sweep store ({type(exc).__name__}: {exc}); use --overwrite") from None
     return SweepState(attrs, done, pdone)
