@@ -91,7 +91,7 @@ def phase2_block_shape(shape: tuple[int, ...], slots: int) -> tuple[int, ...]:
     """Block of combinations per phase-2 task (and chunk of the portfolio outputs, so a task writes
     each output once): every combination costs the same, so blocks of about `n / slots` (at most
     `MAX_COMBOS_PER_PHASE2_TASK`), as even as the grid allows (`pipeline.sweep.block_shape_for`)."""
-    from pipeline.sweep import block_shape_for
+    from pipeline.sweep_plan import block_shape_for
 
     n = math.prod(shape)
     per = max(1, min(MAX_COMBOS_PER_PHASE2_TASK, math.ceil(n / max(1, int(slots)))))
@@ -191,7 +191,7 @@ class SweepPortfolioTask:
 def _close_panel(task: SweepPortfolioTask) -> np.ndarray:
     """The whole close panel, time-major float64 (filled chunk by chunk, as pipeline.portfolio_store)."""
     from pipeline.chunk_task import checked_prices
-    from pipeline.run import _price_chunk
+    from pipeline.routing import _price_chunk
 
     with checked_prices(task.prices, task.prices_fingerprint, "sweep") as px:
         n_sym, n_time = px.sizes["symbol"], px.sizes["time"]
@@ -211,7 +211,7 @@ def run_portfolio_task(task: SweepPortfolioTask) -> dict[str, Any]:
     import zarr
 
     from kernels.portfolio import PORTFOLIO_METRIC_NAMES, portfolio_time_major
-    from pipeline.run import _worker_name
+    from pipeline.chunk_task import _worker_name
 
     t0, c0 = time.perf_counter(), time.thread_time()  # (serial kernels: the task's CPU is its thread's)
     closeT = _close_panel(task)
