@@ -55,7 +55,6 @@ from pipeline.atomic import atomic_directory, read_store_state, store_format
 from kernels.params import FAMILIES, OUTPUT_NAMES, ATCParams
 from kernels.status import STATUS_NAMES
 from pipeline.price_format import TIME_CHUNK
-from pipeline.time_coord import simple_cf_units
 
 __all__ = [
     "FORMAT_NAME",
@@ -70,6 +69,7 @@ __all__ = [
     "code_version",
     "create_results",
     "extend_time",
+    "time_values",
     "finalize_results",
     "open_results",
     "read_last_bars",
@@ -115,39 +115,6 @@ class ResultsLockedError(ResultsError):
 
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def results_codec(name: str):
-    """The Blosc codec of a results variable.
-
-    Results are 13 times the size of the close panel they come from and are rewritten by every
-    run, so compression speed matters as much as the ratio. Measured per core (CPU time, so the
-    shared machine's load does not enter) on 418 x 5000 float64 outputs of a synthetic universe in
-    (209, 512) chunks, 2026-11-29:
-
-    * ``*_Signal`` (the Layer-1 signals, 2-decimal values that stay put for many bars): lz4 level 5
-      without shuffle, 7.2 x at ~770 MB/s. Byte shuffle (what they had before) splits each
-      repeated value into 8 streams and gets 3.4 x at ~400 MB/s; zstd-1 without shuffle 12.3 x at
-      ~300 MB/s.
-    * ``Average_Signal``: likewise lz4 level 5 without shuffle, 1.77 x at ~570 MB/s (zstd-1 with
-      bit shuffle, before: 1.53 x at ~215 MB/s).
-    * ``*_S`` (equities, full-precision doubles): lz4 level 1 with byte shuffle, 1.32 x at
-      ~1050 MB/s (level 5: 1.34 x at ~950 MB/s; without shuffle 1.11 x). The backtest's
-      ``strategy_return`` and ``equity`` keep lz4 level 5 with byte shuffle.
-    * everything else (per-symbol variables, sweep metrics, ``position``): zstd level 1 with bit
-      shuffle.
-
-    Stores written with other codecs keep theirs (a codec is per array, in its metadata).
-    """
-    from zarr.codecs import BloscCodec
-
-    if name.endswith("_Signal"):
-        return BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle")
-    if name.endswith("_S"):
-        return BloscCodec(cname="lz4", clevel=1, shuffle="shuffle")
-    if name in ("strategy_return", "equity"):  # (`--backtest` series: doubles much like the equities)
-        return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
-    return BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle")
 
 
 def code_version() -> str:
@@ -486,42 +453,6 @@ def open_results(path: str | os.PathLike, **kwargs: Any) -> xr.Dataset:
     return xr.open_zarr(path, **kwargs)
 
 
-def write_chunk(path: str | os.PathLike, index: int, start: int, stop: int, outputs: Mapping[str, np.ndarray],
-                status: np.ndarray, reasons: list[str],
-                extra: Mapping[str, tuple[tuple[str, ...], np.ndarray]] | None = None) -> None:
-    """Write one task's whole symbol chunk ``[start, stop)``: the outputs, ``status`` and ``reason``,
-    then mark the chunk done (last, so a done chunk is complete). ``extra`` holds further variables
-    of the store as ``name: (dims, values)`` (the backtest's).
-
-    Written with zarr directly: the store's arrays already carry their codecs, fill values and
-    attributes (the template), so each write is plain chunk encoding. An xarray region write did
-    the same with a Dataset built, the whole store's metadata read and the region checked per task
-    (~10% of a task's write CPU). The region is checked here instead: it must be whole chunks of
-    every variable, which no other task writes."""
-    import zarr
-
-    g = zarr.open_group(str(path), mode="r+", zarr_format=3, use_consolidated=False)
-    data: dict[str, np.ndarray] = dict(outputs)
-    data["status"] = np.asarray(status, dtype=np.int8)
-    data["reason"] = np.array(reasons, dtype=object)
-    data.update({name: values for name, (_, values) in (extra or {}).items()})
-    arrays = {}
-    for name, values in data.items():
-        try:
-            arr = g[name]
-        except KeyError:
-            raise ResultsError(f"{path}: no variable {name!r} in this results store") from None
-        k = int(arr.chunks[0])
-        if start % k or (stop - start) % k and stop != arr.shape[0] or np.shape(values)[0] != stop - start:
-            raise ResultsError(f"{path}: symbols {start}..{stop - 1} are not whole chunks of {name!r} "
-                               f"({k} symbols per chunk)")
-        arrays[name] = arr
-    for name, values in data.items():
-        arrays[name][start:stop] = values
-    done = g["chunk_done"]
-    done[index] = 1
-
-
 def finalize_results(path: str | os.PathLike, extra_attrs: Mapping[str, Any]) -> None:
     """Record a finished run in the root attributes and refresh the consolidated metadata."""
     import zarr
@@ -531,119 +462,8 @@ def finalize_results(path: str | os.PathLike, extra_attrs: Mapping[str, Any]) ->
     _consolidate(path)
 
 
-# --------------------------------------------------------------------------------------------
-# Growing by new time steps, reading the newest bars
-# --------------------------------------------------------------------------------------------
-
-def _time_values(g: Any) -> np.ndarray:
-    """The decoded ``time`` coordinate of an open Zarr group, as int64 ns.
-
-    The CF encodings xarray writes for a datetime64 axis ("<unit> since <date>", integer values,
-    the proleptic Gregorian calendar) are decoded with numpy, so store readers such as `atc scan`
-    need not import xarray; anything else goes through xarray's decoder."""
-    t = g["time"]
-    raw = np.asarray(t[:])
-    units = t.attrs.get("units")
-    if not units:
-        return np.asarray(raw, dtype="datetime64[ns]").astype(np.int64)
-    calendar = t.attrs.get("calendar", "proleptic_gregorian")
-    simple = simple_cf_units(units, calendar)
-    if simple is not None and raw.dtype.kind in "iu":
-        base, unit = simple
-        return (base + raw.astype(np.int64).astype(f"timedelta64[{unit}]")).astype(np.int64)
-    from xarray.coding.times import decode_cf_datetime
-
-    return np.asarray(decode_cf_datetime(raw, units, calendar), dtype="datetime64[ns]").astype(np.int64)
 
 
-def extend_time(path: str | os.PathLike, new_times: Any) -> int:
-    """Append ``new_times`` (after the store's last time, increasing) to the results store at
-    ``path``; returns the new number of times.
-
-    Every ``(symbol, time)`` variable grows and its new region reads NaN: only the time chunk that
-    held the old last time is rewritten (the part past the old end set to NaN); later chunks are
-    not written at all (they read as the fill value, NaN). The ``time`` coordinate is rewritten
-    (small) and the consolidated metadata refreshed last. Not atomic, but repeatable: the old
-    length is taken from the ``time`` coordinate, written after the variables, so running it again
-    after an interruption finishes the job. Per-symbol variables, ``chunk_done`` and any subgroup
-    (``stream``) are left alone.
-    """
-    import zarr
-
-    from pipeline.time_coord import write_time_coord
-
-    path = Path(path)
-    if not is_results_store(path):
-        raise ResultsError(f"{path}: not an atc results store")
-    new = np.asarray(new_times)
-    new = (new.astype("datetime64[ns]") if new.dtype.kind in "MO" else new.astype("datetime64[ns]")).astype(np.int64)
-    g = zarr.open_group(str(path), mode="r+", zarr_format=3, use_consolidated=False)
-    old = _time_values(g)
-    n_old = int(old.size)
-    if new.size == 0:
-        return n_old
-    if np.any(np.diff(new) <= 0) or (n_old and new[0] <= old[-1]):
-        raise ResultsError(f"{path}: new times must be increasing and after the store's last time")
-    times = np.concatenate([old, new])
-    n = int(times.size)
-    for _, arr in g.arrays():
-        if tuple(arr.metadata.dimension_names or ()) != ("symbol", "time"):
-            continue
-        arr.resize((arr.shape[0], n))
-        tail = min(n, -(-n_old // arr.chunks[1]) * arr.chunks[1])  # end of the old last chunk
-        if tail > n_old:
-            fill = np.nan if arr.dtype.kind == "f" else arr.fill_value
-            arr[:, n_old:tail] = fill
-    write_time_coord(g["time"], times)
-    _consolidate(path)
-    return n
-
-
-def read_last_bars(path: str | os.PathLike, variables: Any = ("Average_Signal",), *,
-                   max_chunks_back: int | None = None) -> xr.Dataset:
-    """Per symbol, the ``variables`` at its own last bar and that bar's ``time``.
-
-    A symbol's last bar is the last time where the first of ``variables`` is not NaN (NaT and NaN
-    when it has none: not computed, no data). Reads the store's last time chunk of every symbol
-    and goes back one time chunk at a time only for the symbols not found yet (a delisted or
-    stale symbol), reading only the symbol chunks that hold them: the cost is one time chunk per
-    variable when every symbol has a recent bar, whatever the history length, and grows with how
-    far back the stalest symbols' last bars lie. ``max_chunks_back`` bounds that (0: the last
-    time chunk only): a symbol without a bar in the chunks read gets NaT, as if it had none.
-    """
-    import zarr
-
-    from pipeline.price_append import last_valid_index
-
-    path = Path(path)
-    if not is_results_store(path):
-        raise ResultsError(f"{path}: not an atc results store")
-    names = [variables] if isinstance(variables, str) else list(variables)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        g = zarr.open_group(str(path), mode="r", zarr_format=3)
-    missing = [v for v in names if v not in g or tuple(g[v].metadata.dimension_names or ()) != ("symbol", "time")]
-    if not names or missing:
-        raise ResultsError(f"{path}: no (symbol, time) variable {missing[0] if missing else ''!r} in this results store")
-    key = g[names[0]]
-    n_sym, n_time = key.shape
-    rows = np.arange(n_sym)
-    first = np.full(n_sym, np.nan, dtype=key.dtype if key.dtype.kind == "f" else np.float64)
-    idx = last_valid_index(key, rows, n_time, int(key.chunks[1]), max_steps=None if max_chunks_back is None
-                           else max_chunks_back + 1, values=first)
-    found = idx >= 0
-    times = _time_values(g)
-    t_out = np.full(n_sym, np.iinfo(np.int64).min, np.int64)  # NaT
-    t_out[found] = times[idx[found]]
-    data = {}
-    data[names[0]] = (("symbol",), first)
-    for v in names[1:]:
-        out = np.full(n_sym, np.nan, dtype=g[v].dtype if g[v].dtype.kind == "f" else np.float64)
-        if found.any():
-            out[found] = np.asarray(g[v].get_coordinate_selection((rows[found], idx[found])))
-        data[v] = (("symbol",), out)
-    data["time"] = (("symbol",), t_out.view("datetime64[ns]"))
-    symbols = np.asarray(g["symbol"][:], dtype=object)
-    import xarray as xr
-
-    return xr.Dataset(data, coords={"symbol": symbols})
+# Re-exported: the write path and the time axis live in their own modules.
+from pipeline.results_time import extend_time, read_last_bars, time_values  # noqa: E402
+from pipeline.results_write import results_codec, write_chunk  # noqa: E402

@@ -74,7 +74,7 @@ def newest_signals(results: str | os.PathLike, prices: str | os.PathLike | None 
     stored = np.array([f"{f}_Signal" in g for f in FAMILIES])
     marks["last_families"][:, ~stored] = np.nan  # not stored (--outputs average): counted as neither side
     return marks_table(marks, np.array([str(v) for v in g["symbol"][:]], dtype=object),
-                       rs._time_values(g).astype("datetime64[ns]"), params)
+                       rs.time_values(g).astype("datetime64[ns]"), params)
 
 
 def signals_from_arrays(outputs, close: np.ndarray, symbols, times, params: ATCParams):

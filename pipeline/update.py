@@ -130,10 +130,10 @@ def update_results(prices: str | os.PathLike, results: str | os.PathLike) -> Upd
         p_symbols = [str(s) for s in pg["symbol"][:]]
         if p_fp == attrs.get("prices_fingerprint"):
             return UpdateSummary(results_path, "up to date", len(p_symbols), state_info.n_time, state_info.n_time)
-        p_times = rs._time_values(pg).astype("datetime64[ns]")
+        p_times = rs.time_values(pg).astype("datetime64[ns]")
         rg = zarr.open_group(str(results_path), mode="r", zarr_format=3, use_consolidated=False)
         r_symbols = [str(s) for s in rg["symbol"][:]]
-        r_times = rs._time_values(rg).astype("datetime64[ns]")
+        r_times = rs.time_values(rg).astype("datetime64[ns]")
         status_old = np.asarray(rg["status"][:], np.int8)
         n_sym = len(r_symbols)
         if p_symbols != r_symbols:

@@ -1,0 +1,134 @@
+"""Growing a results store by new time steps, and reading each symbol's newest bars.
+
+Split from :mod:`pipeline.results` (the store's format, identity and creation): used by
+`atc update` and the readers of the newest bars, which should not import xarray for it.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipeline.results import ResultsError, _consolidate, is_results_store
+from pipeline.time_coord import simple_cf_units
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+
+def time_values(g: Any) -> np.ndarray:
+    """The decoded ``time`` coordinate of an open Zarr group, as int64 ns.
+
+    The CF encodings xarray writes for a datetime64 axis ("<unit> since <date>", integer values,
+    the proleptic Gregorian calendar) are decoded with numpy, so store readers such as `atc scan`
+    need not import xarray; anything else goes through xarray's decoder."""
+    t = g["time"]
+    raw = np.asarray(t[:])
+    units = t.attrs.get("units")
+    if not units:
+        return np.asarray(raw, dtype="datetime64[ns]").astype(np.int64)
+    calendar = t.attrs.get("calendar", "proleptic_gregorian")
+    simple = simple_cf_units(units, calendar)
+    if simple is not None and raw.dtype.kind in "iu":
+        base, unit = simple
+        return (base + raw.astype(np.int64).astype(f"timedelta64[{unit}]")).astype(np.int64)
+    from xarray.coding.times import decode_cf_datetime
+
+    return np.asarray(decode_cf_datetime(raw, units, calendar), dtype="datetime64[ns]").astype(np.int64)
+
+
+def extend_time(path: str | os.PathLike, new_times: Any) -> int:
+    """Append ``new_times`` (after the store's last time, increasing) to the results store at
+    ``path``; returns the new number of times.
+
+    Every ``(symbol, time)`` variable grows and its new region reads NaN: only the time chunk that
+    held the old last time is rewritten (the part past the old end set to NaN); later chunks are
+    not written at all (they read as the fill value, NaN). The ``time`` coordinate is rewritten
+    (small) and the consolidated metadata refreshed last. Not atomic, but repeatable: the old
+    length is taken from the ``time`` coordinate, written after the variables, so running it again
+    after an interruption finishes the job. Per-symbol variables, ``chunk_done`` and any subgroup
+    (``stream``) are left alone.
+    """
+    import zarr
+
+    from pipeline.time_coord import write_time_coord
+
+    path = Path(path)
+    if not is_results_store(path):
+        raise ResultsError(f"{path}: not an atc results store")
+    new = np.asarray(new_times)
+    new = (new.astype("datetime64[ns]") if new.dtype.kind in "MO" else new.astype("datetime64[ns]")).astype(np.int64)
+    g = zarr.open_group(str(path), mode="r+", zarr_format=3, use_consolidated=False)
+    old = time_values(g)
+    n_old = int(old.size)
+    if new.size == 0:
+        return n_old
+    if np.any(np.diff(new) <= 0) or (n_old and new[0] <= old[-1]):
+        raise ResultsError(f"{path}: new times must be increasing and after the store's last time")
+    times = np.concatenate([old, new])
+    n = int(times.size)
+    for _, arr in g.arrays():
+        if tuple(arr.metadata.dimension_names or ()) != ("symbol", "time"):
+            continue
+        arr.resize((arr.shape[0], n))
+        tail = min(n, -(-n_old // arr.chunks[1]) * arr.chunks[1])  # end of the old last chunk
+        if tail > n_old:
+            fill = np.nan if arr.dtype.kind == "f" else arr.fill_value
+            arr[:, n_old:tail] = fill
+    write_time_coord(g["time"], times)
+    _consolidate(path)
+    return n
+
+
+def read_last_bars(path: str | os.PathLike, variables: Any = ("Average_Signal",), *,
+                   max_chunks_back: int | None = None) -> xr.Dataset:
+    """Per symbol, the ``variables`` at its own last bar and that bar's ``time``.
+
+    A symbol's last bar is the last time where the first of ``variables`` is not NaN (NaT and NaN
+    when it has none: not computed, no data). Reads the store's last time chunk of every symbol
+    and goes back one time chunk at a time only for the symbols not found yet (a delisted or
+    stale symbol), reading only the symbol chunks that hold them: the cost is one time chunk per
+    variable when every symbol has a recent bar, whatever the history length, and grows with how
+    far back the stalest symbols' last bars lie. ``max_chunks_back`` bounds that (0: the last
+    time chunk only): a symbol without a bar in the chunks read gets NaT, as if it had none.
+    """
+    import zarr
+
+    from pipeline.price_append import last_valid_index
+
+    path = Path(path)
+    if not is_results_store(path):
+        raise ResultsError(f"{path}: not an atc results store")
+    names = [variables] if isinstance(variables, str) else list(variables)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        g = zarr.open_group(str(path), mode="r", zarr_format=3)
+    missing = [v for v in names if v not in g or tuple(g[v].metadata.dimension_names or ()) != ("symbol", "time")]
+    if not names or missing:
+        raise ResultsError(f"{path}: no (symbol, time) variable {missing[0] if missing else ''!r} in this results store")
+    key = g[names[0]]
+    n_sym, n_time = key.shape
+    rows = np.arange(n_sym)
+    first = np.full(n_sym, np.nan, dtype=key.dtype if key.dtype.kind == "f" else np.float64)
+    idx = last_valid_index(key, rows, n_time, int(key.chunks[1]), max_steps=None if max_chunks_back is None
+                           else max_chunks_back + 1, values=first)
+    found = idx >= 0
+    times = time_values(g)
+    t_out = np.full(n_sym, np.iinfo(np.int64).min, np.int64)  # NaT
+    t_out[found] = times[idx[found]]
+    data = {}
+    data[names[0]] = (("symbol",), first)
+    for v in names[1:]:
+        out = np.full(n_sym, np.nan, dtype=g[v].dtype if g[v].dtype.kind == "f" else np.float64)
+        if found.any():
+            out[found] = np.asarray(g[v].get_coordinate_selection((rows[found], idx[found])))
+        data[v] = (("symbol",), out)
+    data["time"] = (("symbol",), t_out.view("datetime64[ns]"))
+    symbols = np.asarray(g["symbol"][:], dtype=object)
+    import xarray as xr
+
+    return xr.Dataset(data, coords={"symbol": symbols})
