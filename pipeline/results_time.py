@@ -84,6 +84,59 @@ def extend_time(path: str | os.PathLike, new_times: Any) -> int:
     return n
 
 
+def grow_time(path: str | os.PathLike, times: Any, n_old: int, values: dict[str, np.ndarray], *,
+              rows: tuple[np.ndarray, dict[str, np.ndarray]] | None = None) -> None:
+    """Grow the results store at ``path`` to the time axis ``times`` and write the new times'
+    values in the same pass: each chunk is written once (:func:`extend_time` followed by writes of
+    the new region wrote the old last time chunk twice, each a read-modify-write).
+
+    ``times``: the whole new axis; its first ``n_old`` times are the store's (the caller checked).
+    ``values``: name -> (symbols, len(times) - n_old) array of a ``(symbol, time)`` variable's new
+    times; such variables not named grow with NaN. ``rows``: (symbol indices, name -> whole rows
+    over the new axis) of symbols recomputed from their history, written over everything else.
+
+    Per variable, the old last time chunk's stored part ``[c0, n_old)`` is read and written back
+    together with the new times as one region ending at the array's end, so every chunk of it is
+    complete (Zarr writes it without reading it first; Zarr's local store replaces each chunk file
+    atomically). Crash safety, as for :func:`extend_time`: not atomic, but repeatable. The ``time``
+    coordinate is written after every variable and consolidation comes last; until the coordinate
+    says otherwise, the old length is ``n_old`` and a chunk holds, before ``n_old``, exactly the
+    values it held before (each write puts back what it read), so running the same update again
+    reads the same old values and finishes the job. (The update takes ``n_old`` from its saved
+    state, so a coordinate already grown by a stopped update is fine too: it is left as it is.)
+    """
+    import zarr
+
+    from pipeline.time_coord import write_time_coord
+
+    path = Path(path)
+    t_new = np.asarray(times).astype("datetime64[ns]").astype(np.int64)
+    n = int(t_new.size)
+    g = zarr.open_group(str(path), mode="r+", zarr_format=3, use_consolidated=False)
+    idx, full = rows if rows is not None else (np.zeros(0, np.int64), {})
+    for name, arr in g.arrays():
+        if tuple(arr.metadata.dimension_names or ()) != ("symbol", "time"):
+            continue
+        if arr.shape[1] != n:
+            arr.resize((arr.shape[0], n))
+        c0 = n_old // arr.chunks[1] * arr.chunks[1]  # start of the old last chunk
+        fill = np.nan if arr.dtype.kind == "f" else arr.fill_value
+        block = np.empty((arr.shape[0], n - c0), arr.dtype)
+        if n_old > c0:
+            block[:, :n_old - c0] = arr[:, c0:n_old]
+        new = values.get(name)
+        block[:, n_old - c0:] = fill if new is None else new
+        if idx.size and name in full:
+            block[idx] = full[name][:, c0:]
+            if c0:
+                arr.oindex[idx, :c0] = full[name][:, :c0]
+        arr[:, c0:] = block
+    stored = time_values(g)
+    if stored.size != n or not np.array_equal(stored, t_new):
+        write_time_coord(g["time"], t_new)
+    _consolidate(path)
+
+
 def read_last_bars(path: str | os.PathLike, variables: Any = ("Average_Signal",), *,
                    max_chunks_back: int | None = None) -> xr.Dataset:
     """Per symbol, the ``variables`` at its own last bar and that bar's ``time``.

@@ -18,8 +18,9 @@ kernel, with state capture) and named in the summary:
 Refused, with the command that works instead: an incomplete results store (`atc run` resumes it),
 other parameters, dtype or code version, another symbol list, or a time axis that is not the old one
 extended (`atc run ... --overwrite`). Updates run in-process (no cluster): they are small. The
-results store's lock is held throughout; the new time steps, the outputs, the backtest and trades,
-the state and finally the root attributes (new price fingerprint) are written in that order, so an
+results store's lock is held throughout; the outputs and backtest series of the new times (each
+time chunk written once, then the time coordinate: `results_time.grow_time`), the trades, the state
+and finally the root attributes (new price fingerprint) are written in that order, so an
 interrupted update is finished by running it again.
 
 What it reads: the price store's metadata and, of its close panel, only the times from the start of
@@ -109,6 +110,7 @@ def update_results(prices: str | os.PathLike, results: str | os.PathLike) -> Upd
     from kernels.stream import StreamState, build_stream
     from pipeline import stream_store as ss
     from pipeline.price_format import FINGERPRINT_BLOCK
+    from pipeline.results_time import grow_time
 
     t_start = time.perf_counter()
     results_path = Path(results)
@@ -214,33 +216,40 @@ def update_results(prices: str | os.PathLike, results: str | os.PathLike) -> Upd
             for m in ss.MARKS:
                 marks[m][idx] = rm[m]
 
-        # write: time axis, new region, recomputed rows, per-symbol status
+        # write: the new times of every (symbol, time) variable with the time axis (each chunk once),
+        # recomputed rows, per-symbol status
         if attrs.get("backtest"):  # a portfolio's series (on time alone) cannot follow the axis: recomputed below
             from pipeline.portfolio_store import drop_portfolio
 
             drop_portfolio(results_path, keep_settings=True)
-        if len(r_times) < n_new:
-            rs.extend_time(results_path, p_times[len(r_times):])
         g = zarr.open_group(str(results_path), mode="r+", zarr_format=3, use_consolidated=False)
-        for c, name in enumerate(OUTPUT_NAMES):
-            if name not in names:
-                continue
-            g[name][:, n_old:n_new] = outs[c]
-            if rows is not None:
-                g[name].oindex[idx, :n_old] = rows[name][:, :n_old]
+        values = {name: outs[c] for c, name in enumerate(OUTPUT_NAMES) if name in names}
+        full = {name: rows[name] for name in values} if rows is not None else {}
         status_new = status_old.copy()
         if rows is not None:
             status_new[idx] = np.asarray(rows.status, np.int8)
+        bt = None
+        if attrs.get("backtest"):
+            a = OUTPUT_NAMES.index("Average_Signal")
+            avg = np.concatenate([np.asarray(g["Average_Signal"][:, :n_old]), outs[a]], axis=1)
+            if rows is not None:
+                avg[idx] = rows["Average_Signal"]
+            bt = _backtest(avg, close, p_times, params, json.loads(attrs["backtest"]), status_new)
+            for name in bt.series:
+                values[name] = bt.series[name][:, n_old:]
+                full[name] = bt.series[name][idx]
+        grow_time(results_path, p_times, n_old, values, rows=(idx, full) if idx.size else None)
+        if rows is not None:
             g["status"].oindex[idx] = status_new[idx]
             g["reason"].oindex[idx] = np.array(_status_messages(rows, idx), dtype=object)
         identity = rs.RunIdentity(params, p_fp, dtype.name, rs.code_version(), attrs.get("backtest") or "",
                                   attrs.get("outputs", "all"))
-        if attrs.get("backtest"):
-            position = _update_backtest(g, close, p_times, params, json.loads(attrs["backtest"]), status_new,
-                                        n_old, idx)
+        if bt is not None:
+            for name, v in bt.metrics.items():
+                g[name][:] = v
             from pipeline.trades_store import update_trades
 
-            update_trades(results_path, close, position, json.loads(attrs["backtest"])["fee_bps"], n_old, idx,
+            update_trades(results_path, close, bt.position, json.loads(attrs["backtest"])["fee_bps"], n_old, idx,
                           str(attrs.get("fingerprint")), identity.fingerprint())
         unknown = np.flatnonzero(marks["last_bar"] == -2)
         if unknown.size:  # a store written before the marks, or GPU-computed symbols: found once, by a walk
@@ -273,25 +282,25 @@ def update_results(prices: str | os.PathLike, results: str | os.PathLike) -> Upd
                              time.perf_counter() - t_start)
 
 
-def _update_backtest(g, close: np.ndarray, times: np.ndarray, params: ATCParams, settings: dict,
-                     status: np.ndarray, n_old: int, idx: np.ndarray) -> np.ndarray:
-    """Positions, returns and equity over the new times (and whole rows of recomputed symbols), and
-    every symbol's metrics over its whole history: the backtest of the whole extended signal, as a
-    full run computes it (its earlier bars cannot change: positions depend only on the past).
-    Returns the positions (for the trades)."""
+@dataclass
+class _Backtest:
+    series: dict[str, np.ndarray]  # the BACKTEST_SERIES over the whole new axis
+    metrics: dict[str, np.ndarray]
+    position: np.ndarray
+
+
+def _backtest(avg: np.ndarray, close: np.ndarray, times: np.ndarray, params: ATCParams, settings: dict,
+              status: np.ndarray) -> _Backtest:
+    """Positions, returns and equity over the whole extended signal ``avg`` (in memory), and every
+    symbol's metrics over its whole history: the backtest a full run computes (its earlier bars
+    cannot change: positions depend only on the past, so only the new times and recomputed rows
+    of the series are written)."""
     from kernels.backtest import BACKTEST_SERIES, BacktestParams, run_backtest
     from kernels.metrics import periods_per_year_by_symbol
 
-    avg = np.asarray(g["Average_Signal"][:])
     ppy = settings.get("periods_per_year")
     if ppy is None:
         ppy = periods_per_year_by_symbol(times, close)
     bt = run_backtest(close, avg, params, BacktestParams(fee_bps=settings["fee_bps"], long_only=settings["long_only"]),
                       periods_per_year=ppy, ok=status == st.OK)
-    for name in BACKTEST_SERIES:
-        g[name][:, n_old:] = bt[name][:, n_old:]
-        if idx.size:
-            g[name].oindex[idx, :n_old] = bt[name][idx, :n_old]
-    for name, values in bt.metrics.items():
-        g[name][:] = values
-    return np.asarray(bt["position"])
+    return _Backtest({name: bt[name] for name in BACKTEST_SERIES}, dict(bt.metrics), np.asarray(bt["position"]))

@@ -272,6 +272,33 @@ def test_update_trades_after_an_interrupted_update_or_without_trades(cluster, tm
     assert_same_store(tmp_path / "none.zarr", tmp_path / "full.zarr")
 
 
+@pytest.mark.parametrize("stop", ["time coordinate", "state"])
+def test_interrupted_update_finishes_when_run_again(cluster, tmp_path, monkeypatch, stop):
+    """An update stopped after growing the variables (before the time coordinate is written), or
+    after the whole time axis (before the state), leaves a store the same update finishes: equal
+    to a full run, backtest and trades included."""
+    import pipeline.stream_store
+    import pipeline.time_coord
+
+    full = universe()
+    write(full.isel(time=slice(0, N_OLD)), tmp_path / "p.zarr")
+    run(cluster, tmp_path / "p.zarr", tmp_path / "r.zarr", BacktestParams(fee_bps=10))
+    write(full, tmp_path / "p.zarr", overwrite=True)
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(pipeline.time_coord if stop == "time coordinate" else pipeline.stream_store,
+                  "write_time_coord" if stop == "time coordinate" else "write_stream", boom)
+        with pytest.raises(KeyboardInterrupt):
+            update_results(tmp_path / "p.zarr", tmp_path / "r.zarr")
+    assert update_results(tmp_path / "p.zarr", tmp_path / "r.zarr").action == "updated"
+    run(cluster, tmp_path / "p.zarr", tmp_path / "full.zarr", BacktestParams(fee_bps=10))
+    assert_same_store(tmp_path / "r.zarr", tmp_path / "full.zarr")
+    np.testing.assert_array_equal(read_trades(tmp_path / "r.zarr"), read_trades(tmp_path / "full.zarr"))
+
+
 @pytest.mark.slow  # five full runs beside the updates
 def test_trades_over_many_updates_equal_a_full_run(cluster, tmp_path, monkeypatch):
     """One bar at a time: each update rewrites only each chunk's tail (closed trades first, open
