@@ -21,7 +21,7 @@ from kernels.status import INSUFFICIENT_HISTORY, OK, STATUS_NAMES
 from pipeline import results as rs
 from pipeline.failures import PricesChangedError
 
-__all__ = ["MAX_REPORTED", "ChunkTask", "backtest_outputs", "read_close", "run_chunk"]
+__all__ = ["MAX_REPORTED", "ChunkTask", "backtest_outputs", "read_close", "run_chunk", "worker_name"]
 
 #: Non-ok symbols a task reports back by name (the store has every reason).
 MAX_REPORTED = 5
@@ -76,9 +76,14 @@ def _worker_threads() -> int:
     return int(getattr(state, "nthreads", None) or getattr(w, "nthreads", 1) or 1)
 
 
-def _worker_name() -> str:
+def worker_name() -> str:
+    """Who ran a task, for its record: the Dask worker's address, or this process' id in-process."""
     w = _get_worker()
     return str(w.address) if w is not None else f"pid {os.getpid()}"
+
+
+#: The old private name, kept for callers not yet moved to :func:`worker_name`.
+_worker_name = worker_name
 
 
 @contextmanager
@@ -138,9 +143,9 @@ def run_chunk(task: ChunkTask) -> dict[str, Any]:
     from pipeline.stream_store import has_stream, stream_extras, write_stream_region
     from pipeline.trades_store import task_trades, write_trades_part
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.thread_time()
     close, symbols, times = read_close(task)
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.thread_time()
     parallel = bool(task.parallel) and _worker_threads() == 1
     stream = task.backend == "cpu" and has_stream(task.results)
     if stream:  # the same batch kernel, also capturing the state `atc update` continues from
@@ -159,7 +164,7 @@ def run_chunk(task: ChunkTask) -> dict[str, Any]:
     extra = backtest_outputs(close, times, res, task.params, settings) if settings else None
     trades = task_trades(task.results, close, extra, settings)  # adds the trade statistics to extra
     del close
-    t2 = time.perf_counter()
+    t2, c2 = time.perf_counter(), time.thread_time()
     status = np.asarray(res.status, dtype=np.int8)
     reasons = _reasons(res.messages, status)
     parts = task.parts()
@@ -172,7 +177,7 @@ def run_chunk(task: ChunkTask) -> dict[str, Any]:
         names = rs.OUTPUT_CHOICES[task.options.get("outputs", "all")]
         rs.write_chunk(task.results, index, a, b, {n: res[n][sl] for n in names}, status[sl], reasons[sl],
                        {n: (dims, v[sl]) for n, (dims, v) in extra.items()} if extra else None)
-    t3 = time.perf_counter()
+    t3, c3 = time.perf_counter(), time.thread_time()
     codes, counts = np.unique(status, return_counts=True)
     not_ok = [(symbols[i], reasons[i]) for i in np.flatnonzero(status != OK)[:MAX_REPORTED]]
     return {
@@ -182,11 +187,15 @@ def run_chunk(task: ChunkTask) -> dict[str, Any]:
         "stop": task.stop,
         "counts": {int(c): int(n) for c, n in zip(codes, counts)},
         "not_ok": not_ok,
-        "worker": _worker_name(),
+        "worker": worker_name(),
         "pid": os.getpid(),
         "backend": task.backend,
         "parallel": parallel,
         "read_s": t1 - t0,
         "compute_s": t2 - t1,
         "write_s": t3 - t2,
+        # CPU seconds of this task's thread per phase (wall times above move with the machine's load)
+        "read_cpu_s": c1 - c0,
+        "compute_cpu_s": c2 - c1,
+        "write_cpu_s": c3 - c2,
     }

@@ -11,7 +11,7 @@ from pipeline import results as rs
 from pipeline.chunk_task import ChunkTask
 
 __all__ = ["BACKENDS", "BACKEND_SUBMIT", "GPU_TASK_SYMBOL_BARS", "Route", "default_chunk_symbols", "plan_routes",
-           "route_kinds"]
+           "price_chunk", "route_kinds"]
 
 #: backend name -> extra ``client.submit`` keywords for its tasks.
 BACKEND_SUBMIT: dict[str, dict[str, Any]] = {"cpu": {}, "cuda": {"resources": {"GPU": 1}}}
@@ -22,7 +22,9 @@ BACKENDS = ("auto", "cpu", "cuda")
 GPU_TASK_SYMBOL_BARS = 1 << 24
 
 
-def _price_chunk(ds: Any) -> int:
+def price_chunk(ds: Any) -> int:
+    """Symbols per chunk of the price store ``ds`` (its ``close`` encoding, else the store's
+    ``chunk_symbols`` attribute, else all symbols): what tasks align with."""
     enc = ds["close"].encoding.get("chunks") or ds["close"].encoding.get("preferred_chunks", {})
     if isinstance(enc, Mapping):
         k = enc.get("symbol")
@@ -31,6 +33,10 @@ def _price_chunk(ds: Any) -> int:
     if not k:
         k = ds.attrs.get("chunk_symbols") or ds.sizes["symbol"]
     return max(1, int(k))
+
+
+#: The old private name, kept for callers not yet moved to :func:`price_chunk`.
+_price_chunk = price_chunk
 
 
 def default_chunk_symbols(price_k: int, n_symbols: int, slots: int, min_symbols: int = 16) -> int:

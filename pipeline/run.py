@@ -55,6 +55,7 @@ from pipeline.chunk_task import (  # noqa: F401
     backtest_outputs,
     read_close,
     run_chunk,
+    worker_name,
 )
 from pipeline.failures import (  # noqa: F401
     PricesChangedError,
@@ -77,6 +78,7 @@ from pipeline.routing import (  # noqa: F401
     _price_chunk,
     default_chunk_symbols,
     plan_routes,
+    price_chunk,
     route_kinds,
 )
 
@@ -270,7 +272,7 @@ def preflight(
         shape = (ds.sizes["symbol"], ds.sizes["time"])
         state = _existing_state(results, results_path, identity, shape, chunk_symbols, overwrite)
         if state is None and chunk_symbols is not None:
-            _check_alignment(int(chunk_symbols), _price_chunk(ds))
+            _check_alignment(int(chunk_symbols), price_chunk(ds))
     finally:
         ds.close()
     with rs.ResultsLock(results_path):
@@ -330,7 +332,7 @@ def run_atc(
         ds = open_prices(prices_path)
         try:
             price_fp = str(ds.attrs.get("fingerprint"))
-            price_k = _price_chunk(ds)
+            price_k = price_chunk(ds)
             n_sym, n_time = ds.sizes["symbol"], ds.sizes["time"]
             bt_settings = backtest_settings(backtest, ds)
             identity = rs.RunIdentity(params, price_fp, dtype, rs.code_version(), _backtest_json(bt_settings),
