@@ -286,6 +286,7 @@ def connect(
     notices: list[str] = []
     cluster = None
     _quiet_resource_tracker()
+    malloc_config = _keep_malloc_defaults()  # for the local workers; undone when the cluster closes
     mask = _block_sigint()  # the worker processes inherit the block: Ctrl-C is the client's alone
     try:
         if n_gpu:
@@ -309,6 +310,7 @@ def connect(
                 )
     except BaseException:
         _restore_sigint(mask)
+        malloc_config.__exit__(None, None, None)
         raise
     try:
         _restore_sigint(mask)  # a Ctrl-C pressed while the cluster started is delivered here
@@ -328,6 +330,26 @@ def connect(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             cluster.close()
+        malloc_config.__exit__(None, None, None)
+
+
+def _keep_malloc_defaults() -> Any:
+    """Start local workers without distributed's ``MALLOC_TRIM_THRESHOLD_=65536`` (its
+    ``distributed.nanny.pre-spawn-environ``); returns the ``dask.config.set`` to undo.
+
+    Setting that variable turns off glibc's adaptive mmap threshold: every allocation over 128
+    KiB is then a fresh mmap, unmapped again when freed, and its pages fault in anew. A task
+    allocates ~1 GB in arrays of a few MiB (outputs, chunk copies, encode buffers), so a worker
+    took 5x the page faults of the same tasks in-process. Measured, 2,000 x 5,000 float64 on a
+    local cluster of 2 workers (load 3-4.5): 689,000 -> 138,000 page faults, 5.1 -> 3.2 worker
+    system CPU seconds. Without the trim, a worker keeps freed memory for its next task (a few
+    hundred MB per worker), which these short-lived clusters can afford."""
+    import dask
+    import distributed  # noqa: F401  (registers distributed's configuration defaults)
+
+    env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})
+    env.pop("MALLOC_TRIM_THRESHOLD_", None)
+    return dask.config.set({"distributed.nanny.pre-spawn-environ": env})
 
 
 def _block_sigint() -> Any:
