@@ -45,16 +45,16 @@ def scan(
     the last change of trend; symbols whose last bar is older than the store's last time are stale."""
     from pipeline.atomic import store_format
     from pipeline.results import FORMAT_NAME
-    from pipeline.scan import rank
+    from pipeline.scan import rank_columns
 
     if store_format(store) == FORMAT_NAME:
-        from pipeline.scan import newest_signals
+        from pipeline.scan import newest_columns
 
-        df = newest_signals(store, prices)
+        cols = newest_columns(store, prices)
     else:
-        df = _scan_prices(store)
-    long, short = rank(df, top, min_signal)
-    typer.echo(format_tables(long, short, fmt.value, n_symbols=len(df)))
+        cols = _scan_prices(store)
+    long, short = rank_columns(cols, top, min_signal)
+    typer.echo(format_tables(long, short, fmt.value, n_symbols=len(cols["symbol"])))
 
 
 def _scan_prices(path: Path):
@@ -63,7 +63,7 @@ def _scan_prices(path: Path):
 
     from kernels import compute_atc
     from kernels.params import ATCParams
-    from pipeline.scan import signals_from_arrays
+    from pipeline.scan import columns_from_arrays
     from pipeline.store import open_prices
 
     ds = open_prices(path)
@@ -75,23 +75,56 @@ def _scan_prices(path: Path):
         ds.close()
     params = ATCParams()
     res = compute_atc(close, params, on_bad="status", symbols=symbols)
-    return signals_from_arrays(res, close, symbols, times, params)
+    return columns_from_arrays(res, close, symbols, times, params)
 
 
 def format_tables(long, short, fmt: str, n_symbols: int) -> str:
-    """The two tables as text, CSV or JSON (one place, so `atc demo` prints the same)."""
-    import pandas as pd
-
+    """The two tables (numpy columns from `pipeline.scan.rank_columns`, or pandas tables) as text,
+    CSV or JSON (one place, so `atc demo` prints the same). The text table is laid out here, as
+    pandas' ``to_string`` would (columns right-aligned, floats to 4 significant digits), so the
+    default `atc scan` does not import pandas; CSV and JSON are pandas' writers."""
+    long, short = _columns(long), _columns(short)
     if fmt in ("csv", "json"):
-        both = pd.concat([long.assign(side="long"), short.assign(side="short")], ignore_index=True)
+        import pandas as pd
+
+        both = pd.concat([pd.DataFrame(long).assign(side="long"), pd.DataFrame(short).assign(side="short")],
+                         ignore_index=True)
         if fmt == "csv":
             return both.to_csv(index=False).rstrip("\n")
         return both.to_json(orient="records", date_format="iso", indent=1)
     out = []
-    for title, df in (("LONG", long), ("SHORT", short)):
-        out.append(f"{title} ({len(df)} of {n_symbols} symbols)")
-        if len(df):
-            shown = df.assign(stale=df["stale"].map({True: "stale", False: ""}))
-            out.append(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    for title, cols in (("LONG", long), ("SHORT", short)):
+        n = len(cols["symbol"])
+        out.append(f"{title} ({n} of {n_symbols} symbols)")
+        if n:
+            out.extend(_text_table(cols))
         out.append("")
     return "\n".join(out).rstrip("\n")
+
+
+def _columns(table) -> dict:
+    if isinstance(table, dict):
+        return table
+    return {c: table[c].to_numpy() for c in table.columns}
+
+
+def _text_table(cols: dict) -> list[str]:
+    """Lines of a plain table: a header and one line per row, every column right-aligned."""
+    import numpy as np
+
+    cells = []
+    for name, v in cols.items():
+        v = np.asarray(v)
+        if name == "stale":
+            text = ["stale" if x else "" for x in v]
+        elif v.dtype.kind == "f":
+            text = ["NaN" if x != x else f"{x:.4g}" for x in v.tolist()]
+        elif v.dtype.kind == "M":
+            t = v.astype("datetime64[ns]")
+            unit = "D" if (t.astype(np.int64) % (86_400 * 10**9) == 0).all() else "s"
+            text = [str(x).replace("T", " ") for x in t.astype(f"datetime64[{unit}]")]
+        else:
+            text = [str(x) for x in v.tolist()]
+        width = max(len(name), *(len(x) for x in text))
+        cells.append([name.rjust(width)] + [x.rjust(width) for x in text])
+    return [" ".join(row) for row in zip(*cells)]

@@ -377,7 +377,8 @@ def test_fewer_outputs_stored_updated_and_scanned(cluster, tmp_path, choice):
 def test_daily_update_imports_neither_pandas_nor_xarray(cluster, tmp_path):
     """The daily update starts fast: its CF time coordinate and store reads are plain numpy/zarr
     (pipeline/time_coord.py), so a fresh `atc update` never imports pandas or xarray (about a
-    second of its two-second budget on this machine); `atc scan` builds its tables with pandas."""
+    second of its two-second budget on this machine); nor does `atc scan` (its table is laid out
+    with numpy: pipeline.scan.newest_columns, rank_columns)."""
     import subprocess
     import sys
 
@@ -388,7 +389,7 @@ def test_daily_update_imports_neither_pandas_nor_xarray(cluster, tmp_path):
     probe = ("import sys; from flows.cli import main\n"
              "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
              "print(sorted(m for m in ('pandas', 'xarray') if m in sys.modules))")
-    for args in (["update", "p.zarr", "r.zarr"],):
+    for args in (["update", "p.zarr", "r.zarr"], ["scan", "r.zarr", "--top", "3"]):
         out = subprocess.run([sys.executable, "-c", probe, *args], cwd=tmp_path, capture_output=True, text=True,
                              timeout=300)
         assert out.returncode == 0, out.stderr
