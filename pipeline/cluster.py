@@ -341,7 +341,7 @@ def _keep_malloc_defaults() -> Any:
     KiB is then a fresh mmap, unmapped again when freed, and its pages fault in anew. A task
     allocates ~1 GB in arrays of a few MiB (outputs, chunk copies, encode buffers), so a worker
     took 5x the page faults of the same tasks in-process. Measured, 2,000 x 5,000 float64 on a
-    local cluster of 2 workers (load 3-4.5): 689,000 -> 138,000 page faults, 5.1 -> 3.2 worker
+    local cluster of 2 workers (load 6.5-8): 713,000 -> 122,000 page faults, 4.7 -> 2.4-2.9 worker
     system CPU seconds. Without the trim, a worker keeps freed memory for its next task (a few
     hundred MB per worker), which these short-lived clusters can afford."""
     import dask
