@@ -149,14 +149,15 @@ class _Plan:
 def _plan(ds: Any, grid: SweepGrid, store: Any, store_path: Path, dtype: str, save_signals: bool,
           chunk_symbols: int | None, combos_per_task: int | None, overwrite: bool, slots: int,
           validation: Any = None, portfolio: Mapping[str, Any] | None = None) -> _Plan:
-    from pipeline.run import _check_alignment, _price_chunk, default_chunk_symbols
+    from pipeline.run import _check_alignment, default_chunk_symbols
+    from pipeline.routing import price_chunk
     from pipeline.sweep_portfolio import INPUT_BUDGET_BYTES, identity_json, input_dtype
 
     ppy = _ppy(grid, ds)
     identity = SweepIdentity.of(grid, ppy, str(ds.attrs.get("fingerprint")), dtype, save_signals,
                                 validation.to_json() if validation is not None else "", identity_json(portfolio))
     n_sym, n_time = ds.sizes["symbol"], ds.sizes["time"]
-    price_k = _price_chunk(ds)
+    price_k = price_chunk(ds)
     if combos_per_task is not None and combos_per_task < 1:
         raise SweepError(f"--combos-per-task must be >= 1, got {combos_per_task}")
     state = None

@@ -191,11 +191,11 @@ class SweepPortfolioTask:
 def _close_panel(task: SweepPortfolioTask) -> np.ndarray:
     """The whole close panel, time-major float64 (filled chunk by chunk, as pipeline.portfolio_store)."""
     from pipeline.chunk_task import checked_prices
-    from pipeline.routing import _price_chunk
+    from pipeline.routing import price_chunk
 
     with checked_prices(task.prices, task.prices_fingerprint, "sweep") as px:
         n_sym, n_time = px.sizes["symbol"], px.sizes["time"]
-        k = _price_chunk(px)
+        k = price_chunk(px)
         closeT = np.empty((n_time, n_sym))
         for a in range(0, n_sym, k):
             b = min(n_sym, a + k)
@@ -211,7 +211,7 @@ def run_portfolio_task(task: SweepPortfolioTask) -> dict[str, Any]:
     import zarr
 
     from kernels.portfolio import PORTFOLIO_METRIC_NAMES, portfolio_time_major
-    from pipeline.chunk_task import _worker_name
+    from pipeline.chunk_task import worker_name
 
     t0, c0 = time.perf_counter(), time.thread_time()  # (serial kernels: the task's CPU is its thread's)
     closeT = _close_panel(task)
@@ -255,8 +255,8 @@ def run_portfolio_task(task: SweepPortfolioTask) -> dict[str, Any]:
         g[FOLD_VAR][region] = fs
     g[DONE_VAR][task.index] = 1
     return {"task": task.index, "phase": "portfolio", "combinations": math.prod(bshape), "symbols": n_sym,
-            "worker": _worker_name(), "read_s": read_s, "compute_s": comp_s, "write_s": time.perf_counter() - tw,
-            "cpu_s": time.thread_time() - c0, "slot": f"{_worker_name()}/{threading.current_thread().name}"}
+            "worker": worker_name(), "read_s": read_s, "compute_s": comp_s, "write_s": time.perf_counter() - tw,
+            "cpu_s": time.thread_time() - c0, "slot": f"{worker_name()}/{threading.current_thread().name}"}
 
 
 def portfolio_block_stats(returns: np.ndarray, n_blocks: int) -> np.ndarray:

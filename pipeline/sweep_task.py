@@ -59,7 +59,7 @@ def run_sweep_task(task: SweepTask) -> dict[str, Any]:
     import zarr
 
     from kernels.sweep import sweep_panel
-    from pipeline.run import _worker_name, _worker_threads, read_close
+    from pipeline.chunk_task import _worker_threads, read_close, worker_name
 
     t0, c0, th0 = time.perf_counter(), time.process_time(), time.thread_time()
     close, symbols, times = read_close(task)
@@ -100,11 +100,11 @@ def run_sweep_task(task: SweepTask) -> dict[str, Any]:
     g["task_done"][task.index] = 1
     t3 = time.perf_counter()
     return {"task": task.index, "combinations": len(combos), "symbols": n_s,
-            "ok": int(np.count_nonzero(res.status == OK)), "worker": _worker_name(), "parallel": parallel,
+            "ok": int(np.count_nonzero(res.status == OK)), "worker": worker_name(), "parallel": parallel,
             "read_s": t1 - t0, "compute_s": t2 - t1, "write_s": t3 - t2,
             # the task's CPU: its thread's, or with parallel kernels its process's (one task at a time then)
             "cpu_s": time.process_time() - c0 if parallel else time.thread_time() - th0,
-            "slot": f"{_worker_name()}/{threading.current_thread().name}"}
+            "slot": f"{worker_name()}/{threading.current_thread().name}"}
 
 
 def task_balance(records: list[dict[str, Any]]) -> float:

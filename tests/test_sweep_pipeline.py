@@ -290,17 +290,17 @@ def test_in_process_sweep_writes_the_same_store(prices, swept, tmp_path):
 
 
 def test_failed_sweep_task_is_one_line_and_a_rerun_completes(via, prices, tmp_path, monkeypatch, capsys):
-    import pipeline.run as run_mod
+    import pipeline.chunk_task as task_mod  # sweep tasks read closes with chunk_task.read_close
     from pipeline.run import RunError
 
-    real = run_mod.read_close
+    real = task_mod.read_close
 
     def flaky(task):
         if task.index == 1:
             raise OSError("disk on fire")
         return real(task)
 
-    monkeypatch.setattr(run_mod, "read_close", flaky)  # both paths run tasks on threads of this process
+    monkeypatch.setattr(task_mod, "read_close", flaky)  # both paths run tasks on threads of this process
     store = tmp_path / "s.zarr"
     grid = make_grid({"La": [0.02, 0.1]}, BASE)
     with pytest.raises(RunError, match=r"1 of 3 sweep tasks failed \(first: task 1: OSError: disk on fire\)"):
@@ -309,6 +309,6 @@ def test_failed_sweep_task_is_one_line_and_a_rerun_completes(via, prices, tmp_pa
     assert capsys.readouterr().err.splitlines() == [
         f"task 1 (symbols 8..15) failed: OSError: disk on fire (details: {log})"]
     assert "in flaky" in log.read_text()
-    monkeypatch.setattr(run_mod, "read_close", real)
+    monkeypatch.setattr(task_mod, "read_close", real)
     s = run_sweep(prices, store, grid, **via)
     assert (s.action, s.computed, s.already_done) == ("resumed", 1, 2)
