@@ -36,8 +36,10 @@ from kernels.steps import build_steps
 ANCHOR = 256
 """Bars between exact recomputations of running window sums (a power of two)."""
 
-LANES = {"float64": 16, "float32": 32}
-"""Symbols per block: a few SIMD registers wide."""
+LANES = {"float64": 32, "float32": 64}
+"""Symbols per block: eight AVX2 registers wide. Narrower blocks (16 float64) leave the fused lane
+loops of `family_steps` scalar: LLVM checks at run time that their many arrays do not overlap and
+only takes the vector path from about 20 lanes up (docs/PERFORMANCE.md)."""
 
 
 @_njit(cache=True)
@@ -85,7 +87,13 @@ def isqrt(n: int) -> int:
 # supplies per float type; called directly from Python they would fail by design.
 
 _KERNELS = KernelSet()
-_kernel = _KERNELS.kernel
+
+
+def _kernel(**options):
+    """Register a kernel function. IEEE division (error_model="numpy"): no zero-division check
+    in the lane loops, which would keep LLVM from vectorising them (no division here is by zero
+    on valid input, so the results are the same)."""
+    return _KERNELS.kernel(**{"error_model": "numpy", **options})
 
 # Names the kernel functions read as globals, bound per float type by `_float_env` when
 # build_cpu_kernel compiles them; at module level they are only placeholders.
@@ -143,6 +151,30 @@ def new_family_ring(fam, lens, nb):
 
 
 @_kernel()
+def steady_line(fam, t, L, half, sq):
+    """Whether line (fam, L) at bar t is past its warm-up and not re-anchoring its window sums,
+    so that `family_steps` can take its one-loop path (it must compute exactly what the general
+    path computes there)."""
+    if fam == 0 or fam == 3:
+        return t >= L
+    if fam == 5:
+        return t > L and ((t - L) & AM) != 0
+    if fam == 4 and L <= 2:
+        return t >= L
+    if fam == 1:
+        first = L - 1 + sq - 1
+        return (sq > 1 and t >= first and ((t - half + 1) & AM) != 0 and ((t - L + 1) & AM) != 0
+                and ((t - first) & AM) != 0)
+    return L > 1 and t >= L and ((t - L + 1) & AM) != 0  # WMA, LSMA
+
+
+@_kernel()
+def line_tail(sp, ep, xt, m, xp, mp, rt, keep):
+    """Crossover state and equity of one line at a bar past the cutout: (new state, new equity)."""
+    return cross_step(sp, xt, m, xp, mp), equity_step(ep, sp, rt, keep)
+
+
+@_kernel()
 def family_steps(fam, x, xo, r, oo, t0, T, nb, lens, coef, cutout, keep, fsig, st, ring, sig_out,
                  store_sig, ma_out, store_ma, scr):
     """Advance the 9 lines of family `fam` from bar t0 to bar T-1, resuming from `st` and `ring`.
@@ -161,6 +193,9 @@ def family_steps(fam, x, xo, r, oo, t0, T, nb, lens, coef, cutout, keep, fsig, s
     reference-counts every array argument). Only scalar step functions are called inside.
     Sliding window sums are recomputed exactly at their first bar, then every ANCHOR bars,
     and every bar for one-bar windows (an MA equal to the close must stay exactly equal).
+    A line past its warm-up and the cutout, at a bar where it does not re-anchor (`steady_line`:
+    all but a few bars in 256), runs as one lane loop per line, with the same step functions in
+    the same order as the general path below; the general path handles every other bar.
     """
     mprev = st[0]
     s = st[1]
@@ -178,10 +213,142 @@ def family_steps(fam, x, xo, r, oo, t0, T, nb, lens, coef, cutout, keep, fsig, s
         for k in range(nb):
             num[k] = ZERO
             den[k] = ZERO
+        xr = t - xo
+        rr = t - oo
         for j in range(9):
             ln = fam * 9 + j
             q = j * nb
             L = lens[ln, 0]
+            if t > cutout and steady_line(fam, t, L, lens[ln, 1], lens[ln, 2]):
+                # the common case, one lane loop per line: no warm-up, no re-anchoring, past the cutout
+                if fam == 0:
+                    a = coef[ln, 0]
+                    b = coef[ln, 1]
+                    for k in range(nb):
+                        xt = x[xr, k]
+                        m = ema_step(S1[q + k], xt, a, b)
+                        S1[q + k] = m
+                        sn, en = line_tail(s[q + k], e[q + k], xt, m, x[xr - 1, k], mprev[q + k], r[rr, k],
+                                           keep)
+                        s[q + k] = sn
+                        e[q + k] = en
+                        num[k] += sn * en
+                        den[k] += en
+                        mprev[q + k] = m
+                elif fam == 3:
+                    a = coef[ln, 0]
+                    b = coef[ln, 1]
+                    for k in range(nb):
+                        xt = x[xr, k]
+                        e1 = ema_step(S1[q + k], xt, a, b)
+                        e2 = ema_step(W1[q + k], e1, a, b)
+                        S1[q + k] = e1
+                        W1[q + k] = e2
+                        m = dema_value(e1, e2)
+                        sn, en = line_tail(s[q + k], e[q + k], xt, m, x[xr - 1, k], mprev[q + k], r[rr, k],
+                                           keep)
+                        s[q + k] = sn
+                        e[q + k] = en
+                        num[k] += sn * en
+                        den[k] += en
+                        mprev[q + k] = m
+                elif fam == 2:
+                    Lf = coef[ln, 0]
+                    den_w = coef[ln, 1]
+                    for k in range(nb):
+                        xt = x[xr, k]
+                        s1, w1 = weighted_slide(S1[q + k], W1[q + k], xt, x[xr - L, k], Lf)
+                        S1[q + k] = s1
+                        W1[q + k] = w1
+                        m = wma_value(w1, den_w)
+                        sn, en = line_tail(s[q + k], e[q + k], xt, m, x[xr - 1, k], mprev[q + k], r[rr, k],
+                                           keep)
+                        s[q + k] = sn
+                        e[q + k] = en
+                        num[k] += sn * en
+                        den[k] += en
+                        mprev[q + k] = m
+                elif fam == 4 and L <= 2:
+                    for k in range(nb):
+                        xt = x[xr, k]
+                        sn, en = line_tail(s[q + k], e[q + k], xt, xt, x[xr - 1, k], mprev[q + k], r[rr, k],
+                                           keep)
+                        s[q + k] = sn
+                        e[q + k] = en
+                        num[k] += sn * en
+                        den[k] += en
+                        mprev[q + k] = xt
+                elif fam == 4:
+                    Lf = coef[ln, 0]
+                    sum_i = coef[ln, 1]
+                    den_ls = coef[ln, 2]
+                    for k in range(nb):
+                        xt = x[xr, k]
+                        s1, w1 = weighted_slide(S1[q + k], W1[q + k], xt, x[xr - L, k], Lf)
+                        S1[q + k] = s1
+                        W1[q + k] = w1
+                        m = lsma_value(s1, w1, Lf, sum_i, den_ls)
+                        sn, en = line_tail(s[q + k], e[q + k], xt, m, x[xr - 1, k], mprev[q + k], r[rr, k],
+                                           keep)
+                        s[q + k] = sn
+                        e[q + k] = en
+                        num[k] += sn * en
+                        den[k] += en
+                        mprev[q + k] = m
+                elif fam == 5:
+                    for k in range(nb):
+                        xt = x[xr, k]
+                        xl = x[xr - L, k]
+                        xp = x[xr - 1, k]
+                        n1 = S1[q + k] + abs(xt - xp) - abs(xl - x[xr - L - 1, k])
+                        S1[q + k] = n1
+                        mp = mprev[q + k]
+                        m = kama_step(mp, xt, xl, n1)
+                        sn, en = line_tail(s[q + k], e[q + k], xt, m, xp, mp, r[rr, k], keep)
+                        s[q + k] = sn
+                        e[q + k] = en
+                        num[k] += sn * en
+                        den[k] += en
+                        mprev[q + k] = m
+                else:  # HMA
+                    half = lens[ln, 1]
+                    sq = lens[ln, 2]
+                    Lf = coef[ln, 0]
+                    hf = coef[ln, 1]
+                    sqf = coef[ln, 2]
+                    den_l = coef[ln, 3]
+                    den_h = coef[ln, 4]
+                    den_s = coef[ln, 5]
+                    slot = t % sq
+                    for k in range(nb):
+                        xt = x[xr, k]
+                        s1, w1 = weighted_slide(S1[q + k], W1[q + k], xt, x[xr - half, k], hf)
+                        s2, w2 = weighted_slide(S2[q + k], W2[q + k], xt, x[xr - L, k], Lf)
+                        S1[q + k] = s1
+                        W1[q + k] = w1
+                        S2[q + k] = s2
+                        W2[q + k] = w2
+                        d_old = ring[j, slot, k]
+                        d = hma_diff(wma_value(w1, den_h), wma_value(w2, den_l))
+                        ring[j, slot, k] = d
+                        s3, w3 = weighted_slide(S3[q + k], W3[q + k], d, d_old, sqf)
+                        S3[q + k] = s3
+                        W3[q + k] = w3
+                        m = wma_value(w3, den_s)
+                        sn, en = line_tail(s[q + k], e[q + k], xt, m, x[xr - 1, k], mprev[q + k], r[rr, k],
+                                           keep)
+                        s[q + k] = sn
+                        e[q + k] = en
+                        num[k] += sn * en
+                        den[k] += en
+                        mprev[q + k] = m
+                if store_sig:
+                    for k in range(nb):
+                        sig_out[j, rr, k] = np.int8(s[q + k])
+                if store_ma:
+                    for k in range(nb):
+                        ma_out[j, rr, k] = mprev[q + k]
+                continue
             # ---- the MA of this line at bar t, into mrow ----
             if fam == 5:  # KAMA: defined from bar 0
                 if t <= L - 1:
@@ -551,12 +718,16 @@ def run_parallel(n_chunks, nb, close, src, same_src, order, starts, ends, lens_s
 def _float_env(ft) -> dict:
     """The names the kernel functions use besides their arguments: float constants and the
     step functions of `kernels.steps`, all of float type `ft`."""
-    st = build_steps(_njit, ft)
+    st = build_steps(_njit_numpy, ft)
     env = {name: getattr(st, name) for name in (
         "ema_step", "dema_value", "weighted_slide", "wma_value", "hma_diff", "lsma_value",
         "kama_step", "cross_step", "equity_step", "start_equity", "round2", "cut", "ratio_or_zero")}
     env.update(ft=ft, NAN=ft(np.nan), ZERO=ft(0.0), ONE=ft(1.0), AM=ANCHOR - 1)
     return env
+
+
+def _njit_numpy(fn):
+    return _njit(error_model="numpy")(fn)
 
 
 @lru_cache(maxsize=None)
