@@ -14,31 +14,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.results import ResultsError, _consolidate, is_results_store
-from pipeline.time_coord import simple_cf_units
 
 if TYPE_CHECKING:
     import xarray as xr
 
 
 def time_values(g: Any) -> np.ndarray:
-    """The decoded ``time`` coordinate of an open Zarr group, as int64 ns.
+    """The decoded ``time`` coordinate of an open Zarr group, as int64 ns (see
+    :func:`pipeline.time_coord.read_time_coord`: numpy for xarray's usual encodings, so store
+    readers such as `atc scan` need not import xarray)."""
+    from pipeline.time_coord import read_time_coord
 
-    The CF encodings xarray writes for a datetime64 axis ("<unit> since <date>", integer values,
-    the proleptic Gregorian calendar) are decoded with numpy, so store readers such as `atc scan`
-    need not import xarray; anything else goes through xarray's decoder."""
-    t = g["time"]
-    raw = np.asarray(t[:])
-    units = t.attrs.get("units")
-    if not units:
-        return np.asarray(raw, dtype="datetime64[ns]").astype(np.int64)
-    calendar = t.attrs.get("calendar", "proleptic_gregorian")
-    simple = simple_cf_units(units, calendar)
-    if simple is not None and raw.dtype.kind in "iu":
-        base, unit = simple
-        return (base + raw.astype(np.int64).astype(f"timedelta64[{unit}]")).astype(np.int64)
-    from xarray.coding.times import decode_cf_datetime
-
-    return np.asarray(decode_cf_datetime(raw, units, calendar), dtype="datetime64[ns]").astype(np.int64)
+    return read_time_coord(g)
 
 
 def extend_time(path: str | os.PathLike, new_times: Any) -> int:

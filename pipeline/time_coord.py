@@ -62,3 +62,24 @@ def write_time_coord(arr: Any, times: np.ndarray) -> None:
     arr.resize((dt.size,))
     arr[:] = np.asarray(vals, dtype=arr.dtype)
     arr.attrs.update({"units": units2, "calendar": cal2})
+
+
+def read_time_coord(g: Any) -> np.ndarray:
+    """The decoded ``time`` coordinate of an open Zarr group, as int64 ns.
+
+    The CF encodings xarray writes for a datetime64 axis ("<unit> since <date>", integer values,
+    the proleptic Gregorian calendar) are decoded with numpy; anything else goes through xarray's
+    decoder."""
+    t = g["time"]
+    raw = np.asarray(t[:])
+    units = t.attrs.get("units")
+    if not units:
+        return np.asarray(raw, dtype="datetime64[ns]").astype(np.int64)
+    calendar = t.attrs.get("calendar", "proleptic_gregorian")
+    simple = simple_cf_units(units, calendar)
+    if simple is not None and raw.dtype.kind in "iu":
+        base, unit = simple
+        return (base + raw.astype(np.int64).astype(f"timedelta64[{unit}]")).astype(np.int64)
+    from xarray.coding.times import decode_cf_datetime
+
+    return np.asarray(decode_cf_datetime(raw, units, calendar), dtype="datetime64[ns]").astype(np.int64)
