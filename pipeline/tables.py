@@ -281,8 +281,8 @@ def split_table(
         bounds = np.flatnonzero(np.diff(sc)) + 1
         groups = {str(uniques[codes[part[0]]]): part for part in np.split(order, bounds) if part.size}
 
-    out: dict[str, pd.DataFrame] = {}
     dropped: dict[str, int] = {}
+    kept: list[np.ndarray] = []
     for sym, idx in groups.items():
         t = times[idx]
         dup = np.flatnonzero(t[1:] == t[:-1])
@@ -296,11 +296,15 @@ def split_table(
         if keep.size == 0:
             raise StoreError(f"{where}: symbol {sym!r} has no close values")
         dropped[sym] = int(idx.size - keep.size)
-        frame = pd.DataFrame(
-            {v: data[v][keep] for v in PRICE_VARS if v in data},
-            index=pd.DatetimeIndex(times[keep].view("datetime64[ns]"), name="time"),
-        )
-        out[sym] = frame
+        kept.append(keep)
+    # one frame of every kept row, symbol after symbol, sliced per symbol: a slice costs ~0.1 ms,
+    # building a DataFrame per symbol ~0.5 ms (1,900 symbols of a one-bar append: 0.2 s vs 1.1 s);
+    # pandas 3 copies on write, so the slices are independent frames
+    allk = np.concatenate(kept) if kept else np.zeros(0, np.int64)
+    whole = pd.DataFrame({v: data[v][allk] for v in PRICE_VARS if v in data},
+                         index=pd.DatetimeIndex(times[allk].view("datetime64[ns]"), name="time"))
+    ends = np.cumsum([k.size for k in kept])
+    out: dict[str, pd.DataFrame] = {sym: whole.iloc[e - k.size:e] for sym, k, e in zip(groups, kept, ends)}
     return Table(out, dropped)
 
 
