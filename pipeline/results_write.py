@@ -11,8 +11,6 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from pipeline.results import ResultsError
-
 
 def results_codec(name: str):
     """The Blosc codec of a results variable.
@@ -61,6 +59,8 @@ def write_chunk(path: str | os.PathLike, index: int, start: int, stop: int, outp
     every variable, which no other task writes. The (symbol, time) variables are encoded chunk by
     chunk in this thread and stored through the zarr store (:func:`_write_rows`)."""
     import zarr
+
+    from pipeline.results import ResultsError  # here: pipeline.results imports this module
 
     g = zarr.open_group(str(path), mode="r+", zarr_format=3, use_consolidated=False)
     data: dict[str, np.ndarray] = dict(outputs)
