@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -101,25 +102,32 @@ def grow_time(path: str | os.PathLike, times: Any, n_old: int, values: dict[str,
     n = int(t_new.size)
     g = zarr.open_group(str(path), mode="r+", zarr_format=3, use_consolidated=False)
     idx, full = rows if rows is not None else (np.zeros(0, np.int64), {})
+    jobs = []
     for name, arr in g.arrays():
         if tuple(arr.metadata.dimension_names or ()) != ("symbol", "time"):
             continue
         if arr.shape[1] != n:
             arr.resize((arr.shape[0], n))
-        new = values.get(name)
-        rec = (idx, full[name]) if idx.size and name in full else None
-        if _grow_chunks(arr, n_old, n, new, rec):
-            continue
+        jobs.append((arr, values.get(name), (idx, full[name]) if idx.size and name in full else None))
+    # the arrays' chunks are encoded on threads (numcodecs releases the GIL): ~0.4 CPU s of 13
+    # outputs' last chunks for 2,000 symbols, on two cores
+    with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1, len(jobs)))) as pool:
+        fast = list(pool.map(lambda job: _grow_chunks(arr=job[0], n_old=n_old, n=n, new=job[1], rec=job[2]), jobs))
+    for (arr, new, rec), done in zip(jobs, fast):
         c0 = n_old // arr.chunks[1] * arr.chunks[1]  # start of the old last chunk
+        if done:
+            if rec is not None and c0:
+                arr.oindex[rec[0], :c0] = rec[1][:, :c0]
+            continue
         fill = np.nan if arr.dtype.kind == "f" else arr.fill_value
         block = np.empty((arr.shape[0], n - c0), arr.dtype)
         if n_old > c0:
             block[:, :n_old - c0] = arr[:, c0:n_old]
         block[:, n_old - c0:] = fill if new is None else new
         if rec is not None:
-            block[idx] = rec[1][:, c0:]
+            block[rec[0]] = rec[1][:, c0:]
             if c0:
-                arr.oindex[idx, :c0] = rec[1][:, :c0]
+                arr.oindex[rec[0], :c0] = rec[1][:, :c0]
         arr[:, c0:] = block
     stored = time_values(g)
     if stored.size != n or not np.array_equal(stored, t_new):
@@ -135,8 +143,9 @@ def _grow_chunks(arr: Any, n_old: int, n: int, new: np.ndarray | None,
     byte for byte what Zarr stores for ``arr[:, c0:] = block`` (edge chunks padded with the fill
     value, a chunk of fill values only not stored). Zarr 3.1's asyncio pipeline took two thread
     hops per chunk and about twice the CPU (see `results_write._write_rows`, the same path for a
-    run's whole symbol chunks). Returns False where it does not apply (other codecs, another
-    store): the caller writes with Zarr."""
+    run's whole symbol chunks). Writes the times from the old last chunk on only (the caller
+    writes recomputed rows before it). Returns False, having written nothing, where it does not
+    apply (other codecs, another store): the caller writes with Zarr."""
     from zarr.buffer import default_buffer_prototype
 
     from pipeline.results_write import _all_fill, _blosc_of
@@ -175,8 +184,6 @@ def _grow_chunks(arr: Any, n_old: int, n: int, new: np.ndarray | None,
                 store.delete_sync(key)
             else:
                 store.set_sync(key, buffer.from_bytes(blosc.encode(chunk)))
-    if rec is not None and c0:
-        arr.oindex[rec[0], :c0] = rec[1][:, :c0]
     return True
 
 

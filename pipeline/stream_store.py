@@ -273,5 +273,8 @@ def write_stream(path: str | os.PathLike, state, extras: dict[str, np.ndarray], 
     for name, a in arrays.items():
         if name not in present:
             _create(g, name, np.asarray(a)[:0], state.n_symbols, k)
-        write_whole(g[name], a)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:  # numcodecs releases the GIL
+        list(pool.map(lambda item: write_whole(g[item[0]], item[1]), arrays.items()))
     g.attrs.update(attrs)
