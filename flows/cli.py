@@ -207,6 +207,8 @@ def _plain_convert(desc: Any) -> Callable[..., Any] | None:
         def plain(v: Any, param: Any, ctx: Any) -> Any:
             if type(v) is ann:
                 return v
+            if ann is float and type(v) is int:  # an int default of a float option, as Pydantic's lax mode
+                return float(v)
             if ann is not bool and isinstance(v, str):
                 try:
                     return ann(v)
