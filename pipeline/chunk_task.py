@@ -67,7 +67,7 @@ def _get_worker() -> Any:
         return None
 
 
-def _worker_threads() -> int:
+def worker_threads() -> int:
     """Threads of the Dask worker running this task (1 outside a worker)."""
     w = _get_worker()
     if w is None:
@@ -81,9 +81,6 @@ def worker_name() -> str:
     w = _get_worker()
     return str(w.address) if w is not None else f"pid {os.getpid()}"
 
-
-#: The old private name, kept for callers not yet moved to :func:`worker_name`.
-_worker_name = worker_name
 
 
 @contextmanager
@@ -146,7 +143,7 @@ def run_chunk(task: ChunkTask) -> dict[str, Any]:
     t0, c0 = time.perf_counter(), time.thread_time()
     close, symbols, times = read_close(task)
     t1, c1 = time.perf_counter(), time.thread_time()
-    parallel = bool(task.parallel) and _worker_threads() == 1
+    parallel = bool(task.parallel) and worker_threads() == 1
     stream = task.backend == "cpu" and has_stream(task.results)
     if stream:  # the same batch kernel, also capturing the state `atc update` continues from
         from kernels.stream import build_stream

@@ -89,9 +89,9 @@ def report_failures(failures: list[TaskFailure], store: Path, describe: Callable
         line = f"{describe(f.index)} failed: {f.message} (details: {log})"
         if verbose and f.details:
             line += "\n" + f.details.rstrip()
-        _stderr(line)
+        to_stderr(line)
     return log
 
 
-def _stderr(message: str) -> None:
+def to_stderr(message: str) -> None:
     print(message, file=sys.stderr)

@@ -1,6 +1,6 @@
 """Planning a run: symbols per task (:func:`default_chunk_symbols`, aligned with the price store's
 chunks) and the routing of tasks to worker kinds (:func:`route_kinds`, :func:`plan_routes`,
-:class:`_Feed`); see :mod:`pipeline.run`'s docstring for GPU routing."""
+:class:`Feed`); see :mod:`pipeline.run`'s docstring for GPU routing."""
 
 from __future__ import annotations
 
@@ -35,9 +35,6 @@ def price_chunk(ds: Any) -> int:
     return max(1, int(k))
 
 
-#: The old private name, kept for callers not yet moved to :func:`price_chunk`.
-_price_chunk = price_chunk
-
 
 def default_chunk_symbols(price_k: int, n_symbols: int, slots: int, min_symbols: int = 16) -> int:
     """Symbols per task when not given.
@@ -65,7 +62,7 @@ def default_chunk_symbols(price_k: int, n_symbols: int, slots: int, min_symbols:
         return best
     return max(1, n // slots)
 
-def _check_alignment(k: int, price_k: int) -> None:
+def check_alignment(k: int, price_k: int) -> None:
     if k < 1:
         raise rs.ResultsError(f"--chunk-symbols must be >= 1, got {k}")
     if k % price_k and price_k % k:
@@ -117,7 +114,7 @@ def plan_routes(backend: str, workers: Mapping[str, Mapping], *, n_todo: int, ch
     gpus = gpu_workers(dict(workers))
     slots = sum(gpus.values())
     if gpu_chunk_symbols is not None:
-        g = _gpu_group(gpu_chunk_symbols, chunk_symbols)
+        g = gpu_group(gpu_chunk_symbols, chunk_symbols)
     else:
         g = max(1, GPU_TASK_SYMBOL_BARS // max(1, chunk_symbols * n_time))
         g = max(1, min(g, n_todo // (2 * slots)))
@@ -131,7 +128,7 @@ def plan_routes(backend: str, workers: Mapping[str, Mapping], *, n_todo: int, ch
             ], notice
 
 
-def _gpu_group(gpu_chunk_symbols: int, chunk_symbols: int) -> int:
+def gpu_group(gpu_chunk_symbols: int, chunk_symbols: int) -> int:
     g = int(gpu_chunk_symbols)
     if g < 1 or g % chunk_symbols:
         raise rs.ResultsError(f"--gpu-chunk-symbols {gpu_chunk_symbols} must be a multiple of the results store's "
@@ -139,7 +136,7 @@ def _gpu_group(gpu_chunk_symbols: int, chunk_symbols: int) -> int:
     return g // chunk_symbols
 
 
-class _Feed:
+class Feed:
     """The chunks still to submit, handed out per route: a GPU route takes runs of up to
     ``chunks_per_task`` consecutive chunks from the front, a CPU route beside it single chunks from
     the back (a single route takes them in order)."""

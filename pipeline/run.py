@@ -48,10 +48,7 @@ from pipeline import results as rs
 from pipeline.chunk_task import (  # noqa: F401
     MAX_REPORTED,
     ChunkTask,
-    _get_worker,
-    _reasons,
-    _worker_name,
-    _worker_threads,
+    worker_threads,
     backtest_outputs,
     read_close,
     run_chunk,
@@ -61,7 +58,7 @@ from pipeline.failures import (  # noqa: F401
     PricesChangedError,
     RunError,
     TaskFailure,
-    _stderr,
+    to_stderr,
     failure_log_path,
     guarded,
     report_failures,
@@ -72,10 +69,9 @@ from pipeline.routing import (  # noqa: F401
     BACKENDS,
     GPU_TASK_SYMBOL_BARS,
     Route,
-    _check_alignment,
-    _Feed,
-    _gpu_group,
-    _price_chunk,
+    check_alignment,
+    Feed,
+    gpu_group,
     default_chunk_symbols,
     plan_routes,
     price_chunk,
@@ -272,7 +268,7 @@ def preflight(
         shape = (ds.sizes["symbol"], ds.sizes["time"])
         state = _existing_state(results, results_path, identity, shape, chunk_symbols, overwrite)
         if state is None and chunk_symbols is not None:
-            _check_alignment(int(chunk_symbols), price_chunk(ds))
+            check_alignment(int(chunk_symbols), price_chunk(ds))
     finally:
         ds.close()
     with rs.ResultsLock(results_path):
@@ -328,7 +324,7 @@ def run_atc(
         if client is None:
             notice = None  # in-process is chosen only where there is no GPU to use (flows/run_cmd.py)
         if notice:
-            (on_notice or _stderr)(notice)
+            (on_notice or to_stderr)(notice)
         ds = open_prices(prices_path)
         try:
             price_fp = str(ds.attrs.get("fingerprint"))
@@ -342,7 +338,7 @@ def run_atc(
             if state is not None:
                 k = state.chunk_symbols
                 if gpu_chunk_symbols is not None and "cuda" in kinds:
-                    _gpu_group(gpu_chunk_symbols, k)
+                    gpu_group(gpu_chunk_symbols, k)
                 done = state.chunk_done
                 action = "complete" if state.complete else "resumed"
             else:
@@ -351,10 +347,10 @@ def run_atc(
                     k = default_chunk_symbols(price_k, n_sym, slots)
                 else:
                     k = int(chunk_symbols)
-                    _check_alignment(k, price_k)
+                    check_alignment(k, price_k)
                 k = min(k, max(1, n_sym))
                 if gpu_chunk_symbols is not None and "cuda" in kinds:
-                    _gpu_group(gpu_chunk_symbols, k)
+                    gpu_group(gpu_chunk_symbols, k)
                 rs.create_results(results_path, ds, identity, k, prices_path=prices_path,
                                   backend="+".join(sorted(kinds)), replace=overwrite)
                 from pipeline.stream_store import create_stream_group
@@ -386,7 +382,7 @@ def run_atc(
                              params, price_fp, dtype, task_backend, parallel, task_options,
                              k if len(chunks) > 1 else 0)
 
-        feed = _Feed(todo, routes, make_task)
+        feed = Feed(todo, routes, make_task)
         if client is None:
             from pipeline.executor import run_tasks
 
@@ -425,7 +421,7 @@ def run_atc(
         if bt_settings is not None:  # trades (if missing) and the portfolio post-pass, on the complete store
             from pipeline.portfolio_store import finish_backtest
 
-            finish_backtest(results_path, prices_path, portfolio, on_notice=on_notice or _stderr)
+            finish_backtest(results_path, prices_path, portfolio, on_notice=on_notice or to_stderr)
         return RunSummary(
             results=results_path, prices=prices_path, n_symbols=n_sym, n_time=n_time, n_chunks=len(bounds),
             chunk_symbols=k, computed=len(todo), already_done=len(bounds) - len(todo), action=action,
@@ -458,7 +454,7 @@ def _chunks_per_backend(records: list[dict[str, Any]]) -> dict[str, int]:
     return out
 
 
-def _execute(client: Any, feed: _Feed, *, progress: bool | None, report: Any,
+def _execute(client: Any, feed: Feed, *, progress: bool | None, report: Any,
              on_record: Callable[[dict[str, Any]], None] | None) -> tuple[list[dict], list[TaskFailure]]:
     """Submit the feed's tasks (each route keeps at most its ``in_flight`` tasks submitted, and gets
     the next one when one of its own finishes), follow them with a progress bar (in chunks), collect

@@ -149,7 +149,7 @@ class _Plan:
 def _plan(ds: Any, grid: SweepGrid, store: Any, store_path: Path, dtype: str, save_signals: bool,
           chunk_symbols: int | None, combos_per_task: int | None, overwrite: bool, slots: int,
           validation: Any = None, portfolio: Mapping[str, Any] | None = None) -> _Plan:
-    from pipeline.run import _check_alignment, default_chunk_symbols
+    from pipeline.run import check_alignment, default_chunk_symbols
     from pipeline.routing import price_chunk
     from pipeline.sweep_portfolio import INPUT_BUDGET_BYTES, identity_json, input_dtype
 
@@ -183,7 +183,7 @@ def _plan(ds: Any, grid: SweepGrid, store: Any, store_path: Path, dtype: str, sa
         k = default_chunk_symbols(price_k, n_sym, slots)
     else:
         k = int(chunk_symbols)
-        _check_alignment(k, price_k)
+        check_alignment(k, price_k)
     k = min(k, max(1, n_sym))
     if combos_per_task is None:
         combos_per_task = DEFAULT_COMBOS_PER_TASK

@@ -59,13 +59,13 @@ def run_sweep_task(task: SweepTask) -> dict[str, Any]:
     import zarr
 
     from kernels.sweep import sweep_panel
-    from pipeline.chunk_task import _worker_threads, read_close, worker_name
+    from pipeline.chunk_task import worker_threads, read_close, worker_name
 
     t0, c0, th0 = time.perf_counter(), time.process_time(), time.thread_time()
     close, symbols, times = read_close(task)
     t1 = time.perf_counter()
     combos = task_combinations(task.grid, task.block)
-    parallel = bool(task.parallel) and _worker_threads() == 1
+    parallel = bool(task.parallel) and worker_threads() == 1
     ppy = task.periods_per_year
     if ppy is None:  # each symbol's own, from the times of its own bars
         ppy = periods_per_year_by_symbol(times, close)

@@ -29,7 +29,7 @@ from kernels.backtest import BacktestParams  # noqa: E402
 from pipeline import cluster as cluster_mod  # noqa: E402
 from pipeline.cluster import ClusterError, add_workers, connect, gpu_workers  # noqa: E402
 from pipeline.results import ResultsError  # noqa: E402
-from pipeline.run import ChunkTask, _Feed, plan_routes, run_atc  # noqa: E402
+from pipeline.run import ChunkTask, Feed, plan_routes, run_atc  # noqa: E402
 from pipeline.store import write_prices  # noqa: E402
 from pipeline.synth import synth_prices  # noqa: E402
 
@@ -130,7 +130,7 @@ def test_feed_hands_out_aligned_runs_of_chunks():
         return ChunkTask("p", "r", chunks[0], bounds[chunks[0]][0], bounds[chunks[-1]][1], SMALL, "fp",
                          backend=backend, chunk_symbols=4 if len(chunks) > 1 else 0)
 
-    feed = _Feed([0, 1, 3, 4, 5], routes, make)  # chunk 2 already done
+    feed = Feed([0, 1, 3, 4, 5], routes, make)  # chunk 2 already done
     gpu, cpu = routes
     t = feed.next(gpu)
     assert (t.backend, t.index, t.start, t.stop, t.parts()) == ("cuda", 0, 0, 8, [(0, 0, 4), (1, 4, 8)])

@@ -20,7 +20,7 @@ from kernels import OUTPUT_NAMES, ATCParams
 from kernels.errors import ATCUserError
 from pipeline import results as rs
 from pipeline.cluster import ClusterError, connect, kernel_parallel
-from pipeline.run import _check_alignment, default_chunk_symbols
+from pipeline.run import check_alignment, default_chunk_symbols
 from pipeline.store import TIME_CHUNK, open_prices, write_prices
 from pipeline.synth import synth_prices
 
@@ -184,10 +184,10 @@ def test_chunking_rules():
         k = default_chunk_symbols(price_k, n, slots)
         assert len(chunk_bounds(n, k)) >= slots, (price_k, n, slots, k)
     assert len(chunk_bounds(3, default_chunk_symbols(25, 3, 8))) == 3  # fewer symbols than threads: one each
-    _check_alignment(50, 25)
-    _check_alignment(5, 25)
+    check_alignment(50, 25)
+    check_alignment(5, 25)
     with pytest.raises(rs.ResultsError, match="not aligned"):
-        _check_alignment(30, 25)
+        check_alignment(30, 25)
 
 
 def test_cluster_options_do_not_mix(monkeypatch):
