@@ -146,31 +146,21 @@ def _grow_chunks(arr: Any, n_old: int, n: int, new: np.ndarray | None,
     run's whole symbol chunks). Writes the times from the old last chunk on only (the caller
     writes recomputed rows before it). Returns False, having written nothing, where it does not
     apply (other codecs, another store): the caller writes with Zarr."""
-    from zarr.buffer import default_buffer_prototype
+    from pipeline.chunk_io import direct
 
-    from pipeline.results_write import _all_fill, _blosc_of
-
-    store = arr.store
-    blosc = _blosc_of(arr) if arr.ndim == 2 else None
-    if blosc is None or not all(hasattr(store, m) for m in ("get_sync", "set_sync", "delete_sync")):
+    d = direct(arr) if arr.ndim == 2 else None
+    if d is None:
         return False
-    meta = arr.metadata
-    ks, kt = (int(c) for c in arr.chunks)
-    dt = arr.dtype
-    fill = meta.fill_value
-    fill_nan = bool(np.isnan(fill)) if np.issubdtype(dt, np.floating) else False
+    ks, kt = d.chunk_shape
     j0, j1 = n_old // kt, -(-n // kt)
     c0 = j0 * kt
-    prefix = f"{arr.path}/" if arr.path else ""
-    buffer = default_buffer_prototype().buffer
     n_sym = arr.shape[0]
     for i in range(-(-n_sym // ks)):
         r0, r1 = i * ks, min((i + 1) * ks, n_sym)
-        block = np.full((ks, (j1 - j0) * kt), fill, dtype=dt)
+        block = np.full((ks, (j1 - j0) * kt), d.fill, dtype=arr.dtype)
         if n_old > c0:
-            raw = store.get_sync(prefix + meta.encode_chunk_key((i, j0)))
-            if raw is not None:
-                old = np.frombuffer(blosc.decode(raw.to_bytes()), dtype=dt).reshape(ks, kt)
+            old = d.get((i, j0))
+            if old is not None:
                 block[:r1 - r0, :n_old - c0] = old[:r1 - r0, :n_old - c0]
         if new is not None:
             block[:r1 - r0, n_old - c0:n - c0] = new[r0:r1]
@@ -178,12 +168,7 @@ def _grow_chunks(arr: Any, n_old: int, n: int, new: np.ndarray | None,
             sel = np.flatnonzero((rec[0] >= r0) & (rec[0] < r1))
             block[rec[0][sel] - r0, :n - c0] = rec[1][sel, c0:]
         for j in range(j0, j1):
-            chunk = np.ascontiguousarray(block[:, (j - j0) * kt:(j - j0 + 1) * kt])
-            key = prefix + meta.encode_chunk_key((i, j))
-            if _all_fill(chunk, fill, fill_nan):
-                store.delete_sync(key)
-            else:
-                store.set_sync(key, buffer.from_bytes(blosc.encode(chunk)))
+            d.put((i, j), block[:, (j - j0) * kt:(j - j0 + 1) * kt])
     return True
 
 

@@ -86,28 +86,6 @@ def write_chunk(path: str | os.PathLike, index: int, start: int, stop: int, outp
     done[index] = 1
 
 
-def _blosc_of(arr: Any) -> Any:
-    """A numcodecs Blosc encoding exactly as the array's codec chain would (``bytes`` in this
-    machine's byte order, then ``blosc``; no transformers), or None for any other array."""
-    import sys
-
-    from numcodecs import Blosc
-    from zarr.codecs import BloscCodec, BytesCodec
-
-    meta = arr.metadata
-    codecs = getattr(meta, "codecs", ())
-    if getattr(meta, "storage_transformers", ()) or len(codecs) != 2:
-        return None
-    by, bl = codecs
-    if not (isinstance(by, BytesCodec) and isinstance(bl, BloscCodec)):
-        return None
-    if by.endian is not None and by.endian.value != sys.byteorder:
-        return None
-    shuffle = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}
-    return Blosc(cname=bl.cname.value, clevel=bl.clevel, shuffle=shuffle[bl.shuffle.value], blocksize=bl.blocksize,
-                 typesize=bl.typesize)
-
-
 def _write_rows(arr: Any, start: int, values: np.ndarray) -> bool:
     """Store rows ``start..`` of a (symbol, time) array, whole symbol chunks, chunk by chunk:
     encoded with numcodecs' Blosc here and stored with the local store's synchronous ``set_sync``
@@ -121,39 +99,14 @@ def _write_rows(arr: Any, start: int, values: np.ndarray) -> bool:
     (``write_empty_chunks`` False), a chunk that is all fill value is not stored (its key is
     removed). Returns False where this path does not apply (other codecs, not 2-D, another
     store): the caller then writes with zarr."""
-    from zarr.buffer import default_buffer_prototype
+    from pipeline.chunk_io import direct
 
-    store = arr.store
     values = np.asarray(values)
-    if values.ndim != 2 or arr.ndim != 2 or not hasattr(store, "set_sync") or not hasattr(store, "delete_sync"):
+    d = direct(arr) if values.ndim == 2 and arr.ndim == 2 else None
+    if d is None:
         return False
-    blosc = _blosc_of(arr)
-    if blosc is None:
-        return False
-    meta = arr.metadata
-    ks, kt = (int(c) for c in arr.chunks)
-    fill = meta.fill_value
-    fill_nan = bool(np.isnan(fill)) if np.issubdtype(arr.dtype, np.floating) else False
+    ks, kt = d.chunk_shape
     i = start // ks
-    buffer = default_buffer_prototype().buffer
-    prefix = f"{arr.path}/" if arr.path else ""
     for j, t0 in enumerate(range(0, arr.shape[1], kt)):
-        block = np.ascontiguousarray(values[:, t0:t0 + kt], dtype=arr.dtype)
-        if block.shape != (ks, kt):  # an edge chunk is stored whole, padded with the fill value
-            full = np.full((ks, kt), fill, dtype=arr.dtype)
-            full[:block.shape[0], :block.shape[1]] = block
-            block = full
-        key = prefix + meta.encode_chunk_key((i, j))
-        if _all_fill(block, fill, fill_nan):
-            store.delete_sync(key)
-            continue
-        store.set_sync(key, buffer.from_bytes(blosc.encode(block)))
+        d.put((i, j), values[:, t0:t0 + kt])
     return True
-
-
-def _all_fill(block: np.ndarray, fill: Any, fill_nan: bool) -> bool:
-    """Whether every value is the fill value (the first and last decide at once almost always)."""
-    flat = block.reshape(-1)
-    if fill_nan:
-        return bool(np.isnan(flat[0]) and np.isnan(flat[-1]) and np.isnan(flat).all())
-    return bool(flat[0] == fill and flat[-1] == fill and (flat == fill).all())
