@@ -37,7 +37,7 @@ def simple_cf_units(units: object, calendar: object) -> tuple[np.datetime64, str
 def write_time_coord(arr: Any, times: np.ndarray) -> None:
     """Rewrite a Zarr ``time`` coordinate (CF-encoded int64) with ``times`` (int64 ns), keeping its
     units when they represent every time exactly and choosing finer ones otherwise (hourly bars
-    may follow daily ones). Used by appends to price stores and by ``results.extend_time``."""
+    may follow daily ones). Used by appends to price stores and by ``results_time.grow_time``."""
     units, calendar = arr.attrs.get("units"), arr.attrs.get("calendar", "proleptic_gregorian")
     dt = np.asarray(times).astype(np.int64).view("datetime64[ns]")
     simple = simple_cf_units(units, calendar) if arr.dtype.kind in "iu" else None
