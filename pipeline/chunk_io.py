@@ -66,6 +66,7 @@ class DirectChunks:
     fill: Any
     fill_nan: bool
     prefix: str
+    buffer: Any  # zarr's buffer class for the bytes handed to the store
 
     def get(self, index: tuple[int, ...]) -> np.ndarray | None:
         """The decoded chunk (its full chunk shape), or None where none is stored (all fill)."""
@@ -78,21 +79,18 @@ class DirectChunks:
     def put(self, index: tuple[int, ...], block: np.ndarray) -> None:
         """Store one chunk; a block smaller than a chunk (an edge chunk) is padded with the fill
         value, and a chunk of fill values only is removed instead (zarr's default)."""
-        from zarr.buffer import default_buffer_prototype
-
-        block = np.asarray(block, dtype=self.arr.dtype)
-        if block.shape != self.chunk_shape:
+        if np.shape(block) != self.chunk_shape:
             full = np.full(self.chunk_shape, self.fill, dtype=self.arr.dtype)
-            full[tuple(slice(0, n) for n in block.shape)] = block
+            full[tuple(slice(0, n) for n in np.shape(block))] = block
             block = full
-        block = np.ascontiguousarray(block)
+        else:
+            block = np.ascontiguousarray(block, dtype=self.arr.dtype)
         key = self.prefix + self.arr.metadata.encode_chunk_key(index)
         if _all_fill(block, self.fill, self.fill_nan):
             self.arr.store.delete_sync(key)
             return
         data = block.tobytes() if self.codec is None else self.codec.encode(block)
-        self.arr.store.set_sync(key, default_buffer_prototype().buffer.from_bytes(
-            data if isinstance(data, bytes) else bytes(data)))
+        self.arr.store.set_sync(key, self.buffer.from_bytes(data if isinstance(data, bytes) else bytes(data)))
 
 
 def direct(arr: Any) -> DirectChunks | None:
@@ -105,8 +103,10 @@ def direct(arr: Any) -> DirectChunks | None:
         return None
     fill = arr.metadata.fill_value
     fill_nan = bool(np.isnan(fill)) if arr.dtype.kind == "f" else False
+    from zarr.buffer import default_buffer_prototype
+
     return DirectChunks(arr, got[0], tuple(int(c) for c in arr.chunks), fill, fill_nan,
-                        f"{arr.path}/" if arr.path else "")
+                        f"{arr.path}/" if arr.path else "", default_buffer_prototype().buffer)
 
 
 def _all_fill(block: np.ndarray, fill: Any, fill_nan: bool) -> bool:
