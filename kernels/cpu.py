@@ -220,7 +220,9 @@ def family_steps(fam, x, xo, r, oo, t0, T, nb, lens, coef, cutout, keep, fsig, s
             q = j * nb
             L = lens[ln, 0]
             if t > cutout and steady_line(fam, t, L, lens[ln, 1], lens[ln, 2]):
-                # the common case, one lane loop per line: no warm-up, no re-anchoring, past the cutout
+                # the common case, one lane loop per line: no warm-up, no re-anchoring, past the cutout.
+                # The six loops repeat their tail (state, equity, Layer-1 sums) on purpose: a helper
+                # taking arrays would be reference-counted per call and keep the loop scalar.
                 if fam == 0:
                     a = coef[ln, 0]
                     b = coef[ln, 1]
