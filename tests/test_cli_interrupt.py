@@ -40,8 +40,11 @@ def _interrupt_after(args: list[str], store: Path, record: str, n_done: int = 2,
     """Start `atc ARGS` in its own process group, wait until `n_done` chunks (tasks) are marked done
     in the store, send SIGINT to the group, and return (exit status, stdout, stderr)."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    # SIGINT back to its default in the child: a test run started in the background by a
+    # non-interactive shell inherits SIGINT ignored, and Python then keeps ignoring it
     p = subprocess.Popen(ATC + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True, env=env)
+                         start_new_session=True, env=env,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         t0 = time.monotonic()
         while _done_files(store, record) < n_done:
