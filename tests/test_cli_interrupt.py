@@ -87,6 +87,7 @@ def test_run_interrupted_exits_130_with_one_line_and_resumes(prices, tmp_path, c
     assert (xr.open_zarr(res)["status"].values == 0).all()
 
 
+@pytest.mark.slow  # ~45 s even in-process; the run's Ctrl-C stays in the default suite
 @PATHS
 def test_sweep_interrupted_exits_130_with_one_line_and_resumes(prices, tmp_path, capsys, path):
     grid = tmp_path / "grid.yaml"

@@ -234,6 +234,7 @@ def test_store_without_trades_gets_them_on_rerun(cluster, prices, tmp_path):
     assert_trades_match(res, prices)
 
 
+@pytest.mark.slow  # ~50 s; CI's slow step (the trades' refresh on update is also in tests/test_update_scan.py)
 def test_update_refreshes_trades_and_portfolio(cluster, tmp_path):
     full = universe()
     px = tmp_path / "p.zarr"
