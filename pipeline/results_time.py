@@ -115,20 +115,17 @@ def grow_time(path: str | os.PathLike, times: Any, n_old: int, values: dict[str,
         fast = list(pool.map(lambda job: _grow_chunks(arr=job[0], n_old=n_old, n=n, new=job[1], rec=job[2]), jobs))
     for (arr, new, rec), done in zip(jobs, fast):
         c0 = n_old // arr.chunks[1] * arr.chunks[1]  # start of the old last chunk
-        if done:
-            if rec is not None and c0:
-                arr.oindex[rec[0], :c0] = rec[1][:, :c0]
-            continue
-        fill = np.nan if arr.dtype.kind == "f" else arr.fill_value
-        block = np.empty((arr.shape[0], n - c0), arr.dtype)
-        if n_old > c0:
-            block[:, :n_old - c0] = arr[:, c0:n_old]
-        block[:, n_old - c0:] = fill if new is None else new
-        if rec is not None:
-            block[rec[0]] = rec[1][:, c0:]
-            if c0:
-                arr.oindex[rec[0], :c0] = rec[1][:, :c0]
-        arr[:, c0:] = block
+        if not done:
+            fill = np.nan if arr.dtype.kind == "f" else arr.fill_value
+            block = np.empty((arr.shape[0], n - c0), arr.dtype)
+            if n_old > c0:
+                block[:, :n_old - c0] = arr[:, c0:n_old]
+            block[:, n_old - c0:] = fill if new is None else new
+            if rec is not None:
+                block[rec[0]] = rec[1][:, c0:]
+            arr[:, c0:] = block
+        if rec is not None and c0:  # recomputed symbols' history before the old last chunk
+            arr.oindex[rec[0], :c0] = rec[1][:, :c0]
     stored = time_values(g)
     if stored.size != n or not np.array_equal(stored, t_new):
         write_time_coord(g["time"], t_new)
@@ -144,7 +141,7 @@ def _grow_chunks(arr: Any, n_old: int, n: int, new: np.ndarray | None,
     value, a chunk of fill values only not stored). Zarr 3.1's asyncio pipeline took two thread
     hops per chunk and about twice the CPU (see `results_write._write_rows`, the same path for a
     run's whole symbol chunks). Writes the times from the old last chunk on only (the caller
-    writes recomputed rows before it). Returns False, having written nothing, where it does not
+    writes the recomputed rows' history before ``c0`` after it). Returns False, having written nothing, where it does not
     apply (other codecs, another store): the caller writes with Zarr."""
     from pipeline.chunk_io import direct
 
