@@ -4,6 +4,13 @@ Every store (prices, results, sweeps) is written completely into a hidden siblin
 renamed into place, so a failure at any point (bad data, full disk, Ctrl-C) leaves the previous
 store, or nothing, behind. Replacing moves the old directory aside first and puts it back if the
 final rename fails.
+
+The replaced directory, once renamed aside (out of sight: a hidden sibling), can be deleted in a
+background thread (``discard="background"``) instead of before the caller goes on: deleting a
+results store of 20,000 x 5,000 (~5 GB in ~13,000 files) took 11.9 s of `atc run --overwrite`
+before its first task, mostly waiting on the file system; its tasks run meanwhile now.
+:func:`wait_discarded` waits for those deletions (the thread is not a daemon, so the interpreter
+also waits for it at exit: a finished command leaves nothing behind).
 """
 
 from __future__ import annotations
@@ -11,18 +18,25 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import threading
 import uuid
 from pathlib import Path
 from typing import Iterator
 
 
 @contextlib.contextmanager
-def atomic_directory(path: Path, *, error: type[Exception], what: str, replace: bool = True) -> Iterator[Path]:
+def atomic_directory(path: Path, *, error: type[Exception], what: str, replace: bool = True,
+                     discard: str = "now") -> Iterator[Path]:
     """Yield a temporary sibling of `path` to write into; on success rename it to `path`.
 
     `replace=False` refuses to replace a directory that appeared at `path` meanwhile. OS errors
-    become `error(...)` naming the path and `what` was being written.
+    become `error(...)` naming the path and `what` was being written. A replaced directory is
+    deleted before this returns (`discard="now"`) or in a background thread (`"background"`,
+    see :func:`wait_discarded`); either way it is renamed aside first, so `path` always holds
+    one whole store.
     """
+    if discard not in ("now", "background"):
+        raise ValueError(f"discard must be 'now' or 'background', got {discard!r}")
     path = Path(path)
     token = uuid.uuid4().hex[:12]
     tmp = path.parent / f".{path.name}.tmp-{token}"
@@ -39,7 +53,10 @@ def atomic_directory(path: Path, *, error: type[Exception], what: str, replace: 
             except BaseException:
                 os.rename(backup, path)
                 raise
-            shutil.rmtree(backup, ignore_errors=True)
+            if discard == "background":
+                _discard_in_background(backup)
+            else:
+                shutil.rmtree(backup, ignore_errors=True)
         else:
             os.rename(tmp, path)
     except OSError as exc:
@@ -47,6 +64,28 @@ def atomic_directory(path: Path, *, error: type[Exception], what: str, replace: 
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+_discarding: list[threading.Thread] = []
+_discarding_lock = threading.Lock()
+
+
+def _discard_in_background(path: Path) -> None:
+    t = threading.Thread(target=shutil.rmtree, args=(path,), kwargs={"ignore_errors": True},
+                         name=f"atc-discard-{path.name}", daemon=False)
+    with _discarding_lock:
+        _discarding.append(t)
+    t.start()
+
+
+def wait_discarded() -> None:
+    """Wait until every directory replaced with ``discard="background"`` is deleted."""
+    with _discarding_lock:
+        threads = list(_discarding)
+    for t in threads:
+        t.join()
+    with _discarding_lock:
+        _discarding[:] = [t for t in _discarding if t not in threads]
 
 
 def store_format(path: Path) -> str | None:

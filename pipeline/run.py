@@ -43,6 +43,7 @@ from kernels.errors import ATCUserError
 from kernels.params import ATCParams
 from kernels.status import OK
 from pipeline import results as rs
+from pipeline.atomic import wait_discarded
 
 # Re-exported: callers (flows/, pipeline/sweep.py, tests) import these from pipeline.run.
 from pipeline.chunk_task import (  # noqa: F401
@@ -392,6 +393,7 @@ def run_atc(
                                           on_record=on_record)
         else:
             records, failures = _execute(client, feed, progress=progress, report=report, on_record=on_record)
+        wait_discarded()  # an --overwrite's old store, deleted while the tasks ran (timed with the run)
         if failures:
             describe = lambda c: f"chunk {c} (symbols {bounds[c][0]}..{bounds[c][1] - 1})"  # noqa: E731
             log = report_failures(failures, results_path, describe, verbose=verbose)
@@ -430,6 +432,7 @@ def run_atc(
             backends=_chunks_per_backend(records), notice=notice,
         )
     finally:
+        wait_discarded()
         lock.release()
 
 
