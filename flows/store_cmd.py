@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from pipeline.tables import CLOSE_SPELLINGS, EPOCH_UNITS, TIME_SPELLINGS
+from pipeline.table_rows import CLOSE_SPELLINGS, EPOCH_UNITS, TIME_SPELLINGS
 
 _STORE = typer.Argument(help="Price store to create (a directory, e.g. data/prices.zarr).", show_default=False)
 _CHUNK = typer.Option(

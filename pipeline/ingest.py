@@ -18,16 +18,25 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
 
 from pipeline.panel import check_fill
 from pipeline.price_append import append_prices
 from pipeline.price_format import StoreError
 from pipeline.price_store import StoreSummary, check_target, write_prices
-from pipeline.tables import CanonicalFrames, Table, has_symbol_column, split_table
+from pipeline.table_rows import CanonicalColumns
 
-__all__ = ["DATA_SUFFIXES", "ingest", "list_sources", "read_sources"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from pipeline.tables import CanonicalFrames, Table
+
+# pandas (and pipeline.tables, built on it) is imported where a file is read with it: an append
+# of plain CSV files (pipeline.csv_simple) runs without it, ~1 s less of a fresh process
+
+__all__ = ["DATA_SUFFIXES", "ingest", "list_sources", "read_columns", "read_sources"]
 
 #: Recognised file suffixes (lower case) and their reader.
 DATA_SUFFIXES: dict[str, str] = {
@@ -81,6 +90,8 @@ def list_sources(src: str | os.PathLike) -> list[Path]:
 
 
 def _read_file(path: Path) -> pd.DataFrame:
+    import pandas as pd
+
     kind = DATA_SUFFIXES[_suffix(path)]  # type: ignore[index]
     try:
         if path.stat().st_size == 0:
@@ -111,6 +122,8 @@ def _read_file(path: Path) -> pd.DataFrame:
 def _load(path: Path, dayfirst: bool = False, empty_close: str = "error") -> Table:
     """One file -> its symbols' frames: long format if it has a symbol column, else one symbol
     named after the file."""
+    from pipeline.tables import has_symbol_column, split_table
+
     df = _read_file(path)
     line_base = 2 if DATA_SUFFIXES[_suffix(path)] == "csv" else None  # type: ignore[index]
     symbol = None if has_symbol_column(df) else symbol_from_filename(path)
@@ -133,10 +146,46 @@ def read_sources(
     A symbol found in two files is an error naming both. ``progress=None`` shows a bar on a
     terminal when there are many files.
     """
+    from pipeline.tables import CanonicalFrames
+
     empty_close = "drop" if drop_empty_close else "error"
     files = list(files)
     if threads is None:
         threads = 1  # measured: threads only slow the pandas CSV reader down here
+    frames, dropped = _read_all(files, progress, threads, lambda p: _load(p, dayfirst, empty_close))
+    return CanonicalFrames(((s, frames[s]) for s in sorted(frames)), dropped_empty_close=dropped)
+
+
+def read_columns(
+    files: Iterable[Path],
+    *,
+    progress: bool | None = None,
+    dayfirst: bool = False,
+    drop_empty_close: bool = False,
+) -> CanonicalColumns:
+    """:func:`read_sources` as plain arrays (``{symbol: (int64 ns times, {variable: values})}``),
+    the same bars and errors: plain CSV files are read without pandas (:mod:`pipeline.csv_simple`),
+    any other file with pandas as :func:`read_sources` reads it."""
+    from pipeline.csv_simple import read_simple
+
+    empty_close = "drop" if drop_empty_close else "error"
+    files = list(files)
+
+    def one(path: Path) -> tuple[dict, dict[str, int]]:
+        got = read_simple(path, str(path), symbol_from_filename(path), empty_close)
+        if got is not None:
+            return got
+        t = _load(path, dayfirst, empty_close)
+        return ({s: (f.index.asi8, {v: f[v].to_numpy() for v in f.columns}) for s, f in t.frames.items()},
+                t.dropped_empty_close)
+
+    cols, dropped = _read_all(files, progress, 1, one)
+    return CanonicalColumns(((s, cols[s]) for s in sorted(cols)), dropped_empty_close=dropped)
+
+
+def _read_all(files: list[Path], progress: bool | None, threads: int, load) -> tuple[dict, dict[str, int]]:
+    """``load(path) -> ({symbol: bars}, {symbol: dropped rows})`` over ``files`` in order: the
+    symbols' bars, and the rows dropped per file (a symbol in two files is an error naming both)."""
     show = len(files) >= PROGRESS_MIN_FILES if progress is None else progress
     bar = None
     if show:
@@ -144,32 +193,31 @@ def read_sources(
 
         bar = tqdm(total=len(files), desc="reading", unit="file", file=sys.stderr,
                    disable=None if progress is None else False)
-    frames: dict[str, pd.DataFrame] = {}
+    out: dict[str, object] = {}
     origin: dict[str, Path] = {}
     dropped: dict[str, int] = {}
     try:
         if threads > 1:
             with ThreadPoolExecutor(threads) as pool:
                 # map keeps the file order, so the first error reported is deterministic
-                results = pool.map(lambda p: _load(p, dayfirst, empty_close), files)
-                _collect(files, results, frames, origin, dropped, bar)
+                _collect(files, pool.map(load, files), out, origin, dropped, bar)
         else:
-            _collect(files, (_load(p, dayfirst, empty_close) for p in files), frames, origin, dropped, bar)
+            _collect(files, (load(p) for p in files), out, origin, dropped, bar)
     finally:
         if bar is not None:
             bar.close()
-    return CanonicalFrames(((s, frames[s]) for s in sorted(frames)), dropped_empty_close=dropped)
+    return out, dropped
 
 
-def _collect(files, results, frames, origin, dropped, bar) -> None:
-    for path, got in zip(files, results):
-        n = sum(got.dropped_empty_close.values())
+def _collect(files, results, out, origin, dropped, bar) -> None:
+    for path, (got, dropped_rows) in zip(files, results):
+        n = sum(dropped_rows.values())
         if n:
             dropped[str(path)] = n
-        for sym, frame in got.frames.items():
-            if sym in frames:
+        for sym, bars in got.items():
+            if sym in out:
                 raise StoreError(f"symbol {sym!r} appears in two files: {origin[sym]} and {path}")
-            frames[sym] = frame
+            out[sym] = bars
             origin[sym] = path
         if bar is not None:
             bar.update(1)
@@ -204,10 +252,11 @@ def ingest(
         return _ingest_batched(files, store, overwrite=overwrite, chunk_symbols=chunk_symbols, progress=progress,
                                fill=fill or "none", drop_empty_close=drop_empty_close, dayfirst=dayfirst,
                                source=source)
-    frames = read_sources(files, progress=progress, dayfirst=dayfirst, drop_empty_close=drop_empty_close)
     if append:
+        frames = read_columns(files, progress=progress, dayfirst=dayfirst, drop_empty_close=drop_empty_close)
         summary = append_prices(frames, store, chunk_symbols=chunk_symbols, source=source, fill=fill)
     else:
+        frames = read_sources(files, progress=progress, dayfirst=dayfirst, drop_empty_close=drop_empty_close)
         summary = write_prices(frames, store, chunk_symbols=chunk_symbols, overwrite=overwrite, source=source,
                                fill=fill or "none")
     if drop_empty_close:

@@ -9,17 +9,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
-import xarray as xr
 
 from pipeline.price_format import FILL_MODES, POSITIVE_VARS, PRICE_VARS, StoreError, format_time
-from pipeline.tables import frames_from
 
-__all__ = ["Panel", "check_fill", "check_values", "fill_gaps", "panel_from_dataset", "panel_from_frames", "panel_union",
-           "to_panel", "validate_prices"]
+if TYPE_CHECKING:
+    import pandas as pd
+    import xarray as xr
+
+# pandas and xarray are imported where used: the cheap append (a fresh `atc ingest --append`)
+# builds panels from plain arrays and must not pay their ~1 s of imports
+
+__all__ = ["Panel", "check_fill", "check_values", "columns_union", "fill_gaps", "is_dataset", "panel_from_dataset",
+           "panel_from_frames", "panel_union", "to_panel", "validate_prices"]
 
 
 @dataclass
@@ -40,6 +44,8 @@ class Panel:
             v: (("symbol", "time"), self.arrays[v]) for v in PRICE_VARS if v in self.arrays
         }
         data_vars["filled_gaps"] = (("symbol",), self.filled.astype(np.int64))
+        import xarray as xr
+
         return xr.Dataset(data_vars, coords=coords, attrs=dict(attrs or {}))
 
 
@@ -61,17 +67,23 @@ def panel_from_frames(frames: Mapping[str, pd.DataFrame], fill: str = "none") ->
 
 def panel_union(frames: Mapping[str, pd.DataFrame]) -> Panel:
     """Each symbol's own bars placed on the union of all calendars; NaN where it has no bar."""
-    symbols = list(frames)
-    present = [v for v in PRICE_VARS if any(v in f.columns for f in frames.values())]
-    if frames:
-        times = np.unique(np.concatenate([f.index.asi8 for f in frames.values()]))
+    return columns_union({s: (f.index.asi8, {v: f[v].to_numpy() for v in f.columns}) for s, f in frames.items()})
+
+
+def columns_union(cols: Mapping[str, tuple[np.ndarray, Mapping[str, np.ndarray]]]) -> Panel:
+    """:func:`panel_union` of ``{symbol: (int64 ns times, {variable: values})}`` (canonical
+    columns: sorted unique times), without pandas."""
+    symbols = list(cols)
+    present = [v for v in PRICE_VARS if any(v in c for _, c in cols.values())]
+    if cols:
+        times = np.unique(np.concatenate([t for t, _ in cols.values()]))
     else:
         times = np.empty(0, np.int64)
     arrays = {v: np.full((len(symbols), times.size), np.nan) for v in present}
-    for i, f in enumerate(frames.values()):
-        pos = np.searchsorted(times, f.index.asi8)
-        for v in f.columns:
-            arrays[v][i, pos] = f[v].to_numpy()
+    for i, (t, c) in enumerate(cols.values()):
+        pos = np.searchsorted(times, t)
+        for v, a in c.items():
+            arrays[v][i, pos] = a
     return Panel(symbols, times, arrays, np.zeros(len(symbols), np.int64))
 
 
@@ -222,7 +234,18 @@ def to_panel(data: Any, where: str, fill: str = "none") -> Panel:
     """Whatever :func:`pipeline.store.write_prices` accepts, as a checked panel."""
     if isinstance(data, Panel):
         return data
-    if isinstance(data, xr.Dataset):
+    if is_dataset(data):
         return panel_from_dataset(data, where, fill)
+    from pipeline.tables import frames_from
+
     return panel_from_frames(frames_from(data, where), fill)
+
+
+def is_dataset(data: Any) -> bool:
+    """Whether ``data`` is an xarray Dataset, without importing xarray (if it is not imported,
+    nothing can be one)."""
+    import sys
+
+    xr = sys.modules.get("xarray")
+    return xr is not None and isinstance(data, xr.Dataset)
 

@@ -16,13 +16,11 @@ import math
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
-import xarray as xr
 
-from pipeline.panel import Panel, check_fill, check_values, fill_gaps, panel_union
+from pipeline.panel import Panel, check_fill, check_values, columns_union, fill_gaps, is_dataset, panel_union
 from pipeline.atomic import atomic_directory
 from pipeline.price_format import (
     APPEND_RTOL,
@@ -48,8 +46,15 @@ from pipeline.price_store import (
     utc_now,
     write_store,
 )
+from pipeline.table_rows import CanonicalColumns
 from pipeline.time_coord import write_time_coord
-from pipeline.tables import frames_from
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+# pandas and xarray are imported only where the data or the store needs them (frames, a Dataset,
+# a whole rewrite): the cheap append of plain columns (`atc ingest --append` of CSV files) runs
+# without them
 
 __all__ = ["append_prices"]
 
@@ -80,20 +85,25 @@ def append_prices(
     if fill is not None and check_fill(fill) != store_fill:
         raise StoreError(f"{path}: the store was written with fill {store_fill!r}; appending with fill {fill!r} "
                          f"would mix filled and unfilled gaps (omit the fill option, or rewrite the store)")
-    is_ds = isinstance(data, xr.Dataset)
-    frames = None if is_ds else frames_from(data, where)
+    is_ds = is_dataset(data)
+    is_cols = isinstance(data, CanonicalColumns)
+    frames = None if is_ds or is_cols else _frames_from(data, where)
     store_k = int(meta.attrs.get("chunk_symbols", auto_chunk_symbols(len(meta.symbols), meta.times.size)))
     if chunk_symbols is not None and chunk_symbols < 1:
         raise StoreError(f"chunk_symbols must be >= 1, got {chunk_symbols}")
     if _time_chunked(meta.attrs) and chunk_symbols in (None, store_k):
-        cols = _dataset_columns(data) if is_ds else _frame_columns(frames)
-        frame_of = (lambda syms: to_frames(data, syms)) if is_ds else (lambda syms: {x: frames[x] for x in syms})
-        got = _cheap_append(cols, frame_of, path, meta, store_k, store_fill, source)
+        if is_ds:
+            cols = _dataset_columns(data)
+            cols_of = (lambda syms: _frame_columns(to_frames(data, syms)))
+        else:
+            cols = data if is_cols else _frame_columns(frames)
+            cols_of = (lambda syms: {x: cols[x] for x in syms})
+        got = _cheap_append(cols, cols_of, path, meta, store_k, store_fill, source)
         if got is not None:
             return got
     old = open_prices(path)
     if frames is None:
-        frames = to_frames(data)
+        frames = _columns_frames(data) if is_cols else to_frames(data)
     old_syms = [str(s) for s in old["symbol"].values]
     old_times = old["time"].values.astype("datetime64[ns]").astype(np.int64)
     old_vars = [v for v in PRICE_VARS if v in old.data_vars]
@@ -102,7 +112,7 @@ def append_prices(
     old_arr = {v: np.asarray(old[v].transpose("symbol", "time").values, dtype=np.float64) for v in old_vars}
     old_close = old_arr["close"]
 
-    new_only: dict[str, pd.DataFrame] = {}
+    new_only: dict[str, Any] = {}
     for sym, f in frames.items():
         t = f.index.asi8
         if sym not in old_pos:
@@ -196,6 +206,20 @@ def append_prices(
     old.close()
     write_store(ds, path, chunk_symbols, replace=True)
     return summarise(path, ds, "appended", chunk_symbols, added_symbols=added_symbols, added_bars=added_bars)
+
+
+def _frames_from(data: Any, where: str) -> dict:
+    from pipeline.tables import frames_from
+
+    return frames_from(data, where)
+
+
+def _columns_frames(cols: CanonicalColumns) -> dict:
+    """The frames :func:`pipeline.tables.split_table` makes of the same bars (the full path's input)."""
+    import pandas as pd
+
+    return {s: pd.DataFrame(c, index=pd.DatetimeIndex(t.view("datetime64[ns]"), name="time"))
+            for s, (t, c) in cols.items()}
 
 
 def _time_chunked(attrs: dict) -> bool:
@@ -313,13 +337,13 @@ def last_valid_index(close, rows: np.ndarray, n_time: int, step: int, max_steps:
     return out
 
 
-def _cheap_append(cols, frame_of, path: Path, meta: _StoreMeta, k: int, store_fill: str,
+def _cheap_append(cols, cols_of, path: Path, meta: _StoreMeta, k: int, store_fill: str,
                   source: str) -> StoreSummary | None:
     """Append by rewriting only the time chunks from the first changed bar on, and the symbol
     chunks of new symbols; None when the change needs the whole store rebuilt (a new time inside
     the axis, a variable the store lacks). Same checks and errors as the full path. ``cols``:
-    symbol -> (times, variable -> values) of the bars to add; ``frame_of(symbols)``: the frames
-    of new symbols (their whole history goes through the full path's union)."""
+    symbol -> (times, variable -> values) of the bars to add; ``cols_of(symbols)``: the same of
+    new symbols (their whole history goes through the full path's union)."""
     import zarr
 
     where = "append"
@@ -426,7 +450,7 @@ def _cheap_append(cols, frame_of, path: Path, meta: _StoreMeta, k: int, store_fi
             if v != "close":
                 neww[v][r, at[no_bar]] = np.nan
     syms = old_syms + new_syms
-    new_panel = panel_union(frame_of(new_syms)) if new_syms else None
+    new_panel = columns_union(cols_of(new_syms)) if new_syms else None
     new_rows = {v: np.full((len(new_syms), m_new), np.nan) for v in old_vars}
     if new_panel is not None:
         c = np.searchsorted(times, new_panel.times)

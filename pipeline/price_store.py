@@ -17,11 +17,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
-import xarray as xr
 
 from pipeline.atomic import atomic_directory, store_format
 from pipeline.panel import check_fill, check_values, to_panel, validate_prices
@@ -36,6 +34,13 @@ from pipeline.price_format import (
     StoreError,
     blosc_codec,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import xarray as xr
+
+# pandas and xarray are imported where used: the cheap append (pipeline.price_append) works on
+# plain arrays with zarr, and a fresh `atc ingest --append` must not pay their ~1 s of imports
 
 __all__ = ["StoreSummary", "auto_chunk_symbols", "check_target", "fingerprint_prices", "open_prices",
            "write_prices_chunked",
@@ -365,6 +370,8 @@ def open_prices(path: str | os.PathLike, *, chunks: Any = None, verify: bool = F
     p = Path(path) if not (isinstance(path, str) and "://" in path) else None
     if p is not None and not p.exists():
         raise StoreError(f"{path}: no such price store")
+    import xarray as xr
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=RuntimeWarning)  # version 1: not consolidated
@@ -395,6 +402,8 @@ def to_frames(
     """Per-symbol DataFrames of a price dataset: each symbol's own bars (the times where it has a
     close), index ``time`` (naive UTC, ``datetime64[time_unit]``; pandas 3 itself defaults to
     ``"us"``), the price variables it has data for (all-NaN optional columns dropped)."""
+    import pandas as pd
+
     names = [str(s) for s in ds["symbol"].values]
     wanted = names if symbols is None else list(symbols)
     pos = {s: i for i, s in enumerate(names)}
@@ -466,6 +475,7 @@ def write_prices_chunked(
     :func:`write_prices` writes for the concatenated panel. Atomic like every other write.
     """
     import dask.array as da
+    import xarray as xr
     import zarr
 
     from pipeline.panel import Panel, check_values, fill_gaps

@@ -7,7 +7,6 @@ their file line numbers) are raised here, where the rows still have their origin
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -15,67 +14,37 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from pipeline.price_format import POSITIVE_VARS, PRICE_VARS, StoreError, format_time
+from pipeline.price_format import PRICE_VARS, StoreError
+from pipeline.table_rows import (
+    ALIASES,
+    CLOSE_SPELLINGS,
+    EMPTY_CLOSE,
+    EPOCH_UNITS,
+    SPELLINGS,
+    SYMBOL_SPELLINGS,
+    TIME_SPELLINGS,
+    column_key,
+    map_columns,
+    row_label,
+    split_rows,
+)
 
-__all__ = ["CLOSE_SPELLINGS", "EPOCH_UNITS", "CanonicalFrames", "EMPTY_CLOSE", "TIME_SPELLINGS", "Table", "frames_from",
+__all__ = ["CLOSE_SPELLINGS", "EPOCH_UNITS", "CanonicalFrames", "EMPTY_CLOSE", "SPELLINGS", "TIME_SPELLINGS", "Table", "frames_from",
            "has_symbol_column", "normalise_table", "split_table"]
 
 
-def _key(name: Any) -> str:
-    return re.sub(r"[\s_\-.]", "", str(name).lower())
-
-
-# canonical name -> accepted spellings, in order of preference ("Close" wins over "Adj Close" when
-# both are present). Written as users write them so that error messages and help can list them
-# from this one table; matching ignores case and " _-." (see _key).
-SPELLINGS: dict[str, tuple[str, ...]] = {
-    "time": ("Date", "Datetime", "Timestamp", "Time", "TS", "DT", "T", "Datetime UTC", "Time UTC"),
-    "symbol": ("Symbol", "Ticker", "Sym", "Asset", "Instrument"),
-    "open": ("Open", "O", "Open Price"),
-    "high": ("High", "H", "High Price"),
-    "low": ("Low", "L", "Low Price"),
-    "close": ("Close", "C", "Close Price", "Last", "Price", "Adj Close", "Adjusted Close"),
-    "volume": ("Volume", "Vol", "V"),
-}
-_ALIASES: dict[str, tuple[str, ...]] = {k: tuple(_key(s) for s in v) for k, v in SPELLINGS.items()}
-TIME_SPELLINGS = ", ".join(SPELLINGS["time"])
-CLOSE_SPELLINGS = ", ".join(SPELLINGS["close"])
-SYMBOL_SPELLINGS = ", ".join(SPELLINGS["symbol"])
-#: Numeric timestamps: the unit is told from the magnitude (see _parse_numeric_times); for help texts.
-EPOCH_UNITS = ("YYYYMMDD integers (e.g. 20240131), or epoch seconds, milliseconds, microseconds or nanoseconds "
-               "since 1970-01-01 UTC (told apart by magnitude)")
-#: What to do with a row that has a time but no close: "error" (name the row) or "drop" (skip it).
-EMPTY_CLOSE = ("error", "drop")
-
-
-def _map_columns(columns: list[Any], where: str) -> dict[str, Any]:
-    """canonical name -> original column name, for the recognised columns."""
-    keys: dict[str, list[Any]] = {}
-    for col in columns:
-        keys.setdefault(_key(col), []).append(col)
-    out: dict[str, Any] = {}
-    for canon, spellings in _ALIASES.items():
-        for sp in spellings:
-            found = keys.get(sp)
-            if not found:
-                continue
-            if len(found) > 1:
-                raise StoreError(f"{where}: ambiguous columns {[str(c) for c in found]} (all read as {canon!r})")
-            if found[0] not in out.values():
-                out[canon] = found[0]
-                break
-    return out
+# the spellings and the checks after parsing are shared with the plain CSV reader of the daily
+# append (pipeline.csv_simple), which must not import pandas
+_key = column_key
+_ALIASES = ALIASES
+_map_columns = map_columns
+_row_label = row_label
 
 
 def has_symbol_column(df: pd.DataFrame) -> bool:
     """Whether ``df`` has a column (or index level) spelled like a symbol column."""
     names = list(df.columns) + [n for n in df.index.names if n is not None]
     return any(_key(c) in _ALIASES["symbol"] for c in names)
-
-
-def _row_label(rows: np.ndarray, i: int, line_base: int | None) -> str:
-    r = int(rows[i])
-    return f"line {r + line_base}" if line_base is not None else f"row {r + 1}"
 
 
 def _parse_times(values: pd.Series, where: str, col: str, rows: np.ndarray, line_base: int | None,
@@ -252,51 +221,10 @@ def split_table(
         raise StoreError(f"{where}: no symbol column (looked for {SYMBOL_SPELLINGS}); pass one file per "
                          "symbol or a {symbol: frame} mapping instead")
 
-    # positivity (per row, before any reordering, so the line numbers are the file's)
-    for v in PRICE_VARS:
-        if v not in data:
-            continue
-        a = data[v]
-        bad = np.flatnonzero(a <= 0) if v in POSITIVE_VARS else np.flatnonzero(a < 0)
-        if bad.size:
-            i = int(bad[0])
-            who = symbol if syms is None else syms[i]
-            rel = "<= 0" if v in POSITIVE_VARS else "< 0"
-            raise StoreError(f"{where}: {v} {rel} ({float(a[i])!r}) for symbol {who!r} at {format_time(times[i])} "
-                             f"({_row_label(rows, i, line_base)})")
-
-    no_close = np.isnan(data["close"])
-    if no_close.any() and empty_close == "error":
-        i = int(np.flatnonzero(no_close)[0])
-        who = symbol if syms is None else syms[i]
-        raise StoreError(f"{where}: empty close for symbol {who!r} at {format_time(times[i])} "
-                         f"({_row_label(rows, i, line_base)}); --drop-empty-close skips rows without a close")
-
-    if syms is None:
-        groups = {symbol: np.argsort(times, kind="stable")}
-    else:
-        codes, uniques = pd.factorize(syms, sort=True)
-        order = np.lexsort((times, codes))
-        sc = codes[order]
-        bounds = np.flatnonzero(np.diff(sc)) + 1
-        groups = {str(uniques[codes[part[0]]]): part for part in np.split(order, bounds) if part.size}
-
-    dropped: dict[str, int] = {}
-    kept: list[np.ndarray] = []
-    for sym, idx in groups.items():
-        t = times[idx]
-        dup = np.flatnonzero(t[1:] == t[:-1])
-        if dup.size:
-            j = int(dup[0])
-            raise StoreError(
-                f"{where}: duplicate timestamp {format_time(t[j])} for symbol {sym!r} "
-                f"({_row_label(rows, int(idx[j]), line_base)} and {_row_label(rows, int(idx[j + 1]), line_base)})"
-            )
-        keep = idx[~no_close[idx]]
-        if keep.size == 0:
-            raise StoreError(f"{where}: symbol {sym!r} has no close values")
-        dropped[sym] = int(idx.size - keep.size)
-        kept.append(keep)
+    factorized = None if syms is None else pd.factorize(syms, sort=True)
+    groups, dropped = split_rows(times, data, where, symbol=symbol, syms=syms, factorized=factorized, rows=rows,
+                                 line_base=line_base, empty_close=empty_close)
+    kept = list(groups.values())
     # one frame of every kept row, symbol after symbol, sliced per symbol: a slice costs ~0.1 ms,
     # building a DataFrame per symbol ~0.5 ms (1,900 symbols of a one-bar append: 0.2 s vs 1.1 s);
     # pandas 3 copies on write, so the slices are independent frames
