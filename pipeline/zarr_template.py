@@ -34,7 +34,7 @@ class ArraySpec:
     shape: tuple[int, ...]
     dtype: Any
     chunks: tuple[int, ...]
-    dims: tuple[str, ...]
+    dims: tuple[str, ...] | None
     attrs: Mapping[str, Any] = field(default_factory=dict)
     compressors: Any = "auto"
     fill_value: Any = None
@@ -79,12 +79,67 @@ def write_store(path: str | os.PathLike, attrs: Mapping[str, Any], arrays: Mappi
 
     g = zarr.open_group(str(path), mode="w-", zarr_format=3, attributes=dict(attrs))
     for name, spec in arrays.items():
-        arr = g.create_array(name, shape=spec.shape, dtype=spec.dtype, chunks=spec.chunks,
-                             fill_value=spec.fill_value, compressors=spec.compressors,
-                             dimension_names=spec.dims, attributes=dict(spec.attrs))
+        create_array(g, name, shape=spec.shape, dtype=spec.dtype, chunks=spec.chunks, fill_value=spec.fill_value,
+                     compressors=spec.compressors, dimension_names=spec.dims, attributes=dict(spec.attrs))
+    for name, spec in arrays.items():
         if spec.data is not None:
-            write_values(arr, spec.data)
+            write_values(g[name], spec.data)
     consolidate(path)
+
+
+def create_array(group: Any, name: str, *, shape: tuple[int, ...], dtype: Any, chunks: tuple[int, ...],
+                 fill_value: Any = None, compressors: Any = "auto", dimension_names: Any = None,
+                 attributes: Mapping[str, Any] | None = None) -> None:
+    """``group.create_array(name, ...)`` with these keywords, for a new array of a group in a local
+    directory: its ``zarr.json`` is built by zarr's own metadata code and written here, byte for
+    byte what zarr writes (tested), in ~0.5 ms instead of ~3-5 ms (zarr's existence checks, parent
+    checks and file write each go through its event loop thread). A template has ~20 arrays, the
+    stream group of a results store ~20 more. Anything else (another store, an existing node,
+    a zarr without these internals) goes through ``group.create_array``."""
+    kwargs = dict(shape=tuple(shape), dtype=dtype, chunks=tuple(chunks), fill_value=fill_value,
+                  compressors=compressors, dimension_names=dimension_names,
+                  attributes=dict(attributes) if attributes is not None else None)
+    target = _local_dir(group, name)
+    meta = _metadata(**kwargs) if target is not None and not (target / "zarr.json").exists() else None
+    if meta is None:
+        group.create_array(name, **kwargs)
+        return
+    from zarr.core.buffer import default_buffer_prototype
+
+    files = meta.to_buffer_dict(default_buffer_prototype())
+    target.mkdir(parents=False, exist_ok=True)
+    for key, buf in files.items():
+        (target / key).write_bytes(buf.to_bytes())
+
+
+def _local_dir(group: Any, name: str) -> Any:
+    """The directory of array ``name`` in ``group`` if the group is a directory of a local store."""
+    from pathlib import Path
+
+    from zarr.storage import LocalStore
+
+    store = getattr(group, "store", None)
+    if not isinstance(store, LocalStore) or getattr(store, "read_only", False) or "/" in name or not name:
+        return None
+    gdir = Path(store.root) / group.path if group.path else Path(store.root)
+    return gdir / name if (gdir / "zarr.json").is_file() else None
+
+
+def _metadata(*, shape, dtype, chunks, fill_value, compressors, dimension_names, attributes) -> Any:
+    """The ArrayV3Metadata ``zarr.create_array`` builds for these keywords (the steps of zarr
+    3.1's ``init_array``, unsharded), or None where this zarr lacks them."""
+    try:
+        from zarr.core.array import AsyncArray, _parse_chunk_encoding_v3, _parse_chunk_key_encoding
+        from zarr.core.dtype import parse_dtype
+    except ImportError:  # pragma: no cover - another zarr version: zarr's own path
+        return None
+    zdtype = parse_dtype(dtype, zarr_format=3)
+    filters, serializer, compressors = _parse_chunk_encoding_v3(compressors=compressors, filters="auto",
+                                                                serializer="auto", dtype=zdtype)
+    return AsyncArray._create_metadata_v3(
+        shape=shape, dtype=zdtype, chunk_shape=chunks, fill_value=fill_value,
+        chunk_key_encoding=_parse_chunk_key_encoding(None, zarr_format=3),
+        codecs=(*filters, serializer, *compressors), dimension_names=dimension_names, attributes=attributes)
 
 
 def write_values(arr: Any, values: np.ndarray) -> None:

@@ -133,3 +133,42 @@ def test_template_equals_xarrays(tmp_path, n_sym, n_bars, price_k, k, dtype, out
     for name in go.array_keys():
         assert gn[name].metadata.to_dict() == go[name].metadata.to_dict(), name
     assert (rs.read_state(new).chunk_done == rs.read_state(old).chunk_done).all()
+
+
+def test_create_array_writes_what_zarr_writes(tmp_path):
+    """The fast ``create_array`` (used for templates and the stream group) stores the very
+    ``zarr.json`` zarr's ``Group.create_array`` stores, for the kinds of arrays the stores hold."""
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    from pipeline.zarr_template import create_array
+
+    specs = {
+        "series": dict(shape=(30, 1300), dtype="float32", chunks=(7, 512), fill_value=np.nan,
+                       compressors=[BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle")],
+                       dimension_names=("symbol", "time"), attributes={"description": "d", "_FillValue": "x"}),
+        "status": dict(shape=(30,), dtype=np.int8, chunks=(7,), compressors=[rs.results_codec("status")],
+                       dimension_names=("symbol",), attributes={"flag_values": [-1, 0, 1]}),
+        "reason": dict(shape=(30,), dtype=str, chunks=(7,), dimension_names=("symbol",)),
+        "ring": dict(shape=(30, 9, 64), dtype=np.float64, chunks=(7, 9, 64), fill_value=0,
+                     compressors=ZstdCodec(level=1)),
+        "hash": dict(shape=(30,), dtype=np.uint64, chunks=(7,), fill_value=0, compressors=None),
+        "last_bar": dict(shape=(30,), dtype=np.int64, chunks=(7,), fill_value=-2, compressors=None),
+        "empty": dict(shape=(0,), dtype=np.float64, chunks=(1,), fill_value=np.nan),
+    }
+    ref = zarr.open_group(str(tmp_path / "ref.zarr"), mode="w-", zarr_format=3)
+    fast = zarr.open_group(str(tmp_path / "fast.zarr"), mode="w-", zarr_format=3)
+    sub = fast.create_group("stream")  # a subgroup, as the stream group of a results store
+    for name, kw in specs.items():
+        ref.create_array(name, **kw)
+        create_array(fast, name, **kw)
+        create_array(sub, name, **kw)
+        want = (tmp_path / "ref.zarr" / name / "zarr.json").read_bytes()
+        assert (tmp_path / "fast.zarr" / name / "zarr.json").read_bytes() == want, name
+        assert (tmp_path / "fast.zarr" / "stream" / name / "zarr.json").read_bytes() == want, name
+    # the arrays work: written and read back through zarr
+    g = zarr.open_group(str(tmp_path / "fast.zarr" / "stream"), mode="r+", use_consolidated=False)
+    g["last_bar"][:] = np.arange(30)
+    g["ring"][3:9] = 1.5
+    assert (g["last_bar"][:] == np.arange(30)).all() and g["ring"][:].sum() == 1.5 * 6 * 9 * 64
+    with pytest.raises(Exception, match="already|exists|Contains"):  # an existing node: zarr's own refusal
+        create_array(fast, "hash", **specs["hash"])
