@@ -73,7 +73,8 @@ def extend_time(path: str | os.PathLike, new_times: Any) -> int:
 
 
 def grow_time(path: str | os.PathLike, times: Any, n_old: int, values: dict[str, np.ndarray], *,
-              rows: tuple[np.ndarray, dict[str, np.ndarray]] | None = None) -> None:
+              rows: tuple[np.ndarray, dict[str, np.ndarray]] | None = None,
+              blocks: dict[str, list[np.ndarray]] | None = None, consolidate: bool = True) -> None:
     """Grow the results store at ``path`` to the time axis ``times`` and write the new times'
     values in the same pass: each chunk is written once (:func:`extend_time` followed by writes of
     the new region wrote the old last time chunk twice, each a read-modify-write).
@@ -92,6 +93,12 @@ def grow_time(path: str | os.PathLike, times: Any, n_old: int, values: dict[str,
     values it held before (each write puts back what it read), so running the same update again
     reads the same old values and finishes the job. (The update takes ``n_old`` from its saved
     state, so a coordinate already grown by a stopped update is fine too: it is left as it is.)
+
+    ``blocks``: :func:`read_tail_blocks`' output for this ``n_old`` and axis, read before (on a
+    thread, while the stream kernels loaded); the new values are written into them.
+    ``consolidate=False``: the caller refreshes the consolidated metadata itself, later (`atc
+    update` does once it is done: until then readers of the consolidated metadata see the old
+    axis, whose values have not changed).
     """
     import zarr
 
@@ -108,12 +115,14 @@ def grow_time(path: str | os.PathLike, times: Any, n_old: int, values: dict[str,
             continue
         if arr.shape[1] != n:
             arr.resize((arr.shape[0], n))
-        jobs.append((arr, values.get(name), (idx, full[name]) if idx.size and name in full else None))
+        jobs.append((arr, values.get(name), (idx, full[name]) if idx.size and name in full else None,
+                     (blocks or {}).get(name)))
     # the arrays' chunks are encoded on threads (numcodecs releases the GIL): ~0.4 CPU s of 13
     # outputs' last chunks for 2,000 symbols, on two cores
     with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1, len(jobs)))) as pool:
-        fast = list(pool.map(lambda job: _grow_chunks(arr=job[0], n_old=n_old, n=n, new=job[1], rec=job[2]), jobs))
-    for (arr, new, rec), done in zip(jobs, fast):
+        fast = list(pool.map(lambda job: _grow_chunks(arr=job[0], n_old=n_old, n=n, new=job[1], rec=job[2],
+                                                      blocks=job[3]), jobs))
+    for (arr, new, rec, _), done in zip(jobs, fast):
         c0 = n_old // arr.chunks[1] * arr.chunks[1]  # start of the old last chunk
         if not done:
             fill = np.nan if arr.dtype.kind == "f" else arr.fill_value
@@ -129,11 +138,47 @@ def grow_time(path: str | os.PathLike, times: Any, n_old: int, values: dict[str,
     stored = time_values(g)
     if stored.size != n or not np.array_equal(stored, t_new):
         write_time_coord(g["time"], t_new)
-    _consolidate(path)
+    if consolidate:
+        _consolidate(path)
+
+
+def read_tail_blocks(path: str | os.PathLike, n_old: int, n: int) -> dict[str, list[np.ndarray]]:
+    """Per ``(symbol, time)`` variable that :func:`grow_time` writes chunk by chunk, per symbol
+    chunk, the block it will write when the axis grows from ``n_old`` to ``n`` times: the old last
+    time chunk's stored values, fill values after them. Reading and decoding them release the GIL,
+    so `atc update` does it on a thread while Numba loads (~0.2 CPU s for 13 outputs of 2,000
+    symbols, 2026-11-29); the blocks' memory is touched there too."""
+    import zarr
+
+    from pipeline.chunk_io import direct
+
+    g = zarr.open_group(str(path), mode="r", zarr_format=3, use_consolidated=False)
+    out = {}
+    for name, arr in g.arrays():
+        if tuple(arr.metadata.dimension_names or ()) != ("symbol", "time"):
+            continue
+        d = direct(arr) if arr.ndim == 2 else None
+        if d is not None:
+            out[name] = [_tail_block(d, arr, i, n_old, n) for i in range(-(-arr.shape[0] // d.chunk_shape[0]))]
+    return out
+
+
+def _tail_block(d: Any, arr: Any, i: int, n_old: int, n: int) -> np.ndarray:
+    """Symbol chunk i's block from the old last time chunk to the end of the chunk holding time n - 1."""
+    ks, kt = d.chunk_shape
+    j0, j1 = n_old // kt, -(-n // kt)
+    c0 = j0 * kt
+    rows = min(ks, arr.shape[0] - i * ks)
+    block = np.full((ks, (j1 - j0) * kt), d.fill, dtype=arr.dtype)
+    if n_old > c0:
+        old = d.get((i, j0))
+        if old is not None:
+            block[:rows, :n_old - c0] = old[:rows, :n_old - c0]
+    return block
 
 
 def _grow_chunks(arr: Any, n_old: int, n: int, new: np.ndarray | None,
-                 rec: tuple[np.ndarray, np.ndarray] | None) -> bool:
+                 rec: tuple[np.ndarray, np.ndarray] | None, blocks: list[np.ndarray] | None = None) -> bool:
     """:func:`grow_time`'s write of one array, chunk by chunk in this thread: the old last time
     chunk of each symbol chunk decoded with numcodecs (``store.get_sync``), the new times put in,
     and the chunks from there on encoded and stored with ``store.set_sync`` (atomic per chunk),
@@ -154,11 +199,7 @@ def _grow_chunks(arr: Any, n_old: int, n: int, new: np.ndarray | None,
     n_sym = arr.shape[0]
     for i in range(-(-n_sym // ks)):
         r0, r1 = i * ks, min((i + 1) * ks, n_sym)
-        block = np.full((ks, (j1 - j0) * kt), d.fill, dtype=arr.dtype)
-        if n_old > c0:
-            old = d.get((i, j0))
-            if old is not None:
-                block[:r1 - r0, :n_old - c0] = old[:r1 - r0, :n_old - c0]
+        block = blocks[i] if blocks is not None else _tail_block(d, arr, i, n_old, n)
         if new is not None:
             block[:r1 - r0, n_old - c0:n - c0] = new[r0:r1]
         if rec is not None:

@@ -230,15 +230,25 @@ def write_stream_region(path: str | os.PathLike, start: int, stop: int, arrays: 
 def read_stream(path: str | os.PathLike):
     """(StreamState, extras, attrs) of a results store's `stream` group: extras holds the `EXTRAS`
     arrays the group has (`have` as bool; stores written before lack `hist_head` and the marks)."""
+    return stream_from_arrays(*read_stream_arrays(path))
+
+
+def read_stream_arrays(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """(arrays by name, attrs) of a results store's `stream` group, as stored: what `read_stream`
+    reads, without importing the stream kernels (Numba), so `atc update` reads them on a thread
+    while the kernels load (chunk decoding and file reads release the GIL)."""
     import zarr
 
+    g = zarr.open_group(str(Path(path) / GROUP), mode="r", zarr_format=3, use_consolidated=False)
+    return {name: read_whole(g[name]) for name in sorted(g.array_keys())}, dict(g.attrs)
+
+
+def stream_from_arrays(arrays: dict[str, np.ndarray], attrs: dict[str, Any]):
+    """`read_stream`'s (StreamState, extras, attrs) from `read_stream_arrays`' output."""
     from kernels.stream import StreamState
 
-    g = zarr.open_group(str(Path(path) / GROUP), mode="r", zarr_format=3, use_consolidated=False)
-    attrs = dict(g.attrs)
     params = ATCParams(**json.loads(attrs["params"]))
-    present = set(g.array_keys())
-    arrays = {name: read_whole(g[name]) for name in _template(params, attrs["dtype"]) if name in present}
+    arrays = {name: arrays[name] for name in _template(params, attrs["dtype"]) if name in arrays}
     state = StreamState.from_arrays(arrays, params, attrs["dtype"])
     extras = {name: arrays[name] for name in EXTRAS if name in arrays}
     extras["have"] = extras["have"].astype(bool)

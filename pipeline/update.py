@@ -102,51 +102,25 @@ def _open_price_group(prices: str | os.PathLike):
     return pg
 
 
-def _start_numba_without_blas_probe() -> None:
-    """Load Numba's CPU target (its registries of implementations) now, with SciPy's BLAS probe
-    answered "no BLAS", for processes that only run cached kernels (`atc update`).
-
-    Numba's first compile or cache load imports every implementation module; one of them
-    (`numba.np.arraymath`) imports `scipy.linalg` at import time only to learn whether
-    `np.correlate` / `np.convolve` may call BLAS, ~0.25 CPU s of a fresh `atc update` (scipy's
-    array-API layer imports `numpy.f2py`, `numpy.ma`, `numpy.testing`; measured 2026-11-29). No
-    kernel here uses those two functions, and `np.dot` / `np.linalg` still work: they import
-    SciPy themselves when a kernel using them compiles. Does nothing once the target is loaded
-    (or SciPy's linalg is imported already).
-    """
-    import importlib.abc
-    import sys
-
-    if "scipy.linalg" in sys.modules or "numba.np.arraymath" in sys.modules:
-        return
-
-    class _NoLinalg(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path, target=None):
-            if name == "scipy.linalg" or name.startswith("scipy.linalg."):
-                raise ImportError(f"{name}: not imported while Numba loads its target (see pipeline.update)")
-            return None
-
-    finder = _NoLinalg()
-    sys.meta_path.insert(0, finder)
-    try:
-        from numba.core.registry import cpu_target
-
-        cpu_target.target_context.refresh()
-    finally:
-        sys.meta_path.remove(finder)
-
-
 def update_results(prices: str | os.PathLike, results: str | os.PathLike) -> UpdateSummary:
     """Extend the complete results store `results` by the times its price store `prices` gained."""
+    import contextlib
+    from concurrent.futures import ThreadPoolExecutor
+
+    # The store reads that do not need the kernels (the stream state, the closes, the blocks of the
+    # outputs' last time chunks) run on threads while the main thread imports Numba and loads the
+    # stream kernels: reading and decoding release the GIL, importing holds it (2026-11-29, 2 cores).
+    with ThreadPoolExecutor(2) as pool, contextlib.ExitStack() as numba_scope:
+        return _update(prices, results, pool, numba_scope)
+
+
+def _update(prices, results, pool, numba_scope) -> UpdateSummary:
     import zarr
 
     from kernels.params import FAMILIES
-
-    _start_numba_without_blas_probe()  # before the stream kernels load: ~0.25 s less start-up
-    from kernels.stream import StreamState, build_stream
     from pipeline import stream_store as ss
     from pipeline.price_format import FINGERPRINT_BLOCK
-    from pipeline.results_time import grow_time
+    from pipeline.results_time import grow_time, read_tail_blocks
 
     t_start = time.perf_counter()
     results_path = Path(results)
@@ -182,14 +156,11 @@ def update_results(prices: str | os.PathLike, results: str | os.PathLike) -> Upd
                               + f"): recompute with `atc run {prices} {results} --overwrite`")
         have_stream = ss.has_stream(results_path)
         if have_stream:
-            state, extras, sattrs = ss.read_stream(results_path)
-            have = extras["have"]
+            sg = zarr.open_group(str(results_path / ss.GROUP), mode="r", zarr_format=3, use_consolidated=False)
+            sattrs, stored = dict(sg.attrs), set(sg.array_keys())
             n_old = int(sattrs["n_time"])
-            if sattrs.get("params") != json.dumps(params.to_dict(), sort_keys=True) or sattrs.get("dtype") != dtype.name:
-                have[:] = False  # a state of other parameters cannot continue this store
         else:
-            state, extras, sattrs = StreamState.empty(n_sym, params, dtype), {}, {}
-            have = np.zeros(n_sym, bool)
+            sattrs, stored = {}, set()
             n_old = len(r_times)
         if (len(p_times) < len(r_times) or not np.array_equal(p_times[:len(r_times)], r_times)
                 or n_old > len(r_times)):
@@ -197,8 +168,6 @@ def update_results(prices: str | os.PathLike, results: str | os.PathLike) -> Upd
                               f"(bars inserted or removed in the past): recompute with "
                               f"`atc run {prices} {results} --overwrite`")
         n_new = len(p_times)
-        hist_hash = extras.get("hist_hash", np.zeros(n_sym, np.uint64))
-        state.status[~have & (status_old == st.BAD_DATA)] = st.BAD_DATA  # stays bad, as a full run says
 
         # The digests cover the closes from `h0` on: from `head` when the price store's fingerprint
         # blocks before it are the ones the state was computed from (no close there changed), else
@@ -207,12 +176,32 @@ def update_results(prices: str | os.PathLike, results: str | os.PathLike) -> Upd
         head = ss.head_time(n_old)
         old_blocks, new_blocks = sattrs.get("price_blocks"), pg.attrs.get("fingerprint_blocks")
         nb = head // FINGERPRINT_BLOCK
-        blocks_ok = ("hist_head" in extras and old_blocks is not None and new_blocks is not None
+        blocks_ok = ("hist_head" in stored and old_blocks is not None and new_blocks is not None
                      and len(old_blocks) >= nb and len(new_blocks) >= nb and list(old_blocks[:nb]) == list(new_blocks[:nb]))
         h0 = head if blocks_ok else 0
         start = 0 if attrs.get("backtest") else h0
         zclose = pg["close"]
-        close = np.asarray(zclose[:, start:], np.float64)
+        reading = {"close": pool.submit(lambda: np.asarray(zclose[:, start:], np.float64)),
+                   "tails": pool.submit(read_tail_blocks, results_path, n_old, n_new)}
+        if have_stream:
+            reading["stream"] = pool.submit(ss.read_stream_arrays, results_path)
+        from pipeline.kernel_load import cache_loads_without_registries, load_stream_kernels
+
+        numba_scope.enter_context(cache_loads_without_registries())  # imports Numba: after the reads started
+        from kernels.stream import StreamState, build_stream
+
+        load_stream_kernels(params, dtype)  # meanwhile the threads read
+        if have_stream:
+            state, extras, sattrs = ss.stream_from_arrays(*reading["stream"].result())
+            have = extras["have"]
+            if sattrs.get("params") != json.dumps(params.to_dict(), sort_keys=True) or sattrs.get("dtype") != dtype.name:
+                have[:] = False  # a state of other parameters cannot continue this store
+        else:
+            state, extras = StreamState.empty(n_sym, params, dtype), {}
+            have = np.zeros(n_sym, bool)
+        hist_hash = extras.get("hist_hash", np.zeros(n_sym, np.uint64))
+        state.status[~have & (status_old == st.BAD_DATA)] = st.BAD_DATA  # stays bad, as a full run says
+        close = reading["close"].result()
         head_hash = np.array(extras["hist_head"], np.uint64) if blocks_ok else np.zeros(n_sym, np.uint64)
 
         new_bars = np.count_nonzero(~np.isnan(close[:, n_old - start:]), axis=1)
@@ -253,7 +242,8 @@ def update_results(prices: str | os.PathLike, results: str | os.PathLike) -> Upd
                 marks[m][idx] = rm[m]
 
         # write: the new times of every (symbol, time) variable with the time axis (each chunk once),
-        # recomputed rows, per-symbol status
+        # recomputed rows, per-symbol status; nothing is written while the threads still read
+        tails = reading["tails"].result()
         if attrs.get("backtest"):  # a portfolio's series (on time alone) cannot follow the axis: recomputed below
             from pipeline.portfolio_store import drop_portfolio
 
@@ -274,7 +264,9 @@ def update_results(prices: str | os.PathLike, results: str | os.PathLike) -> Upd
             for name in bt.series:
                 values[name] = bt.series[name][:, n_old:]
                 full[name] = bt.series[name][idx]
-        grow_time(results_path, p_times, n_old, values, rows=(idx, full) if idx.size else None)
+        grow_time(results_path, p_times, n_old, values, rows=(idx, full) if idx.size else None,
+                  # finalize_results consolidates; the portfolio refresh reads it through xarray before
+                  blocks=tails, consolidate=bool(attrs.get("backtest")))
         if rows is not None:
             g["status"].oindex[idx] = status_new[idx]
             g["reason"].oindex[idx] = np.array(_status_messages(rows, idx), dtype=object)

@@ -378,7 +378,10 @@ def test_daily_update_imports_neither_pandas_nor_xarray(cluster, tmp_path):
     """The daily update starts fast: its CF time coordinate and store reads are plain numpy/zarr
     (pipeline/time_coord.py), so a fresh `atc update` never imports pandas or xarray (about a
     second of its two-second budget on this machine); nor does `atc scan` (its table is laid out
-    with numpy: pipeline.scan.newest_columns, rank_columns)."""
+    with numpy: pipeline.scan.newest_columns, rank_columns). The fresh update loads its kernels
+    without Numba's implementation registries (`numba.np.arraymath` and the rest: only compiling
+    needs them, pipeline/kernel_load.py) and reads the store on threads meanwhile: its store equals
+    a full run's, bit for bit."""
     import subprocess
     import sys
 
@@ -388,10 +391,17 @@ def test_daily_update_imports_neither_pandas_nor_xarray(cluster, tmp_path):
     write(full, tmp_path / "p.zarr", overwrite=True)
     probe = ("import sys; from flows.cli import main\n"
              "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-             "print(sorted(m for m in ('pandas', 'xarray') if m in sys.modules))")
+             "print(sorted(m for m in ('pandas', 'xarray', 'numba.np.arraymath', 'scipy.linalg') if m in sys.modules))")
     for args in (["update", "p.zarr", "r.zarr"], ["scan", "r.zarr", "--top", "3"]):
         out = subprocess.run([sys.executable, "-c", probe, *args], cwd=tmp_path, capture_output=True, text=True,
                              timeout=300)
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip().splitlines()[-1] == "[]", (args, out.stdout[-500:])
     assert xr.open_zarr(tmp_path / "r.zarr").sizes["time"] == N_NEW
+    run(cluster, tmp_path / "p.zarr", tmp_path / "full.zarr")
+    assert_same_store(tmp_path / "r.zarr", tmp_path / "full.zarr")
+    state, extras, _ = ss.read_stream(tmp_path / "r.zarr")
+    want, want_extras, _ = ss.read_stream(tmp_path / "full.zarr")
+    for name, a in {**state.to_arrays(), **extras}.items():
+        b = {**want.to_arrays(), **want_extras}[name]
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), name
