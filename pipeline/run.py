@@ -432,8 +432,10 @@ def run_atc(
             backends=_chunks_per_backend(records), notice=notice,
         )
     finally:
-        wait_discarded()
-        lock.release()
+        try:
+            wait_discarded()
+        finally:
+            lock.release()
 
 
 def _run_workers(client: Any, threads: int | None) -> dict[str, dict]:

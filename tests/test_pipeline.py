@@ -186,6 +186,8 @@ def test_refuses_other_params_or_changed_prices_unless_overwrite(via, prices, tm
     s = run_atc(px, res, ATCParams(ema_len=30), **via, overwrite=True)
     assert (s.action, s.computed) == ("overwritten", 5)
     assert_same(res, expected(px, ATCParams(ema_len=30)))
+    # the replaced store was deleted (in the background, while the tasks ran) before run_atc returned
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".r.zarr.")]
 
 
 def test_refusals_before_any_work(via, prices, tmp_path):

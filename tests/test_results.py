@@ -214,3 +214,35 @@ def test_load_params(tmp_path):
         load_params(None, ["ema_len"])
     with pytest.raises(ATCUserError, match="ema_len must be of type int"):
         load_params(None, ["ema_len=abc"])
+
+
+def test_replacing_a_store_never_shows_a_half_deleted_one(prices, tmp_path, monkeypatch):
+    """`atc run --overwrite` deletes the old store in the background: by then it has been renamed
+    aside (a hidden sibling) and the path holds the whole new template; wait_discarded waits."""
+    import threading
+
+    from pipeline import atomic
+
+    res = tmp_path / "r.zarr"
+    rs.create_results(res, open_prices(prices), _identity(prices), 4)
+    old_fp = _identity(prices).fingerprint()
+    new = _identity(prices, ema_len=30)
+    seen, release = [], threading.Event()
+    real_rmtree = atomic.shutil.rmtree
+
+    def slow_rmtree(path, *args, **kwargs):
+        # what a reader sees at the path while the old store is being deleted
+        seen.append((Path(path).name, json.loads((res / "zarr.json").read_text())["attributes"]["fingerprint"]))
+        release.wait(10)
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(atomic.shutil, "rmtree", slow_rmtree)
+    rs.create_results(res, open_prices(prices), new, 4, replace=True)  # returns before the deletion ends
+    assert rs.read_state(res).attrs["fingerprint"] == new.fingerprint() != old_fp
+    hidden = [p.name for p in tmp_path.iterdir() if p.name.startswith(".r.zarr.old-")]
+    assert len(hidden) == 1  # the old store, renamed aside, still being deleted
+    release.set()
+    atomic.wait_discarded()
+    assert seen == [(hidden[0], new.fingerprint())]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".r.zarr.")]
+    assert rs.read_state(res).attrs["fingerprint"] == new.fingerprint()
