@@ -239,13 +239,11 @@ class _StoreMeta:
 
     @classmethod
     def read(cls, path: Path) -> "_StoreMeta":
-        import zarr
-
         from pipeline.price_format import FORMAT_NAME, READABLE_VERSIONS
         from pipeline.time_coord import read_time_coord
 
         try:
-            g = zarr.open_group(str(path), mode="r", zarr_format=3, use_consolidated=False)
+            g = _open_group(path, "r")
             attrs = dict(g.attrs)
         except Exception as exc:  # noqa: BLE001 - as open_prices words it
             raise StoreError(f"{path}: not a readable Zarr v3 store ({type(exc).__name__})") from None
@@ -260,6 +258,19 @@ class _StoreMeta:
         filled = (np.asarray(g["filled_gaps"][:], dtype=np.int64) if "filled_gaps" in names
                   else np.zeros(len(symbols), np.int64))
         return cls(attrs, symbols, read_time_coord(g), [v for v in PRICE_VARS if v in names], filled)
+
+
+def _open_group(path: Path, mode: str) -> Any:
+    """The store's group: read and written without zarr where :mod:`pipeline.zarr_direct` handles
+    its layout (every store these versions write; no zarr import, no asyncio per chunk), else zarr's."""
+    from pipeline.zarr_direct import open_store
+
+    g = open_store(path)
+    if g is not None:
+        return g
+    import zarr
+
+    return zarr.open_group(str(path), mode=mode, zarr_format=3, use_consolidated=False)
 
 
 def _dataset_columns(ds: xr.Dataset) -> dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]:
@@ -344,11 +355,9 @@ def _cheap_append(cols, cols_of, path: Path, meta: _StoreMeta, k: int, store_fil
     the axis, a variable the store lacks). Same checks and errors as the full path. ``cols``:
     symbol -> (times, variable -> values) of the bars to add; ``cols_of(symbols)``: the same of
     new symbols (their whole history goes through the full path's union)."""
-    import zarr
-
     where = "append"
     old_syms, old_times, old_vars = meta.symbols, meta.times, meta.variables
-    g_old = zarr.open_group(str(path), mode="r", zarr_format=3)
+    g_old = _open_group(path, "r")
     T = int(meta.attrs["time_chunk"])
     if tuple(g_old["close"].chunks) != (k, T):
         return None
@@ -497,7 +506,11 @@ def _cheap_append(cols, cols_of, path: Path, meta: _StoreMeta, k: int, store_fil
     history.append(f"{now} appended {added_bars} bars ({len(new_syms)} new symbols) from {source}")
     with atomic_directory(path, error=StoreError, what="store", replace=True) as tmp:
         _link_copy(path, tmp, lambda v, i, j: v in old_vars and (j >= tc0 or (s0 is not None and i >= s0 // k)))
-        g = zarr.open_group(str(tmp), mode="r+", zarr_format=3, use_consolidated=False)
+        g = _open_group(tmp, "r+")
+        if new_syms and hasattr(g, "flush"):  # the direct group writes no symbol names: zarr does
+            import zarr
+
+            g = zarr.open_group(str(tmp), mode="r+", zarr_format=3, use_consolidated=False)
         for v in old_vars:
             a = g[v]
             a.resize((len(syms), m_new))
@@ -513,7 +526,10 @@ def _cheap_append(cols, cols_of, path: Path, meta: _StoreMeta, k: int, store_fil
         if "own_bars" in meta.attrs:  # filled bars are bars too (as in the summary of a full write)
             attrs["own_bars"] = int(meta.attrs["own_bars"]) + added_bars + int(filled.sum() - filled_old.sum())
         g.attrs.update(attrs)
-        _consolidate(tmp)
+        if hasattr(g, "flush"):
+            g.flush()
+        else:
+            _consolidate(tmp)
     return _summary(path, _StoreMeta.read(path), "appended", k, added_symbols=len(new_syms), added_bars=added_bars)
 
 
@@ -544,12 +560,9 @@ def _write_coords(g, symbols: list[str], times: np.ndarray, filled: np.ndarray, 
 def _summary(path: Path, meta: _StoreMeta, action: str, k: int, **kw: Any) -> StoreSummary:
     """A summary without reading the data: counts from the attributes (a store written before
     ``own_bars`` existed counts its closes once)."""
-    import zarr
-
-    g = zarr.open_group(str(path), mode="r", zarr_format=3, use_consolidated=False)
     own = meta.attrs.get("own_bars")
     if own is None:
-        own = int(np.count_nonzero(~np.isnan(np.asarray(g["close"][:]))))
+        own = int(np.count_nonzero(~np.isnan(np.asarray(_open_group(path, "r")["close"][:]))))
     n_sym, n_time = len(meta.symbols), int(meta.times.size)
     return StoreSummary(path=path, action=action, n_symbols=n_sym, n_bars=n_time,
                         variables=tuple(meta.variables), filled_gaps=int(meta.attrs.get("filled_gaps_total", 0)),

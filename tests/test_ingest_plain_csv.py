@@ -4,7 +4,6 @@ bars, stores and errors as pandas' reading, which every other file still takes."
 from __future__ import annotations
 
 import io
-import json
 import shutil
 from pathlib import Path
 
@@ -181,21 +180,9 @@ def test_numbers_read_as_pandas_reads_them():
 
 # ------------------------------------------------------------- whole appends, both paths, file by file
 
-def _store_files(p: Path) -> dict[str, object]:
-    """Every file of a store; the root's attributes without the append's time stamps."""
-    out: dict[str, object] = {}
-    for f in sorted(p.rglob("*")):
-        if not f.is_file():
-            continue
-        rel = str(f.relative_to(p))
-        if rel == "zarr.json":
-            meta = json.loads(f.read_bytes())
-            for k in ("modified", "history"):
-                meta["attributes"].pop(k, None)
-            out[rel] = meta
-        else:
-            out[rel] = f.read_bytes()
-    return out
+def _store_files(p: Path) -> dict[str, bytes]:
+    """Every file of a store, by path."""
+    return {str(f.relative_to(p)): f.read_bytes() for f in sorted(p.rglob("*")) if f.is_file()}
 
 
 def _base(tmp_path: Path, n_bars: int, fill: str, ohlcv: bool = False) -> Path:
@@ -269,10 +256,15 @@ def _cases(tmp_path: Path):
     yield "one long-format file", base, long, {}
 
 
-def test_appends_write_the_stores_the_pandas_path_writes(tmp_path):
-    """Each case appended twice to copies of one store: by `ingest --append` (plain files without
-    pandas) and as before this path existed (every file read by pandas, appended as frames).
-    The stores are equal file by file (the root's time stamps aside) and so are the summaries."""
+def test_appends_write_the_stores_the_pandas_and_zarr_path_writes(tmp_path, monkeypatch):
+    """Each case appended twice to copies of one store: by `ingest --append` (plain files read
+    without pandas, the store read and written without zarr: pipeline/zarr_direct.py) and as
+    before either existed (every file read by pandas, appended as frames, the store read and
+    written by zarr). The stores are equal file by file, byte for byte, and so are the summaries."""
+    import pipeline.price_append as pa
+    import pipeline.zarr_direct as zd
+
+    monkeypatch.setattr(pa, "utc_now", lambda: "2026-01-01T00:00:00Z")  # the history's time stamps
     n = 0
     for name, base, files, opts in _cases(tmp_path):
         n += 1
@@ -282,13 +274,18 @@ def test_appends_write_the_stores_the_pandas_path_writes(tmp_path):
         new, old = tmp_path / f"new{n}.zarr", tmp_path / f"old{n}.zarr"
         shutil.copytree(base, new)
         shutil.copytree(base, old)
+        assert zd.open_store(new) is not None
         got = ingest(src, new, append=True, progress=False, **opts)
         frames = read_sources(list_sources(src), progress=False, drop_empty_close=opts.get("drop_empty_close", False))
-        want = append_prices(frames, old, source=f"ingest {src.resolve()}")
+        with monkeypatch.context() as m:
+            m.setattr(zd, "open_store", lambda path: None)
+            want = append_prices(frames, old, source=f"ingest {src.resolve()}")
         assert got.added_bars == want.added_bars and got.fingerprint == want.fingerprint, name
-        assert (got.n_symbols, got.n_bars, got.own_bars, got.filled_gaps) == \
-               (want.n_symbols, want.n_bars, want.own_bars, want.filled_gaps), name
-        assert _store_files(new) == _store_files(old), name
+        assert (got.n_symbols, got.n_bars, got.own_bars, got.filled_gaps, got.nbytes) == \
+               (want.n_symbols, want.n_bars, want.own_bars, want.filled_gaps, want.nbytes), name
+        a, b = _store_files(new), _store_files(old)
+        assert sorted(a) == sorted(b), name
+        assert [k for k in a if a[k] != b[k]] == [], name
         assert got.added_bars > 0, name
     assert n == 12
 
