@@ -57,33 +57,30 @@ def write_chunk(path: str | os.PathLike, index: int, start: int, stop: int, outp
     the same with a Dataset built, the whole store's metadata read and the region checked per task
     (~10% of a task's write CPU). The region is checked here instead: it must be whole chunks of
     every variable, which no other task writes. The (symbol, time) variables are encoded chunk by
-    chunk in this thread and stored through the zarr store (:func:`_write_rows`)."""
-    import zarr
-
+    chunk in this thread and stored through the zarr store (:func:`_write_rows`); the arrays are
+    opened from their metadata files in this thread too (:func:`pipeline.zarr_template.open_arrays`)."""
     from pipeline.results import ResultsError  # here: pipeline.results imports this module
+    from pipeline.zarr_template import open_arrays
 
-    g = zarr.open_group(str(path), mode="r+", zarr_format=3, use_consolidated=False)
     data: dict[str, np.ndarray] = dict(outputs)
     data["status"] = np.asarray(status, dtype=np.int8)
     data["reason"] = np.array(reasons, dtype=object)
     data.update({name: values for name, (_, values) in (extra or {}).items()})
-    arrays = {}
+    try:
+        arrays = open_arrays(path, [*data, "chunk_done"])
+    except KeyError as exc:
+        raise ResultsError(f"{path}: no variable {exc.args[0]!r} in this results store") from None
     for name, values in data.items():
-        try:
-            arr = g[name]
-        except KeyError:
-            raise ResultsError(f"{path}: no variable {name!r} in this results store") from None
+        arr = arrays[name]
         k = int(arr.chunks[0])
         if start % k or (stop - start) % k and stop != arr.shape[0] or np.shape(values)[0] != stop - start:
             raise ResultsError(f"{path}: symbols {start}..{stop - 1} are not whole chunks of {name!r} "
                                f"({k} symbols per chunk)")
-        arrays[name] = arr
     for name, values in data.items():
         arr = arrays[name]
         if not _write_rows(arr, start, values):
             arr[start:stop] = values
-    done = g["chunk_done"]
-    done[index] = 1
+    arrays["chunk_done"][index] = 1
 
 
 def _write_rows(arr: Any, start: int, values: np.ndarray) -> bool:

@@ -157,3 +157,41 @@ def consolidate(path: str | os.PathLike) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "consolidated metadata is not part of the Zarr v3 spec"
         zarr.consolidate_metadata(str(path), zarr_format=3)
+
+
+def open_arrays(path: str | os.PathLike, names: Any) -> dict[str, Any]:
+    """``{name: group[name]}`` for arrays of the Zarr v3 group in directory ``path``, opened for
+    writing: each ``zarr.json`` read and parsed in this thread (~0.4 ms an array) where
+    ``zarr.open_group(path)[name]`` takes ~1.5 ms (its reads go through zarr's event loop thread).
+    A run task opens ~16 results arrays and ~17 stream arrays: ~0.04 CPU s a task this way.
+    A name that is not an array of the group raises KeyError, as ``group[name]`` does."""
+    import json
+    from pathlib import Path
+
+    try:
+        from zarr.core.array import Array, AsyncArray
+        from zarr.core.metadata.v3 import ArrayV3Metadata
+        from zarr.storage import LocalStore, StorePath
+    except ImportError:  # pragma: no cover - another zarr version: zarr's own path
+        return _open_with_zarr(path, names)
+    if not (Path(path) / "zarr.json").is_file():  # no group there: zarr's own error
+        return _open_with_zarr(path, names)
+    store = LocalStore(str(path))
+    out: dict[str, Any] = {}
+    for name in names:
+        try:
+            meta = json.loads((Path(path) / name / "zarr.json").read_bytes())
+        except (FileNotFoundError, NotADirectoryError):
+            raise KeyError(name) from None
+        if "/" in name or meta.get("zarr_format") != 3 or meta.get("node_type") != "array":
+            out.update(_open_with_zarr(path, [name]))
+            continue
+        out[name] = Array(AsyncArray(metadata=ArrayV3Metadata.from_dict(meta), store_path=StorePath(store, name)))
+    return out
+
+
+def _open_with_zarr(path: str | os.PathLike, names: Any) -> dict[str, Any]:
+    import zarr
+
+    g = zarr.open_group(str(path), mode="r+", zarr_format=3, use_consolidated=False)
+    return {name: g[name] for name in names}

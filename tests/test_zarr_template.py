@@ -172,3 +172,27 @@ def test_create_array_writes_what_zarr_writes(tmp_path):
     assert (g["last_bar"][:] == np.arange(30)).all() and g["ring"][:].sum() == 1.5 * 6 * 9 * 64
     with pytest.raises(Exception, match="already|exists|Contains"):  # an existing node: zarr's own refusal
         create_array(fast, "hash", **specs["hash"])
+
+
+def test_open_arrays_opens_what_zarr_opens(tmp_path):
+    from pipeline.zarr_template import open_arrays
+
+    prices_path = tmp_path / "prices.zarr"
+    write_prices(synth_prices(9, 600, seed=2), prices_path, chunk_symbols=3)
+    prices = open_prices(prices_path)
+    res = tmp_path / "r.zarr"
+    rs.create_results(res, prices, rs.RunIdentity(ATCParams(), prices.attrs["fingerprint"], "float64", "x"), 3)
+    g = zarr.open_group(str(res), mode="r+", use_consolidated=False)
+    names = ["EMA_Signal", "status", "reason", "chunk_done", "symbol", "time"]
+    fast = open_arrays(res, names)
+    for name in names:
+        assert fast[name].metadata.to_dict() == g[name].metadata.to_dict() and fast[name].path == g[name].path, name
+        np.testing.assert_array_equal(fast[name][:], g[name][:])
+    fast["EMA_Signal"][3:6, 500:600] = 0.25  # writes land where zarr reads them
+    fast["reason"][0] = "why"
+    assert (g["EMA_Signal"][3:6, 500:600] == 0.25).all() and np.isnan(g["EMA_Signal"][:3]).all()
+    assert g["reason"][0] == "why"
+    with pytest.raises(KeyError):
+        open_arrays(res, ["no_such_variable"])
+    with pytest.raises(Exception):
+        open_arrays(tmp_path / "missing.zarr", ["status"])
