@@ -205,7 +205,16 @@ def _update(prices, results, pool, numba_scope) -> UpdateSummary:
         head_hash = np.array(extras["hist_head"], np.uint64) if blocks_ok else np.zeros(n_sym, np.uint64)
 
         new_bars = np.count_nonzero(~np.isnan(close[:, n_old - start:]), axis=1)
-        revised = have & (head_hash + ss.history_hashes(close[:, h0 - start:n_old - start], h0) != hist_hash)
+        # each time's closes are hashed once: the digests are wrapping sums over times, split at
+        # n_old and at the new head (see stream_store.history_hashes)
+        h1 = ss.head_time(n_new)
+        cuts = sorted({h0, h1, n_old, n_new})  # h0 <= h1 < n_new, h0 <= n_old
+        part = {(a, b): ss.history_hashes(close[:, a - start:b - start], a) for a, b in zip(cuts, cuts[1:])}
+
+        def digest(a: int, b: int) -> np.ndarray:  # of the times [a, b), a and b among the cuts
+            return sum((v for (c, d), v in part.items() if a <= c and d <= b), np.zeros(n_sym, np.uint64))
+
+        revised = have & (head_hash + digest(h0, n_old) != hist_hash)
         was_short = (status_old != st.OK) & (status_old != st.BAD_DATA) & (new_bars > 0)
         why = {"revised past bars": revised, "no saved state": ~have & ~was_short & (status_old != st.BAD_DATA),
                "enough bars now or a first bar": was_short}
@@ -287,8 +296,7 @@ def _update(prices, results, pool, numba_scope) -> UpdateSummary:
             for m in ss.MARKS:
                 marks[m][unknown] = got[m]
 
-        digests = {"hist_hash": head_hash + ss.history_hashes(close[:, h0 - start:], h0),
-                   "hist_head": head_hash + ss.history_hashes(close[:, h0 - start:ss.head_time(n_new) - start], h0)}
+        digests = {"hist_hash": head_hash + digest(h0, n_new), "hist_head": head_hash + digest(h0, h1)}
         extras_new = {"have": np.ones(n_sym, bool), **digests, **marks}
         sattrs_new = ss.stream_attrs(params, dtype.name, n_new, p_fp,
                                      list(new_blocks) if new_blocks is not None else None)

@@ -247,6 +247,32 @@ def test_update_reads_the_last_block_and_still_finds_revisions(cluster, tmp_path
     assert_same_marks(tmp_path / "r.zarr", tmp_path / "full.zarr")
 
 
+def assert_same_state(a, b):
+    """The whole stream group (state, digests, marks) equal byte for byte: the next update
+    continues from it."""
+    state, extras, _ = ss.read_stream(a)
+    want, want_extras, _ = ss.read_stream(b)
+    got, ref = {**state.to_arrays(), **extras}, {**want.to_arrays(), **want_extras}
+    assert sorted(got) == sorted(ref)
+    for name, v in got.items():
+        assert v.dtype == ref[name].dtype and v.tobytes() == ref[name].tobytes(), name
+
+
+def test_updates_across_a_fingerprint_block_keep_the_digests(cluster, tmp_path):
+    """Updates whose new times cross the start of a fingerprint block (the digest of the times
+    before it, `hist_head`, then grows by old and new times) and the update after it: the stream
+    group equals a full run's each time (digests included), and so does the store."""
+    ds = synth_prices(10, 545, seed=3)
+    write(ds.isel(time=slice(0, 500)), tmp_path / "p.zarr")
+    run(cluster, tmp_path / "p.zarr", tmp_path / "r.zarr")
+    for n in (530, 545):
+        write(ds.isel(time=slice(0, n)), tmp_path / "p.zarr", overwrite=True)
+        assert update_results(tmp_path / "p.zarr", tmp_path / "r.zarr").recomputed == {}
+        run(cluster, tmp_path / "p.zarr", tmp_path / f"full{n}.zarr")
+        assert_same_store(tmp_path / "r.zarr", tmp_path / f"full{n}.zarr")
+        assert_same_state(tmp_path / "r.zarr", tmp_path / f"full{n}.zarr")
+
+
 def test_update_trades_after_an_interrupted_update_or_without_trades(cluster, tmp_path):
     """Trades that are not those of the results before the update (an update stopped while
     rewriting them leaves their fingerprint cleared; a store without trades) are computed whole."""
@@ -400,8 +426,4 @@ def test_daily_update_imports_neither_pandas_nor_xarray(cluster, tmp_path):
     assert xr.open_zarr(tmp_path / "r.zarr").sizes["time"] == N_NEW
     run(cluster, tmp_path / "p.zarr", tmp_path / "full.zarr")
     assert_same_store(tmp_path / "r.zarr", tmp_path / "full.zarr")
-    state, extras, _ = ss.read_stream(tmp_path / "r.zarr")
-    want, want_extras, _ = ss.read_stream(tmp_path / "full.zarr")
-    for name, a in {**state.to_arrays(), **extras}.items():
-        b = {**want.to_arrays(), **want_extras}[name]
-        assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), name
+    assert_same_state(tmp_path / "r.zarr", tmp_path / "full.zarr")
