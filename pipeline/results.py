@@ -425,9 +425,11 @@ def read_state(path: str | os.PathLike) -> ResultsState:
     if not is_results_store(path):
         raise ResultsError(f"{path} exists and is not an atc results store (no atc_format attribute "
                            f"'{FORMAT_NAME}'); choose another path")
+    from pipeline.chunk_io import read_whole
+
     with read_store_state(path, FORMAT_VERSION, error=ResultsError, what="results") as (g, attrs):
         close_like = g["Average_Signal"]  # stored whatever `--outputs` chose
-        done = np.asarray(g["chunk_done"][:]) == 1
+        done = np.asarray(read_whole(g["chunk_done"])) == 1  # one tiny chunk per task: read here, not via zarr's loop
         n_sym, n_time = close_like.shape
         k = int(close_like.chunks[0])
     return ResultsState(attrs, int(n_sym), int(n_time), k, done)

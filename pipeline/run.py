@@ -152,8 +152,10 @@ def _status_summary(path: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """Counts per status name and the first non-ok reasons (reads only the per-symbol variables)."""
     import zarr
 
+    from pipeline.chunk_io import read_whole
+
     g = zarr.open_group(str(path), mode="r", zarr_format=3, use_consolidated=False)
-    status = np.asarray(g["status"][:])
+    status = np.asarray(read_whole(g["status"]))
     counts = {rs.STATUS_FLAGS[c]: int(np.count_nonzero(status == c)) for c in sorted(rs.STATUS_FLAGS)}
     bad = np.flatnonzero((status != OK) & (status != rs.NOT_COMPUTED))[:MAX_REPORTED]
     problems = []
