@@ -25,8 +25,8 @@ def bench_stream(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the figures to this JSON file.")] = None,
     store: Annotated[Optional[str], typer.Option(
         "--store", help="Also time the daily routine end to end as fresh processes on a synthetic store of "
-        "SYMBOLSxBARS (e.g. 2000x5000): atc run, one appended bar (atc ingest --append's code), atc update, "
-        "atc scan.")] = None,
+        "SYMBOLSxBARS (e.g. 2000x5000): atc run, atc ingest --append of one bar per symbol (a CSV file each), "
+        "atc update, atc scan.")] = None,
     scan_only: Annotated[Optional[str], typer.Option(
         "--scan-store", help="Also time atc scan alone on a results store of SYMBOLSxBARS (e.g. 20000x5000; "
         "computed once with --outputs signals, kept in --dir).")] = None,
@@ -126,11 +126,12 @@ def _timed(args: list[str]) -> tuple[float, float]:
 
 def _daily(base: Path, n_sym: int, n_bars: int, backtest: bool = False, repeat: int = 1) -> dict:
     """atc run on n_bars - 1 bars, then (``repeat`` times, on fresh copies of both stores) append
-    the last bar, atc update, atc scan: each a fresh process but the append (in this process,
-    after its imports); best wall and best CPU of the repeats."""
+    the last bar (`atc ingest DIR --append`, DIR holding one CSV file per symbol, as a data vendor
+    delivers them), atc update, atc scan: each a fresh process, start-up included; best wall and
+    best CPU of the repeats."""
     import shutil
 
-    from pipeline.store import append_prices, write_prices
+    from pipeline.store import write_prices
     from pipeline.synth import synth_prices
 
     ds = synth_prices(n_sym, n_bars, seed=7)
@@ -146,21 +147,19 @@ def _daily(base: Path, n_sym: int, n_bars: int, backtest: bool = False, repeat: 
         for src, dst in ((prices, keep_p), (results, keep_r)):
             shutil.rmtree(dst, ignore_errors=True)
             shutil.copytree(src, dst)
-    bar = ds.isel(time=slice(n_bars - 1, n_bars)).load()
+    bar_dir = _bar_files(ds.isel(time=slice(n_bars - 1, n_bars)).load(), base / f"{tag}-new-bar")
     got: dict[str, list[tuple[float, float]]] = {"append": [], "update": [], "scan": []}
     for i in range(max(1, repeat)):
         if i:
             for src, dst in ((keep_p, prices), (keep_r, results)):
                 shutil.rmtree(dst)
                 shutil.copytree(src, dst)
-        c0, t0 = time.process_time(), time.perf_counter()
-        append_prices(bar, prices)
-        got["append"].append((time.perf_counter() - t0, time.process_time() - c0))
+        got["append"].append(_timed(["ingest", str(bar_dir), str(prices), "--append", "--no-progress"]))
         got["update"].append(_timed(["update", str(prices), str(results)]))
         got["scan"].append(_timed(["scan", str(results), "--top", "20"]))
     best = {k: (min(w for w, _ in v), min(c for _, c in v)) for k, v in got.items()}
     load = os.getloadavg()[0]
-    typer.echo(f"    append one bar (in this process) {best['append'][0]:8.2f} s  (CPU {best['append'][1]:.2f} s)")
+    typer.echo(f"    atc ingest --append (one bar)    {best['append'][0]:8.2f} s  (CPU {best['append'][1]:.2f} s)")
     typer.echo(f"    atc update (one new bar)         {best['update'][0]:8.2f} s  (CPU {best['update'][1]:.2f} s; "
                f"{best['update'][0] / run_s:.2f} x the full run)")
     typer.echo(f"    atc scan                         {best['scan'][0]:8.2f} s  (CPU {best['scan'][1]:.2f} s)")
@@ -169,6 +168,26 @@ def _daily(base: Path, n_sym: int, n_bars: int, backtest: bool = False, repeat: 
             "append_s": best["append"][0], "append_cpu_s": best["append"][1],
             "update_s": best["update"][0], "update_cpu_s": best["update"][1],
             "scan_s": best["scan"][0], "scan_cpu_s": best["scan"][1], "load": load}
+
+
+def _bar_files(bar, dst: Path) -> Path:
+    """One CSV file per symbol with a bar in ``bar`` (a one-time price Dataset), named after it:
+    Date and the price variables, values written as Python writes floats (shortest round trip)."""
+    import shutil
+
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir(parents=True)
+    t = bar["time"].values[0].astype("datetime64[ns]")
+    day = t.astype("datetime64[D]")
+    when = str(day) if day == t else str(t.astype("datetime64[s]"))
+    variables = [v for v in ("open", "high", "low", "close", "volume") if v in bar.data_vars]
+    header = "Date," + ",".join(v.capitalize() for v in variables) + "\n"
+    values = {v: bar[v].transpose("symbol", "time").values[:, 0] for v in variables}
+    for i, sym in enumerate(bar["symbol"].values):
+        if values["close"][i] == values["close"][i]:  # NaN: no bar for this symbol
+            row = ",".join("" if values[v][i] != values[v][i] else repr(float(values[v][i])) for v in variables)
+            (dst / f"{sym}.csv").write_text(f"{header}{when},{row}\n")
+    return dst
 
 
 def _scan_only(base: Path, n_sym: int, n_bars: int) -> dict:

@@ -14,6 +14,7 @@ So whether a file takes this path changes neither the bars nor the error message
 from __future__ import annotations
 
 import functools
+import os
 import re
 from pathlib import Path
 
@@ -44,15 +45,18 @@ _EXACT = 2**53
 @functools.lru_cache(maxsize=1)
 def _pandas_rounds_correctly() -> bool:
     """Whether the installed pandas' CSV parser rounds every decimal number correctly (it does
-    since pandas 3.1, which parses with fast_float; pandas 3.0 had its own parser), read from its
-    metadata, not by importing it."""
-    from importlib.metadata import PackageNotFoundError, version
+    since pandas 3.1, which parses with fast_float; pandas 3.0 had its own parser). Read from the
+    name of its ``.dist-info`` directory beside it: neither pandas nor importlib.metadata (which
+    imports the email package, ~0.1 s) is imported."""
+    import importlib.util
 
     try:
-        m = re.fullmatch(r"(\d+)\.(\d+)\.(\d+)", version("pandas"))
-    except PackageNotFoundError:
+        spec = importlib.util.find_spec("pandas")
+        where = Path(next(iter(spec.submodule_search_locations))).parent
+        found = [m for e in os.listdir(where) if (m := re.fullmatch(r"pandas-(\d+)\.(\d+)\.(\d+)\.dist-info", e))]
+    except (ImportError, AttributeError, TypeError, StopIteration, OSError, ValueError):
         return False
-    return m is not None and (int(m.group(1)), int(m.group(2))) >= (3, 1)
+    return len(found) == 1 and (int(found[0].group(1)), int(found[0].group(2))) >= (3, 1)
 
 
 def _number(text: str) -> float | None:

@@ -59,9 +59,12 @@ BATCH_MIN_FILES = 64
 INGEST_MEMORY_BUDGET = 512 * 2**20
 
 
+_LONGEST_FIRST = tuple(sorted(DATA_SUFFIXES, key=len, reverse=True))
+
+
 def _suffix(path: Path) -> str | None:
     name = path.name.lower()
-    for suf in sorted(DATA_SUFFIXES, key=len, reverse=True):
+    for suf in _LONGEST_FIRST:
         if name.endswith(suf) and len(name) > len(suf):
             return suf
     return None
@@ -83,7 +86,9 @@ def list_sources(src: str | os.PathLike) -> list[Path]:
         return [src]
     if not src.is_dir():
         raise StoreError(f"{src}: not a file or directory")
-    files = sorted((p for p in src.iterdir() if p.is_file() and _suffix(p) is not None), key=lambda p: p.name)
+    with os.scandir(src) as it:  # a directory entry knows whether it is a file (no stat per file)
+        files = sorted((Path(e.path) for e in it if e.is_file() and _suffix(Path(e.name)) is not None),
+                       key=lambda p: p.name)
     if not files:
         raise StoreError(f"{src}: no CSV or Parquet files in this directory")
     return files
@@ -186,13 +191,7 @@ def read_columns(
 def _read_all(files: list[Path], progress: bool | None, threads: int, load) -> tuple[dict, dict[str, int]]:
     """``load(path) -> ({symbol: bars}, {symbol: dropped rows})`` over ``files`` in order: the
     symbols' bars, and the rows dropped per file (a symbol in two files is an error naming both)."""
-    show = len(files) >= PROGRESS_MIN_FILES if progress is None else progress
-    bar = None
-    if show:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(files), desc="reading", unit="file", file=sys.stderr,
-                   disable=None if progress is None else False)
+    bar = _bar(len(files), progress, "reading")
     out: dict[str, object] = {}
     origin: dict[str, Path] = {}
     dropped: dict[str, int] = {}
@@ -268,6 +267,9 @@ def ingest(
 def _bar(n: int, progress: bool | None, desc: str):
     if not (n >= PROGRESS_MIN_FILES if progress is None else progress):
         return None
+    isatty = getattr(sys.stderr, "isatty", None)
+    if progress is None and isatty is not None and not isatty():
+        return None  # what tqdm's disable=None does, without importing tqdm (~0.05 s)
     from tqdm import tqdm
 
     return tqdm(total=n, desc=desc, unit="file", file=sys.stderr, disable=None if progress is None else False)

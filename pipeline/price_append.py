@@ -367,15 +367,21 @@ def _cheap_append(cols, cols_of, path: Path, meta: _StoreMeta, k: int, store_fil
     incoming = set().union(*(c.keys() for _, c in cols.values()))
     if any(v not in old_vars for v in incoming):
         return None
-    all_new_t = np.unique(np.concatenate([t for t, _ in cols.values()])) if cols else np.empty(0, np.int64)
+    all_new_t = _unique(np.concatenate([t for t, _ in cols.values()])) if cols else np.empty(0, np.int64)
     inside = all_new_t[all_new_t <= old_times[-1]]
     if inside.size and not np.isin(inside, old_times).all():
         return None  # a time inside the axis: every later column moves, rebuild
-    times = np.union1d(old_times, all_new_t)
+    times = _unique(np.concatenate([old_times, all_new_t]))
     m_new = int(times.size)
 
     ex = [s for s in cols if s in old_pos]
     rows = np.array([old_pos[s] for s in ex], dtype=np.int64)
+    # the existing symbols' new bars end to end (one numpy pass instead of ~10 calls per symbol:
+    # 2,000 symbols of one bar each took ~0.15 s symbol by symbol); each symbol's times ascend
+    lens = np.array([cols[s][0].size for s in ex], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
+    flat_t = np.concatenate([cols[s][0] for s in ex]).astype(np.int64) if ex else np.empty(0, np.int64)
+    owner = np.repeat(np.arange(len(ex)), lens)
     close_z = g_old["close"]
     step = math.lcm(T, FINGERPRINT_BLOCK)
     # the last chunk of every variable is read once: it finds most last bars and is the usual window
@@ -384,7 +390,8 @@ def _cheap_append(cols, cols_of, path: Path, meta: _StoreMeta, k: int, store_fil
     # a symbol's last stored bar matters only if its new rows reach back into the axis (overlap
     # checks) or gaps before its new bars are filled; bars after the axis are newer for everyone
     last = np.full(rows.size, -1, np.int64)
-    wanted = np.array([store_fill == "ffill" or cols[s][0][0] <= old_times[-1] for s in ex], dtype=bool)
+    wanted = (np.ones(len(ex), dtype=bool) if store_fill == "ffill"
+              else flat_t[starts] <= old_times[-1] if ex else np.zeros(0, dtype=bool))
     if wanted.any():
         sel = np.flatnonzero(wanted)
         valid = ~np.isnan(tail["close"][rows[sel]])
@@ -392,29 +399,30 @@ def _cheap_append(cols, cols_of, path: Path, meta: _StoreMeta, k: int, store_fil
         last[sel[has]] = m_old - 1 - valid[has][:, ::-1].argmax(axis=1)
         if not has.all():
             last[sel[~has]] = last_valid_index(close_z, rows[sel[~has]], tail_lo, T)
-    # first column each existing symbol's check or change needs
+    # bars up to a symbol's last stored bar overlap (checked), later ones are newer (added)
+    last_t = np.where(last >= 0, old_times[np.maximum(last, 0)], np.iinfo(np.int64).min)
+    flat_ov = flat_t <= last_t[owner]
+    flat_newer = ~flat_ov
+    # first column the checks or changes need: the earliest overlapping bar, and the earliest
+    # newer bar (with ffill: the last stored bar, from which gaps are filled)
     need = m_old
-    plan = {}
-    for r, sym, li in zip(rows, ex, last):
-        t = cols[sym][0]
-        ov = t <= old_times[li] if li >= 0 else np.zeros(t.size, dtype=bool)
-        newer = ~ov
-        first_col = m_old
-        if ov.any():
-            first_col = int(np.searchsorted(old_times, t[ov][0]))
-        if newer.any():
-            first_col = min(first_col, int(li) if store_fill == "ffill" else int(np.searchsorted(times, t[newer][0])))
-        need = min(need, first_col)
-        plan[sym] = (int(r), int(li), ov, newer)
+    if flat_ov.any():
+        need = min(need, int(np.searchsorted(old_times, flat_t[flat_ov].min())))
+    if flat_newer.any():
+        if store_fill == "ffill":
+            need = min(need, int(last[owner[flat_newer]].min()))
+        else:
+            need = min(need, int(np.searchsorted(times, flat_t[flat_newer].min())))
+    overlapping = _unique(owner[flat_ov])  # symbols (positions in ex) with bars to check
     new_syms = [s for s in cols if s not in old_pos]
     w0 = min(need // step * step, tail_lo)
     win = tail if w0 == tail_lo else {
         v: np.concatenate([np.asarray(g_old[v][:, w0:tail_lo], dtype=np.float64), tail[v]], axis=1) for v in old_vars}
     # checks of the overlapping bars, exactly as the full path words them
-    for sym, (r, li, ov, newer) in plan.items():
-        if not ov.any():
-            continue
+    for e in overlapping:
+        sym, r, li = ex[e], int(rows[e]), int(last[e])
         t, c = cols[sym]
+        ov = t <= old_times[li]
         tov = t[ov]
         j = np.searchsorted(old_times, tov)
         j_clip = np.minimum(j, m_old - 1)
@@ -438,7 +446,10 @@ def _cheap_append(cols, cols_of, path: Path, meta: _StoreMeta, k: int, store_fil
                 q = int(np.flatnonzero(diff)[0])
                 raise StoreError(f"{where}: overlapping bar disagrees for symbol {sym!r} at {format_time(tov[q])}: "
                                  f"{v} stored {float(a_old[q])!r}, new {float(a_new[q])!r}")
-    added_bars = sum(int(np.count_nonzero(~np.isnan(cols[s][1]["close"][p[3]]))) for s, p in plan.items())
+    flat = {v: np.concatenate([cols[s][1][v] if v in cols[s][1] else np.full(cols[s][0].size, np.nan) for s in ex])
+            if ex else np.empty(0) for v in old_vars}
+    has = {v: np.repeat(np.array([v in cols[s][1] for s in ex], dtype=bool), lens) for v in old_vars}
+    added_bars = int(np.count_nonzero(~np.isnan(flat["close"][flat_newer])))
     added_bars += sum(int(np.count_nonzero(~np.isnan(cols[s][1]["close"]))) for s in new_syms)
     if added_bars == 0:
         return _summary(path, meta, "unchanged", k)
@@ -448,16 +459,13 @@ def _cheap_append(cols, cols_of, path: Path, meta: _StoreMeta, k: int, store_fil
     neww = {v: np.full((n_old, w), np.nan) for v in old_vars}
     for v in old_vars:
         neww[v][:, : m_old - w0] = win[v]
-    for sym, (r, li, ov, newer) in plan.items():
-        if not newer.any():
-            continue
-        t, c = cols[sym]
-        at = np.searchsorted(times, t[newer]) - w0
-        no_bar = np.isnan(c["close"][newer])
-        for v, vals in c.items():
-            neww[v][r, at] = vals[newer]
-            if v != "close":
-                neww[v][r, at[no_bar]] = np.nan
+    at = np.searchsorted(times, flat_t[flat_newer]) - w0
+    at_row = rows[owner[flat_newer]]
+    no_bar = np.isnan(flat["close"][flat_newer])
+    for v in old_vars:  # each symbol's own variables; without a close, no bar: NaN
+        m = has[v][flat_newer]
+        vals = flat[v][flat_newer] if v == "close" else np.where(no_bar, np.nan, flat[v][flat_newer])
+        neww[v][at_row[m], at[m]] = vals[m]
     syms = old_syms + new_syms
     new_panel = columns_union(cols_of(new_syms)) if new_syms else None
     new_rows = {v: np.full((len(new_syms), m_new), np.nan) for v in old_vars}
@@ -531,6 +539,12 @@ def _cheap_append(cols, cols_of, path: Path, meta: _StoreMeta, k: int, store_fil
         else:
             _consolidate(tmp)
     return _summary(path, _StoreMeta.read(path), "appended", k, added_symbols=len(new_syms), added_bars=added_bars)
+
+
+def _unique(a: np.ndarray) -> np.ndarray:
+    """``np.unique`` of int64 times (numpy's imports numpy.ma on first use: ~0.04 s of a fresh append)."""
+    a = np.sort(a)
+    return a[np.concatenate([[True], a[1:] != a[:-1]])] if a.size else a
 
 
 def _check_window(p: Panel, where: str) -> None:

@@ -4,6 +4,7 @@ bars, stores and errors as pandas' reading, which every other file still takes."
 from __future__ import annotations
 
 import io
+import re
 import shutil
 from pathlib import Path
 
@@ -151,6 +152,12 @@ def test_unusual_files_go_to_pandas(tmp_path, name):
     _same((dict(cols), cols.dropped_empty_close),
           ({s: (f.index.asi8, {v: f[v].to_numpy() for v in f.columns}) for s, f in frames.items()},
            frames.dropped_empty_close))
+
+
+def test_pandas_version_read_without_importing_it():
+    m = re.fullmatch(r"(\d+)\.(\d+)\.\d+", pd.__version__)
+    if m is not None:
+        assert _pandas_rounds_correctly() == ((int(m.group(1)), int(m.group(2))) >= (3, 1))
 
 
 def test_numbers_read_as_pandas_reads_them():
@@ -315,3 +322,24 @@ def test_append_errors_are_the_pandas_path_errors_and_leave_the_store(tmp_path, 
         append_prices(read_sources(list_sources(src), progress=False), base)
     assert str(got.value) == str(want.value)
     assert _store_files(base) == before
+
+
+def test_fresh_append_of_plain_files_imports_no_heavy_library(tmp_path):
+    """What makes a fresh `atc ingest --append` cheap: plain files and the store's own layout need
+    neither pandas, xarray, dask, zarr nor numba (each costs 0.3-1 s of a fresh process)."""
+    import subprocess
+    import sys
+
+    base = _base(tmp_path, 30, "none")
+    day, _ = _last(base, "SYN0000")
+    nxt = (pd.Timestamp(day) + pd.Timedelta(days=1)).strftime("%Y-%m-%d")
+    src = tmp_path / "src"
+    for i in range(6):
+        _write(src / f"SYN{i:04d}.csv", f"Date,Close\n{nxt},{i + 1.5}\n")
+    code = ("import sys; from flows.cli import main; rc = main(sys.argv[1:]); "
+            "print('HEAVY', sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'pandas', 'xarray', 'dask', 'zarr', 'numba'})); sys.exit(rc)")
+    p = subprocess.run([sys.executable, "-c", code, "ingest", str(src), str(base), "--append"], capture_output=True,
+                       text=True, cwd=Path(__file__).resolve().parents[1], timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "added 0 new symbols and 6 new bars" in p.stdout and "HEAVY []" in p.stdout, p.stdout
