@@ -343,3 +343,36 @@ def test_fresh_append_of_plain_files_imports_no_heavy_library(tmp_path):
                        text=True, cwd=Path(__file__).resolve().parents[1], timeout=300)
     assert p.returncode == 0, p.stderr
     assert "added 0 new symbols and 6 new bars" in p.stdout and "HEAVY []" in p.stdout, p.stdout
+
+
+@pytest.mark.parametrize("where", ["put_chunk", "flush"])
+def test_interrupted_append_leaves_the_store_as_it_was(tmp_path, monkeypatch, where):
+    """Ctrl-C while the direct writer writes chunks or metadata (into the store's temporary
+    sibling): the store is byte for byte what it was, and no temporary directory is left."""
+    import pipeline.zarr_direct as zd
+
+    base = _base(tmp_path, 600, "none")
+    day, _ = _last(base, "SYN0000")
+    nxt = (pd.Timestamp(day) + pd.Timedelta(days=1)).strftime("%Y-%m-%d")
+    src = tmp_path / "src"
+    for i in range(6):
+        _write(src / f"SYN{i:04d}.csv", f"Date,Close\n{nxt},{i + 1.5}\n")
+    before = _store_files(base)
+    listing = sorted(p.name for p in tmp_path.iterdir())
+    calls = []
+    real = getattr(zd.DirectStore if where == "flush" else zd.DirectArray, where)
+
+    def interrupted(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2 or where == "flush":
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(zd.DirectStore if where == "flush" else zd.DirectArray, where, interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ingest(src, base, append=True, progress=False)
+    assert calls
+    assert _store_files(base) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == listing
+    monkeypatch.setattr(zd.DirectStore if where == "flush" else zd.DirectArray, where, real)
+    assert ingest(src, base, append=True, progress=False).added_bars == 6
