@@ -33,9 +33,10 @@ MAX_BYTES = 1 << 20
 # ISO 8601 dates and naive times that numpy parses exactly as pandas' format="ISO8601" (checked
 # by tests), years inside the datetime64[ns] range; anything else (time zones, other spellings,
 # out-of-range fields) goes to pandas
+# (ASCII digits only: Python's float() also reads other scripts' digits, pandas does not)
 _ISO = re.compile(r"(17|18|19|20|21)\d\d-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])"
-                  r"([T ]([01]\d|2[0-3]):[0-5]\d(:[0-5]\d(\.\d{1,9})?)?)?")
-_NUMBER = re.compile(r"(\d+)(?:\.(\d+))?")
+                  r"([T ]([01]\d|2[0-3]):[0-5]\d(:[0-5]\d(\.\d{1,9})?)?)?", re.ASCII)
+_NUMBER = re.compile(r"(\d+)(?:\.(\d+))?", re.ASCII)
 _SYMBOL = re.compile(r"[A-Za-z][A-Za-z0-9._\-^=/:]*")
 # words pandas reads as missing values, booleans or infinities (any case, to be safe)
 _NOT_SYMBOLS = {"na", "nan", "n/a", "null", "none", "nat", "true", "false", "inf", "infinity"}

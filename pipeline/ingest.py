@@ -2,7 +2,8 @@
 
 SRC is either a directory of files, one per symbol (the symbol is the file name without its
 extension) or long-format files with a symbol column, or a single such file. Column spellings,
-timestamps and validation are handled by :func:`pipeline.tables.split_table`.
+timestamps and validation are handled by :func:`pipeline.tables.split_table`; an append reads
+plain CSV files without pandas (:mod:`pipeline.csv_simple`: the same bars and errors).
 
 Each symbol's stored bars are exactly its file's rows: nothing is filled unless asked
 (``fill="ffill"``), and a row without a close is an error unless ``drop_empty_close`` (then it is

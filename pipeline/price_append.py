@@ -8,6 +8,11 @@ written to: each rewritten chunk is a new file), then renamed into place, so a f
 old store as it was (:func:`_cheap_append`). Anything else (a version 1 or 2 store, a new time
 inside the axis, a new variable, another chunk size) rebuilds the whole store beside the old one
 (:func:`write_store`).
+
+The cheap append takes plain columns (:class:`pipeline.table_rows.CanonicalColumns`, what
+`atc ingest --append` reads from plain CSV files) and reads and writes the store with
+:mod:`pipeline.zarr_direct` where it handles the store's layout, so a fresh `atc ingest --append`
+imports neither pandas, xarray nor zarr (~1.5 s of a fresh process, 2026-11-29).
 """
 
 from __future__ import annotations

@@ -133,6 +133,8 @@ FALLBACK = {
     "inf.csv": "Date,Close\n2013-09-10,inf\n",
     "header_only.csv": "Date,Close\n",
     "year_3000.csv": "Date,Close\n3000-01-01,7.5\n",
+    "arabic_digits.csv": "Date,Close\n2013-09-10,\u0667.\u0665\n",  # float() reads these, pandas does not
+    "underscore.csv": "Date,Close\n2013-09-10,1_000.5\n",  # the same
 }
 
 
