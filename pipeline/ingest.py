@@ -16,7 +16,6 @@ import dataclasses
 import os
 import sys
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from typing import TYPE_CHECKING
@@ -198,6 +197,8 @@ def _read_all(files: list[Path], progress: bool | None, threads: int, load) -> t
     dropped: dict[str, int] = {}
     try:
         if threads > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
             with ThreadPoolExecutor(threads) as pool:
                 # map keeps the file order, so the first error reported is deterministic
                 _collect(files, pool.map(load, files), out, origin, dropped, bar)

@@ -292,6 +292,10 @@ def test_appends_write_the_stores_the_pandas_and_zarr_path_writes(tmp_path, monk
         assert got.added_bars == want.added_bars and got.fingerprint == want.fingerprint, name
         assert (got.n_symbols, got.n_bars, got.own_bars, got.filled_gaps, got.nbytes) == \
                (want.n_symbols, want.n_bars, want.own_bars, want.filled_gaps, want.nbytes), name
+        if got.action == "appended" and "time_chunk" in pa._StoreMeta.read(new).attrs:  # the summary is the store's
+            again = pa._summary(new, pa._StoreMeta.read(new), "appended", got.chunk_symbols,
+                                added_symbols=got.added_symbols, added_bars=got.added_bars)
+            assert dict(vars(got), dropped_empty_close=()) == dict(vars(again), dropped_empty_close=()), name
         a, b = _store_files(new), _store_files(old)
         assert sorted(a) == sorted(b), name
         assert [k for k in a if a[k] != b[k]] == [], name
