@@ -63,7 +63,11 @@ _LONGEST_FIRST = tuple(sorted(DATA_SUFFIXES, key=len, reverse=True))
 
 
 def _suffix(path: Path) -> str | None:
-    name = path.name.lower()
+    return _name_suffix(path.name)
+
+
+def _name_suffix(name: str) -> str | None:
+    name = name.lower()
     for suf in _LONGEST_FIRST:
         if name.endswith(suf) and len(name) > len(suf):
             return suf
@@ -87,8 +91,8 @@ def list_sources(src: str | os.PathLike) -> list[Path]:
     if not src.is_dir():
         raise StoreError(f"{src}: not a file or directory")
     with os.scandir(src) as it:  # a directory entry knows whether it is a file (no stat per file)
-        files = sorted((Path(e.path) for e in it if e.is_file() and _suffix(Path(e.name)) is not None),
-                       key=lambda p: p.name)
+        names = sorted(e.name for e in it if _name_suffix(e.name) is not None and e.is_file())
+    files = [src / n for n in names]
     if not files:
         raise StoreError(f"{src}: no CSV or Parquet files in this directory")
     return files
