@@ -195,3 +195,44 @@ def _open_with_zarr(path: str | os.PathLike, names: Any) -> dict[str, Any]:
 
     g = zarr.open_group(str(path), mode="r+", zarr_format=3, use_consolidated=False)
     return {name: g[name] for name in names}
+
+
+def write_rows(path: str | os.PathLike, start: int, stop: int, arrays: Mapping[str, np.ndarray]) -> None:
+    """``group[name][start:stop] = values`` for every array of ``arrays`` that the group in
+    directory ``path`` holds (others are skipped: a store written before they existed lacks them).
+
+    For arrays chunked along their first axis only and a region of whole chunks (a run task's own
+    symbol chunk, e.g. in the `stream` group), the chunks are encoded and stored in this thread
+    (:mod:`pipeline.chunk_io`, byte for byte zarr's); anything else goes through zarr. Measured on
+    the 17 arrays of a task's stream state (209 symbols), 2026-11-29: 0.073 CPU s through zarr
+    (group listing, opening, one event-loop round trip per array), 0.017 s this way."""
+    from pathlib import Path
+
+    d = Path(path)
+    names = [name for name in arrays if (d / name / "zarr.json").is_file()]
+    opened = open_arrays(d, names)
+    for name in names:
+        arr, values = opened[name], np.asarray(arrays[name])
+        if not _put_rows(arr, start, stop, values):
+            arr[start:stop] = values
+
+
+def _put_rows(arr: Any, start: int, stop: int, values: np.ndarray) -> bool:
+    """Store rows [start, stop) chunk by chunk if they are whole chunks of an array chunked along
+    its first axis only and :mod:`pipeline.chunk_io` handles its codecs; False otherwise."""
+    from pipeline.chunk_io import direct
+
+    if arr.ndim < 1 or tuple(arr.chunks[1:]) != tuple(arr.shape[1:]):
+        return False
+    k, n = int(arr.chunks[0]), int(arr.shape[0])
+    if start % k or not 0 <= start < stop <= n or (stop - start) % k and stop != n:
+        return False
+    if values.shape != (stop - start,) + tuple(arr.shape[1:]):
+        return False
+    dc = direct(arr)
+    if dc is None:
+        return False
+    tail = (0,) * (arr.ndim - 1)
+    for r0 in range(start, stop, k):
+        dc.put((r0 // k, *tail), values[r0 - start:r0 - start + k])
+    return True

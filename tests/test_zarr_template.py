@@ -196,3 +196,45 @@ def test_open_arrays_opens_what_zarr_opens(tmp_path):
         open_arrays(res, ["no_such_variable"])
     with pytest.raises(Exception):
         open_arrays(tmp_path / "missing.zarr", ["status"])
+
+
+def test_write_rows_stores_what_zarr_stores(tmp_path):
+    """write_rows (for the stream group's per-task regions) leaves every file as zarr's setitem
+    does: whole chunks, a partial last chunk, all-fill chunks (not stored), regions that are not
+    whole chunks and arrays chunked along other axes too (both through zarr), missing arrays."""
+    from zarr.codecs import ZstdCodec
+
+    from pipeline.zarr_template import write_rows
+
+    rng = np.random.default_rng(4)
+    n, k = 23, 5
+    specs = {
+        "t": dict(shape=(n,), dtype=np.int64, chunks=(k,), fill_value=-2, compressors=None),
+        "ring": dict(shape=(n, 3, 7), dtype=np.float64, chunks=(k, 3, 7), fill_value=0,
+                     compressors=ZstdCodec(level=1)),
+        "have": dict(shape=(n,), dtype=np.int8, chunks=(k,), fill_value=0, compressors=None),
+        "hash": dict(shape=(n,), dtype=np.uint64, chunks=(k,), fill_value=0, compressors=None),
+        "tiled": dict(shape=(n, 8), dtype=np.float64, chunks=(k, 4), fill_value=np.nan),  # not along rows only
+    }
+    regions = [(0, 5), (5, 15), (20, 23), (15, 20), (3, 9)]  # the last one: not whole chunks
+    groups = {}
+    for how in ("zarr", "rows"):
+        g = zarr.open_group(str(tmp_path / f"{how}.zarr"), mode="w-", zarr_format=3)
+        for name, kw in specs.items():
+            g.create_array(name, **kw)
+        groups[how] = g
+    for start, stop in regions:
+        m = stop - start
+        values = {
+            "t": np.arange(start, stop) * 7, "ring": rng.standard_normal((m, 3, 7)),
+            "have": np.ones(m, bool), "hash": rng.integers(0, 2**63, m).astype(np.uint64),
+            "tiled": rng.standard_normal((m, 8)), "not_in_this_store": np.zeros(m),
+        }
+        if start == 15:
+            values["ring"][:] = 0  # a chunk of fill values only: zarr removes it, so must write_rows
+        for name, a in values.items():
+            if name in specs:
+                groups["zarr"][name][start:stop] = a
+        write_rows(tmp_path / "rows.zarr", start, stop, values)
+        assert _files(tmp_path / "zarr.zarr") == _files(tmp_path / "rows.zarr"), (start, stop)
+    assert not (tmp_path / "rows.zarr" / "not_in_this_store").exists()
