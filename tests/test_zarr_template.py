@@ -85,15 +85,17 @@ CASES = [
     (10, 50, 4, 4, "float64", "all", False, False),
     (23, 1300, 8, 8, "float32", "signals", False, False),  # several time chunks, a partial edge chunk
     (7, 40, 7, 7, "float64", "average", True, False),  # --backtest: series and per-symbol metrics
-    (5, 30, 5, 2, "float64", "all", False, True),  # hourly times: other CF units
+    (5, 30, 5, 2, "float64", "all", False, True),  # hourly times (other CF units), odd symbol names
 ]
 
 
 @pytest.mark.parametrize("n_sym,n_bars,price_k,k,dtype,outputs,backtest,intraday", CASES)
 def test_template_equals_xarrays(tmp_path, n_sym, n_bars, price_k, k, dtype, outputs, backtest, intraday):
     prices_path = tmp_path / "prices.zarr"
-    write_prices(synth_prices(n_sym, n_bars, seed=5, freq="h" if intraday else "B"), prices_path,
-                 chunk_symbols=price_k)
+    ds = synth_prices(n_sym, n_bars, seed=5, freq="h" if intraday else "B")
+    if intraday:  # and symbols of any characters
+        ds = ds.assign_coords(symbol=["BRK.B", "ÆØÅ ö", "a b/c", "日本株", "x" * 40][:n_sym])
+    write_prices(ds, prices_path, chunk_symbols=price_k)
     prices = open_prices(prices_path)
     bt = json.dumps({"fee_bps": 1.0, "long_only": False, "periods_per_year": None}, sort_keys=True) if backtest else ""
     identity = rs.RunIdentity(ATCParams(), prices.attrs["fingerprint"], dtype, rs.code_version(), bt, outputs)
