@@ -290,6 +290,10 @@ def test_appends_write_the_stores_the_pandas_and_zarr_path_writes(tmp_path, monk
             m.setattr(zd, "open_store", lambda path: None)
             want = append_prices(frames, old, source=f"ingest {src.resolve()}")
         assert got.added_bars == want.added_bars and got.fingerprint == want.fingerprint, name
+        if opts.get("drop_empty_close"):  # the rows left out, per file, as the pandas path counts them
+            assert got.dropped_empty_close == tuple((str(f), frames.dropped_empty_close.get(str(f), 0))
+                                                    for f in list_sources(src)), name
+            assert got.dropped_total == 1, name
         assert (got.n_symbols, got.n_bars, got.own_bars, got.filled_gaps, got.nbytes) == \
                (want.n_symbols, want.n_bars, want.own_bars, want.filled_gaps, want.nbytes), name
         if got.action == "appended" and "time_chunk" in pa._StoreMeta.read(new).attrs:  # the summary is the store's
