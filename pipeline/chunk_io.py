@@ -18,42 +18,23 @@ nothing, ``zstd`` or ``blosc``. For anything else (or a store without the sync c
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from pipeline import chunk_codec
 
-def _codec(arr: Any) -> tuple[Any] | None:
-    """(numcodecs codec or None,) for the array's bytes-to-bytes step, or None if not handled."""
-    from zarr.codecs import BloscCodec, BytesCodec, ZstdCodec
 
+def _codec(arr: Any) -> Any:
+    """The numcodecs codec of the array's chain (None: plain bytes), or chunk_codec.NOT_HANDLED."""
     meta = getattr(arr, "metadata", None)
-    codecs = tuple(getattr(meta, "codecs", ()) or ())
-    if getattr(meta, "storage_transformers", ()) or not codecs or not isinstance(codecs[0], BytesCodec):
-        return None
-    if codecs[0].endian is not None and codecs[0].endian.value != sys.byteorder and arr.dtype.itemsize > 1:
-        return None
+    if meta is None or getattr(meta, "storage_transformers", ()) or not hasattr(meta, "to_dict"):
+        return chunk_codec.NOT_HANDLED
     store = arr.store
     if not all(hasattr(store, m) for m in ("get_sync", "set_sync", "delete_sync")):
-        return None
-    if len(codecs) == 1:
-        return (None,)
-    if len(codecs) != 2:
-        return None
-    c = codecs[1]
-    if isinstance(c, ZstdCodec):
-        from numcodecs import Zstd
-
-        return (Zstd(level=c.level, checksum=c.checksum),)
-    if isinstance(c, BloscCodec):
-        from numcodecs import Blosc
-
-        shuffle = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}
-        return (Blosc(cname=c.cname.value, clevel=c.clevel, shuffle=shuffle[c.shuffle.value], blocksize=c.blocksize,
-                      typesize=c.typesize),)
-    return None
+        return chunk_codec.NOT_HANDLED
+    return chunk_codec.codec_for(meta.to_dict().get("codecs") or (), arr.dtype)
 
 
 @dataclass(frozen=True)
@@ -73,24 +54,17 @@ class DirectChunks:
         raw = self.arr.store.get_sync(self.prefix + self.arr.metadata.encode_chunk_key(index))
         if raw is None:
             return None
-        data = raw.to_bytes() if self.codec is None else self.codec.decode(raw.to_bytes())
-        return np.frombuffer(data, dtype=self.arr.dtype).reshape(self.chunk_shape)
+        return chunk_codec.decode(self.codec, raw.to_bytes(), self.arr.dtype, self.chunk_shape)
 
     def put(self, index: tuple[int, ...], block: np.ndarray) -> None:
         """Store one chunk; a block smaller than a chunk (an edge chunk) is padded with the fill
         value, and a chunk of fill values only is removed instead (zarr's default)."""
-        if np.shape(block) != self.chunk_shape:
-            full = np.full(self.chunk_shape, self.fill, dtype=self.arr.dtype)
-            full[tuple(slice(0, n) for n in np.shape(block))] = block
-            block = full
-        else:
-            block = np.ascontiguousarray(block, dtype=self.arr.dtype)
         key = self.prefix + self.arr.metadata.encode_chunk_key(index)
-        if _all_fill(block, self.fill, self.fill_nan):
+        data = chunk_codec.encode(self.codec, block, self.arr.dtype, self.chunk_shape, self.fill, self.fill_nan)
+        if data is None:
             self.arr.store.delete_sync(key)
             return
-        data = block.tobytes() if self.codec is None else self.codec.encode(block)
-        self.arr.store.set_sync(key, self.buffer.from_bytes(data if isinstance(data, bytes) else bytes(data)))
+        self.arr.store.set_sync(key, self.buffer.from_bytes(data))
 
 
 def direct(arr: Any) -> DirectChunks | None:
@@ -98,23 +72,15 @@ def direct(arr: Any) -> DirectChunks | None:
     dtype or its store (the caller then reads or writes with zarr)."""
     if arr.ndim < 1 or arr.dtype.kind not in "biuf":
         return None
-    got = _codec(arr)
-    if got is None:
+    codec = _codec(arr)
+    if codec is chunk_codec.NOT_HANDLED:
         return None
     fill = arr.metadata.fill_value
     fill_nan = bool(np.isnan(fill)) if arr.dtype.kind == "f" else False
     from zarr.buffer import default_buffer_prototype
 
-    return DirectChunks(arr, got[0], tuple(int(c) for c in arr.chunks), fill, fill_nan,
+    return DirectChunks(arr, codec, tuple(int(c) for c in arr.chunks), fill, fill_nan,
                         f"{arr.path}/" if arr.path else "", default_buffer_prototype().buffer)
-
-
-def _all_fill(block: np.ndarray, fill: Any, fill_nan: bool) -> bool:
-    """Whether every value is the fill value (the first and last decide at once almost always)."""
-    flat = block.reshape(-1)
-    if fill_nan:
-        return bool(np.isnan(flat[0]) and np.isnan(flat[-1]) and np.isnan(flat).all())
-    return bool(flat[0] == fill and flat[-1] == fill and (flat == fill).all())
 
 
 def _along_rows(arr: Any) -> DirectChunks | None:

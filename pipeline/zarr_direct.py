@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from pipeline import chunk_codec
 
 __all__ = ["DirectArray", "DirectStore", "open_store"]
 
@@ -56,24 +57,6 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def _codec(step: dict) -> Any:
-    """The numcodecs codec zarr uses for a bytes-to-bytes step, or None if not handled."""
-    name, conf = step.get("name"), step.get("configuration") or {}
-    if name == "zstd":
-        from numcodecs import Zstd
-
-        return Zstd(level=int(conf.get("level", 0)), checksum=bool(conf.get("checksum", False)))
-    if name == "blosc":
-        from numcodecs import Blosc
-
-        shuffle = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}
-        if conf.get("shuffle") not in shuffle or "typesize" not in conf:
-            return None
-        return Blosc(cname=str(conf["cname"]), clevel=int(conf["clevel"]), shuffle=shuffle[conf["shuffle"]],
-                     blocksize=int(conf.get("blocksize", 0)), typesize=int(conf["typesize"]))
-    return None
-
-
 class DirectArray:
     """One array of a Zarr v3 directory: whole chunks decoded and encoded in this thread."""
 
@@ -98,18 +81,15 @@ class DirectArray:
             if dt == "string":
                 if codecs[0].get("name") != "vlen-utf8" or len(codecs) > 2:
                     return None
-                codec = _codec(codecs[1]) if len(codecs) == 2 else None
-                if len(codecs) == 2 and codec is None:
+                codec = chunk_codec.compressor_for(codecs[1]) if len(codecs) == 2 else None
+                if codec is chunk_codec.NOT_HANDLED:
                     return None
                 return cls(path, meta, np.dtype(object), codec, True)
-            if dt not in _NUMERIC or codecs[0].get("name") != "bytes" or len(codecs) > 2:
+            if dt not in _NUMERIC:
                 return None
             dtype = np.dtype(dt)
-            endian = (codecs[0].get("configuration") or {}).get("endian")
-            if dtype.itemsize > 1 and endian != sys.byteorder:
-                return None
-            codec = _codec(codecs[1]) if len(codecs) == 2 else None
-            if len(codecs) == 2 and codec is None:
+            codec = chunk_codec.codec_for(codecs, dtype)
+            if codec is chunk_codec.NOT_HANDLED:
                 return None
             fill = meta["fill_value"]
             if not (isinstance(fill, (int, float)) or (dtype.kind == "f" and fill in _FLOAT_FILL)):
@@ -140,32 +120,25 @@ class DirectArray:
             raw = self._file(index).read_bytes()
         except FileNotFoundError:
             return None
-        data = raw if self.codec is None else self.codec.decode(raw)
         if self.strings:
             from numcodecs import VLenUTF8
 
+            data = raw if self.codec is None else self.codec.decode(raw)
             return VLenUTF8().decode(bytes(data)).reshape(self.chunks)
-        return np.frombuffer(data, dtype=self.dtype).reshape(self.chunks)
+        return chunk_codec.decode(self.codec, raw, self.dtype, self.chunks)
 
     def put_chunk(self, index: tuple[int, ...], block: np.ndarray) -> None:
         """Store one chunk as zarr does: an edge block padded with the fill value, a chunk of fill
         values only removed."""
         if self.strings:
             raise NotImplementedError("string arrays are read only here")
-        if np.shape(block) != self.chunks:
-            full = np.full(self.chunks, self.fill, dtype=self.dtype)
-            full[tuple(slice(0, n) for n in np.shape(block))] = block
-            block = full
-        else:
-            block = np.ascontiguousarray(block, dtype=self.dtype)
         f = self._file(index)
-        flat = block.reshape(-1)
-        if bool(np.isnan(flat).all()) if self.fill_nan else bool((flat == self.fill).all()):
+        data = chunk_codec.encode(self.codec, block, self.dtype, self.chunks, self.fill, self.fill_nan)
+        if data is None:
             f.unlink(missing_ok=True)
             return
-        data = block.tobytes() if self.codec is None else self.codec.encode(block)
         f.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(f, bytes(data))
+        _write_atomic(f, data)
 
     def _region(self, key: Any) -> tuple[list[slice], list[bool]]:
         """Per axis the slice a key selects, and whether the axis was an integer (dropped)."""
