@@ -1,16 +1,18 @@
-"""A store's template (root attributes, the metadata of every array, coordinates and small
-per-symbol values) written with zarr directly, byte for byte as ``xarray.Dataset.to_zarr`` writes it.
+"""Zarr v3 arrays created, opened and written without zarr's per-call machinery, byte for byte
+as zarr (and xarray through it) would: a store's template, and a task's small regions.
 
 Why: a results store's template used to be an xarray Dataset of lazy dask arrays written with
 ``to_zarr(compute=False)``. Nothing of the big arrays is written, yet xarray built and optimised
 a dask graph of every chunk (~0.45 CPU s at 2,000 x 5,000, ~2.4 s at 20,000 x 5,000) and the run
 imported ``dask.array`` for it (~0.6 CPU s; even an xarray Variable built from numpy imports it).
-Here each array is one ``create_array`` call with the keywords xarray passes (its dimension names,
+Here (:func:`write_store`) each array gets the keywords xarray passes to zarr (dimension names,
 chunks, codecs, fill value) and the attributes xarray adds (``_FillValue`` of a float array,
-encoded by xarray's own coder); the time coordinate is CF-encoded by xarray's own function, and
-the few arrays with values (coordinates, ``status``) are written chunk by chunk. The equivalence
-with xarray's template (metadata, consolidated metadata, every stored byte, ``xr.open_zarr``'s
-view) is tested in ``tests/test_zarr_template.py``.
+encoded by xarray's own coder); the time coordinate is CF-encoded by xarray's own function; the
+few arrays with values (coordinates, ``status``) are written chunk by chunk. Every ``zarr.json``
+is built by zarr's own metadata code and written directly (:func:`create_array`). Per task,
+:func:`open_arrays` and :func:`write_rows` open arrays and store whole-chunk row regions in the
+calling thread. Equivalence with xarray's template (metadata, consolidated metadata, every stored
+byte, ``xr.open_zarr``'s view) and with zarr's own calls: ``tests/test_zarr_template.py``.
 """
 
 from __future__ import annotations
