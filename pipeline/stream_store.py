@@ -263,7 +263,8 @@ def read_marks(path: str | os.PathLike, n_time: int) -> dict[str, np.ndarray] | 
     if not has_stream(path):
         return None
     g = zarr.open_group(str(Path(path) / GROUP), mode="r", zarr_format=3, use_consolidated=False)
-    if int(g.attrs.get("n_time", -1)) != int(n_time) or not set(MARKS) <= set(g.array_keys()):
+    if (int(g.attrs.get("n_time", -1)) != int(n_time) or g.attrs.get("writing")
+            or not set(MARKS) <= set(g.array_keys())):
         return None
     return {name: read_whole(g[name]) for name in MARKS}
 
@@ -271,10 +272,16 @@ def read_marks(path: str | os.PathLike, n_time: int) -> dict[str, np.ndarray] | 
 def write_stream(path: str | os.PathLike, state, extras: dict[str, np.ndarray], attrs: dict[str, Any]) -> None:
     """Rewrite the whole state and the ``extras`` (after an update; arrays a store written before
     lacks are created) and then the attributes: they name the times the arrays cover, so they
-    are written last."""
+    are written last.
+
+    While the arrays are written the group says so (attribute `writing`): stopped half way, some
+    symbols' state has the new times and their digests may not, and the update run again must
+    not advance them twice; it recomputes every symbol from its history instead (`atc update`),
+    and `read_marks` gives no marks."""
     import zarr
 
     g = zarr.open_group(str(Path(path) / GROUP), mode="r+", zarr_format=3, use_consolidated=False)
+    g.attrs.update({"writing": True})
     arrays = state.to_arrays()
     arrays.update(extras)
     arrays["have"] = np.asarray(arrays["have"], np.int8)
@@ -287,4 +294,4 @@ def write_stream(path: str | os.PathLike, state, extras: dict[str, np.ndarray], 
 
     with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:  # numcodecs releases the GIL
         list(pool.map(lambda item: write_whole(g[item[0]], item[1]), arrays.items()))
-    g.attrs.update(attrs)
+    g.attrs.update({**attrs, "writing": False})

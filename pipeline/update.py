@@ -196,6 +196,8 @@ def _update(prices, results, pool, numba_scope) -> UpdateSummary:
             have = extras["have"]
             if sattrs.get("params") != json.dumps(params.to_dict(), sort_keys=True) or sattrs.get("dtype") != dtype.name:
                 have[:] = False  # a state of other parameters cannot continue this store
+            if sattrs.get("writing"):  # an update stopped while writing it: some symbols' state is newer
+                have[:] = False
         else:
             state, extras = StreamState.empty(n_sym, params, dtype), {}
             have = np.zeros(n_sym, bool)

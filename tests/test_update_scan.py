@@ -298,11 +298,11 @@ def test_update_trades_after_an_interrupted_update_or_without_trades(cluster, tm
     assert_same_store(tmp_path / "none.zarr", tmp_path / "full.zarr")
 
 
-@pytest.mark.parametrize("stop", ["time coordinate", "state"])
+@pytest.mark.parametrize("stop", ["time coordinate", "state", "state half written"])
 def test_interrupted_update_finishes_when_run_again(cluster, tmp_path, monkeypatch, stop):
-    """An update stopped after growing the variables (before the time coordinate is written), or
-    after the whole time axis (before the state), leaves a store the same update finishes: equal
-    to a full run, backtest and trades included."""
+    """An update stopped after growing the variables (before the time coordinate is written),
+    after the whole time axis (before the state), or with some of the state's arrays written,
+    leaves a store the same update finishes: equal to a full run, backtest and trades included."""
     import pipeline.stream_store
     import pipeline.time_coord
 
@@ -314,11 +314,25 @@ def test_interrupted_update_finishes_when_run_again(cluster, tmp_path, monkeypat
     def boom(*a, **k):
         raise KeyboardInterrupt
 
+    written = []
+    real_write = pipeline.stream_store.write_whole
+
+    def half(arr, values):  # the state arrays first (t, xo, x, ...), the digests not yet
+        if len(written) >= 3:
+            raise KeyboardInterrupt
+        written.append(arr.path)
+        real_write(arr, values)
+
     with monkeypatch.context() as m:
-        m.setattr(pipeline.time_coord if stop == "time coordinate" else pipeline.stream_store,
-                  "write_time_coord" if stop == "time coordinate" else "write_stream", boom)
+        if stop == "time coordinate":
+            m.setattr(pipeline.time_coord, "write_time_coord", boom)
+        elif stop == "state":
+            m.setattr(pipeline.stream_store, "write_stream", boom)
+        else:
+            m.setattr(pipeline.stream_store, "write_whole", half)
         with pytest.raises(KeyboardInterrupt):
             update_results(tmp_path / "p.zarr", tmp_path / "r.zarr")
+    assert stop != "state half written" or len(written) == 3
     assert update_results(tmp_path / "p.zarr", tmp_path / "r.zarr").action == "updated"
     run(cluster, tmp_path / "p.zarr", tmp_path / "full.zarr", BacktestParams(fee_bps=10))
     assert_same_store(tmp_path / "r.zarr", tmp_path / "full.zarr")
