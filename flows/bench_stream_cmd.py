@@ -92,7 +92,11 @@ def _advance(symbols: int, bars: int, updates: int, ft: np.dtype) -> dict:
     best = float(np.min(times))
     typer.echo(f"  one update of every symbol         {per * 1e3:8.2f} ms median, {best * 1e3:.2f} ms best "
                f"({symbols / per / 1e6:.2f} M symbol-updates/s)")
-    return {"batch_s": batch, "build_s": build, "update_median_s": per, "update_best_s": best}
+    # the batch kernel's own cost of one bar of every symbol, same threads: an update does the same
+    # arithmetic per symbol, so this is about the least one can cost on this machine
+    typer.echo(f"  the batch's cost of one bar of all  {batch / bars * 1e3:8.2f} ms (update / that: {per / (batch / bars):.2f})")
+    return {"batch_s": batch, "build_s": build, "update_median_s": per, "update_best_s": best,
+            "batch_per_bar_s": batch / bars}
 
 
 def _size(text: str) -> tuple[int, int]:
