@@ -27,9 +27,9 @@ def cache_loads_without_registries() -> Iterator[None]:
     from numba.core import caching
     from numba.core.runtime import rtsys
 
-    orig = caching.Cache.load_overload
-    if getattr(orig, "_atc_light", False):  # nested: the outer block restores
-        yield
+    orig = getattr(caching.Cache, "load_overload", None)
+    if orig is None or getattr(orig, "_atc_light", False) or not _known_signature(orig):
+        yield  # nested (the outer block restores), or a Numba whose internals differ: the usual load
         return
 
     def load_overload(self, sig, target_context):
@@ -48,6 +48,16 @@ def cache_loads_without_registries() -> Iterator[None]:
         yield
     finally:
         caching.Cache.load_overload = orig
+
+
+def _known_signature(fn) -> bool:
+    """Whether `Cache.load_overload` is the one this module was written against (Numba 0.68)."""
+    import inspect
+
+    try:
+        return list(inspect.signature(fn).parameters) == ["self", "sig", "target_context"]
+    except (TypeError, ValueError):
+        return False
 
 
 def load_stream_kernels(params, dtype) -> None:

@@ -441,3 +441,19 @@ def test_daily_update_imports_neither_pandas_nor_xarray(cluster, tmp_path):
     run(cluster, tmp_path / "p.zarr", tmp_path / "full.zarr")
     assert_same_store(tmp_path / "r.zarr", tmp_path / "full.zarr")
     assert_same_state(tmp_path / "r.zarr", tmp_path / "full.zarr")
+
+
+def test_light_cache_loads_step_aside_for_a_numba_they_do_not_know(monkeypatch):
+    """pipeline/kernel_load patches one private Numba method; with any other signature it must
+    leave Numba alone (the update then loads its kernels the usual way)."""
+    from numba.core import caching
+
+    from pipeline.kernel_load import cache_loads_without_registries
+
+    def other(self, sig, target_context, extra=None):  # what a later Numba might have
+        return None
+
+    monkeypatch.setattr(caching.Cache, "load_overload", other)
+    with cache_loads_without_registries():
+        assert caching.Cache.load_overload is other
+    assert caching.Cache.load_overload is other
