@@ -47,6 +47,9 @@ from kernels.params import FAMILIES, OUTPUT_NAMES, ATCParams
 WINDOW_SLACK = 64
 """Extra rows in each symbol's window of closes, so it is shifted once per this many bars."""
 
+BLOCK_LANES = 30
+"""The fixed cost of advancing one lane block, in lanes' worth of work (see `_Lanes.lanes_for`)."""
+
 STATE_ARRAYS = ("t", "xo", "x", "fam", "ring", "prev", "avg", "status")
 """The arrays of a `StreamState`, by name (the symbol is always the first axis)."""
 
@@ -350,13 +353,6 @@ class _Lanes:
         from kernels.cpu import LANES
 
         f = state.dtype
-        # four times the batch kernel's lanes: the state comes from memory either way, and a wider
-        # block spreads the fixed cost of each call of the step functions (per line and bar: the
-        # branch to the steady loop, its run-time overlap checks) over more symbols. 10,000 symbols,
-        # float64, one thread, timed alternately in one process: 64 lanes 6.4 ms, 128 lanes 5.4 ms,
-        # 256 lanes 5.4 ms, 512 lanes 6.2 ms per update; wider also wastes more lanes where bar
-        # counts are scattered
-        self.nb = 4 * LANES[f.name]
         lens = state._lens
         self.lmax = int(lens[:, 0].max())
         hma = lens[9:18]
@@ -364,6 +360,10 @@ class _Lanes:
         # ANCHOR (and the HMA ring slot, see `advance_block`)
         self.steady = int(max(self.lmax + 2, int((hma[:, 0] + hma[:, 2]).max()), state.params.cutout + 2))
         n = state.n_symbols
+        member = np.flatnonzero((state._status == 0) & (state._t > 0))
+        keys = np.zeros(n, np.int64)
+        keys[member] = self.key(state._t[member])
+        self.nb = self.lanes_for(keys[member], LANES[f.name])
         self.sym_blk = np.full(n, -1, np.int64)
         self.sym_lane = np.zeros(n, np.int64)
         self.meta = np.zeros(2, np.int64)  # blocks in use, last block joined
@@ -371,10 +371,6 @@ class _Lanes:
         self.shape_x = state._x.shape[1]
         self.sq = state._ring.shape[3]
         self.blocks = self._alloc(0, f)
-        member = np.flatnonzero((state._status == 0) & (state._t > 0))
-        t = state._t[member]
-        keys = np.zeros(n, np.int64)
-        keys[member] = self.key(t)
         order = member[np.lexsort((member, keys[member]))].astype(np.int64)
         self.reserve(self.blocks_for(keys[member]))
         self.meta[0] = state._kern.pack_lanes(order, keys, state._c(), self.blocks, self.sym_blk, self.sym_lane,
@@ -382,6 +378,21 @@ class _Lanes:
         self.n_in = len(member)
         self.packed = int(self.meta[0])
         self.t_top = int(state._t.max(initial=0))
+
+    @staticmethod
+    def lanes_for(keys: np.ndarray, lanes: int) -> int:
+        """Lanes per block (a multiple of the batch kernel's, up to four times it) for symbols
+        with these keys, by a cost model: a block holds one key, its free lanes are computed too,
+        and each block costs about BLOCK_LANES lanes more for the calls of the step functions
+        (10,000 symbols in one key, float64, one thread: 64 lanes 6.4 ms, 128 lanes 5.4 ms per
+        update, i.e. ~13 us per block against ~0.43 us per lane). A universe of one calendar gets
+        the widest blocks; one listed on many dates narrower ones (a 2,000-symbol store in 196 keys
+        had 128-lane blocks: 13 lanes computed per symbol)."""
+        if len(keys) == 0:
+            return 4 * lanes
+        _, counts = np.unique(keys, return_counts=True)
+        widths = range(4 * lanes, 0, -lanes)  # widest first: it wins ties
+        return min(widths, key=lambda nb: int((-(-counts // nb)).sum()) * (nb + BLOCK_LANES))
 
     def _alloc(self, n_blocks: int, f) -> tuple:
         nb = self.nb

@@ -104,6 +104,26 @@ def test_bad_close_and_shape_errors():
         StreamState.from_arrays(state.to_arrays(), ATCParams(), np.float64)
 
 
+def test_lane_blocks_are_as_wide_as_the_universe_fills_them():
+    """One calendar: the widest blocks (4x the batch kernel's lanes). Listed on as many dates as
+    symbols: the batch kernel's lanes, not 4x as many lanes computed as needed. In between, the same
+    numbers as a batch over the extended history at every bar (exactness does not depend on it)."""
+    from kernels.cpu import LANES
+
+    lanes = LANES["float64"]
+    x = random_walk_panel(512, 330, seed=5)
+    _, one = build_stream(x[:, :320])
+    one.advance(x[:, 320])
+    assert one._lanes.nb == 4 * lanes
+    for i in range(40):
+        x[i, :i + 1] = np.nan                    # 40 own bar counts among 40 symbols
+    _, spread = build_stream(x[:40, :320])
+    spread.advance(x[:40, 320])
+    assert spread._lanes.nb == lanes
+    assert int(spread._lanes.meta[0]) == 40
+    assert check_every_bar(x[:40], ATCParams(), start=321, state=spread) > 0
+
+
 def test_symbols_with_different_bar_counts_share_lane_blocks():
     """Enough symbols for several lane blocks and the threaded path, with own bar counts that differ:
     by 256 (such symbols share blocks once past the warm-up, their HMA rings rotated), by a few bars,
