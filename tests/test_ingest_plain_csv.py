@@ -334,6 +334,16 @@ def test_append_errors_are_the_pandas_path_errors_and_leave_the_store(tmp_path, 
     assert _store_files(base) == before
 
 
+def _next_day_files(tmp_path: Path, base: Path, n: int) -> Path:
+    """One plain file per symbol SYN0000.. with a close the day after the store's last bar."""
+    day, _ = _last(base, "SYN0000")
+    nxt = (pd.Timestamp(day) + pd.Timedelta(days=1)).strftime("%Y-%m-%d")
+    src = tmp_path / "src"
+    for i in range(n):
+        _write(src / f"SYN{i:04d}.csv", f"Date,Close\n{nxt},{i + 1.5}\n")
+    return src
+
+
 def test_fresh_append_of_plain_files_imports_no_heavy_library(tmp_path):
     """What makes a fresh `atc ingest --append` cheap: plain files and the store's own layout need
     neither pandas, xarray, dask, zarr nor numba (each costs 0.3-1 s of a fresh process)."""
@@ -341,11 +351,7 @@ def test_fresh_append_of_plain_files_imports_no_heavy_library(tmp_path):
     import sys
 
     base = _base(tmp_path, 30, "none")
-    day, _ = _last(base, "SYN0000")
-    nxt = (pd.Timestamp(day) + pd.Timedelta(days=1)).strftime("%Y-%m-%d")
-    src = tmp_path / "src"
-    for i in range(6):
-        _write(src / f"SYN{i:04d}.csv", f"Date,Close\n{nxt},{i + 1.5}\n")
+    src = _next_day_files(tmp_path, base, 6)
     code = ("import sys; from flows.cli import main; rc = main(sys.argv[1:]); "
             "print('HEAVY', sorted({m.split('.')[0] for m in sys.modules} & "
             "{'pandas', 'xarray', 'dask', 'zarr', 'numba'})); sys.exit(rc)")
@@ -362,11 +368,7 @@ def test_interrupted_append_leaves_the_store_as_it_was(tmp_path, monkeypatch, wh
     import pipeline.zarr_direct as zd
 
     base = _base(tmp_path, 600, "none")
-    day, _ = _last(base, "SYN0000")
-    nxt = (pd.Timestamp(day) + pd.Timedelta(days=1)).strftime("%Y-%m-%d")
-    src = tmp_path / "src"
-    for i in range(6):
-        _write(src / f"SYN{i:04d}.csv", f"Date,Close\n{nxt},{i + 1.5}\n")
+    src = _next_day_files(tmp_path, base, 6)
     before = _store_files(base)
     listing = sorted(p.name for p in tmp_path.iterdir())
     calls = []
