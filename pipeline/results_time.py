@@ -226,7 +226,7 @@ def read_last_bars(path: str | os.PathLike, variables: Any = ("Average_Signal",)
     """
     import zarr
 
-    from pipeline.price_append import last_valid_index
+    from pipeline.price_append_chunks import last_valid_index
 
     path = Path(path)
     if not is_results_store(path):

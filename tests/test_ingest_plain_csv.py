@@ -270,7 +270,7 @@ def test_appends_write_the_stores_the_pandas_and_zarr_path_writes(tmp_path, monk
     without pandas, the store read and written without zarr: pipeline/zarr_direct.py) and as
     before either existed (every file read by pandas, appended as frames, the store read and
     written by zarr). The stores are equal file by file, byte for byte, and so are the summaries."""
-    import pipeline.price_append as pa
+    import pipeline.price_append_chunks as pa
     import pipeline.zarr_direct as zd
 
     monkeypatch.setattr(pa, "utc_now", lambda: "2026-01-01T00:00:00Z")  # the history's time stamps
@@ -296,8 +296,8 @@ def test_appends_write_the_stores_the_pandas_and_zarr_path_writes(tmp_path, monk
             assert got.dropped_total == 1, name
         assert (got.n_symbols, got.n_bars, got.own_bars, got.filled_gaps, got.nbytes) == \
                (want.n_symbols, want.n_bars, want.own_bars, want.filled_gaps, want.nbytes), name
-        if got.action == "appended" and "time_chunk" in pa._StoreMeta.read(new).attrs:  # the summary is the store's
-            again = pa._summary(new, pa._StoreMeta.read(new), "appended", got.chunk_symbols,
+        if got.action == "appended" and "time_chunk" in pa.StoreMeta.read(new).attrs:  # the summary is the store's
+            again = pa._summary(new, pa.StoreMeta.read(new), "appended", got.chunk_symbols,
                                 added_symbols=got.added_symbols, added_bars=got.added_bars)
             assert dict(vars(got), dropped_empty_close=()) == dict(vars(again), dropped_empty_close=()), name
         a, b = _store_files(new), _store_files(old)

@@ -14,7 +14,7 @@ import xarray as xr
 import zarr
 
 from kernels import OUTPUT_NAMES, ATCParams
-from pipeline import price_append
+from pipeline import price_append_chunks
 from pipeline import results as rs
 from pipeline.price_store import write_prices_chunked
 from pipeline.store import (
@@ -129,7 +129,7 @@ def test_failed_cheap_append_leaves_the_store_as_it_was(tmp_path, universe, monk
     def boom(*a, **k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(price_append, "_write_coords", boom)
+    monkeypatch.setattr(price_append_chunks, "_write_coords", boom)
     with pytest.raises(StoreError, match="No space left"):
         append_prices(tail, p)
     assert _tree(p) == before and sorted(os.listdir(tmp_path)) == ["p.zarr"]
