@@ -23,12 +23,10 @@ import numpy as np
 
 from pipeline.panel import Panel, check_fill, check_values, fill_gaps, is_dataset, panel_union
 from pipeline.price_format import (
-    APPEND_RTOL,
     TIME_CHUNK,
     FORMAT_VERSION,
     PRICE_VARS,
     StoreError,
-    format_time,
 )
 from pipeline.price_store import (
     StoreSummary,
@@ -42,7 +40,7 @@ from pipeline.price_store import (
     write_store,
 )
 from pipeline.table_rows import CanonicalColumns
-from pipeline.price_append_chunks import StoreMeta, append_chunks, time_chunked
+from pipeline.price_append_chunks import StoreMeta, append_chunks, check_overlap, early_bar, inserted_bar, time_chunked
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -118,8 +116,7 @@ def append_prices(
         t_first, t_last = old_times[valid[0]], old_times[valid[-1]]
         early = np.flatnonzero(t < t_first)
         if early.size:
-            raise StoreError(f"{where}: bar {format_time(t[early[0]])} for symbol {sym!r} is before its first stored bar "
-                             f"{format_time(t_first)}; an append only adds newer bars")
+            raise early_bar(where, sym, t[early[0]], t_first)
         ov = np.flatnonzero(t <= t_last)
         if ov.size:
             tov = t[ov]
@@ -128,19 +125,10 @@ def append_prices(
             # a time on the axis where this symbol has no bar is missing from its history too
             missing = np.flatnonzero((old_times[j_clip] != tov) | np.isnan(old_close[i, j_clip]))
             if missing.size:
-                raise StoreError(f"{where}: bar {format_time(tov[missing[0]])} for symbol {sym!r} is not in the store but "
-                                 f"inside its stored history (up to {format_time(t_last)}); an append cannot insert bars")
+                raise inserted_bar(where, sym, tov[missing[0]], t_last)
             for v in f.columns:
-                if v not in old_arr:
-                    continue
-                a_old = old_arr[v][i, j]
-                a_new = f[v].to_numpy()[ov]
-                both = ~np.isnan(a_old) & ~np.isnan(a_new)
-                diff = both & ~np.isclose(a_new, a_old, rtol=APPEND_RTOL, atol=0.0)
-                if diff.any():
-                    k = int(np.flatnonzero(diff)[0])
-                    raise StoreError(f"{where}: overlapping bar disagrees for symbol {sym!r} at {format_time(tov[k])}: "
-                                     f"{v} stored {float(a_old[k])!r}, new {float(a_new[k])!r}")
+                if v in old_arr:
+                    check_overlap(where, sym, v, old_arr[v][i, j], f[v].to_numpy()[ov], tov)
         newer = f.iloc[np.flatnonzero(t > t_last)]
         if len(newer):
             new_only[sym] = newer

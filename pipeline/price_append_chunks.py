@@ -39,7 +39,7 @@ from pipeline.price_store import (
 )
 from pipeline.time_coord import write_time_coord
 
-__all__ = ["StoreMeta", "append_chunks", "last_valid_index", "time_chunked"]
+__all__ = ["StoreMeta", "append_chunks", "check_overlap", "early_bar", "inserted_bar", "last_valid_index", "time_chunked"]
 
 
 def time_chunked(attrs: dict) -> bool:
@@ -145,6 +145,29 @@ def last_valid_index(close, rows: np.ndarray, n_time: int, step: int, max_steps:
     return out
 
 
+def early_bar(where: str, sym: str, t: int, first: int) -> StoreError:
+    """The error for a new bar before a symbol's first stored bar."""
+    return StoreError(f"{where}: bar {format_time(t)} for symbol {sym!r} is before its first stored bar "
+                      f"{format_time(first)}; an append only adds newer bars")
+
+
+def inserted_bar(where: str, sym: str, t: int, last: int) -> StoreError:
+    """The error for a new bar inside a symbol's stored history that the store does not have."""
+    return StoreError(f"{where}: bar {format_time(t)} for symbol {sym!r} is not in the store but inside its stored "
+                      f"history (up to {format_time(last)}); an append cannot insert bars")
+
+
+def check_overlap(where: str, sym: str, var: str, stored: np.ndarray, new: np.ndarray, times: np.ndarray) -> None:
+    """Bars an append sends again must agree with the stored ones (relative tolerance
+    ``APPEND_RTOL`` where both have a value): an append never changes a stored value."""
+    both = ~np.isnan(stored) & ~np.isnan(new)
+    diff = both & ~np.isclose(new, stored, rtol=APPEND_RTOL, atol=0.0)
+    if diff.any():
+        q = int(np.flatnonzero(diff)[0])
+        raise StoreError(f"{where}: overlapping bar disagrees for symbol {sym!r} at {format_time(times[q])}: "
+                         f"{var} stored {float(stored[q])!r}, new {float(new[q])!r}")
+
+
 def append_chunks(cols, cols_of, path: Path, meta: StoreMeta, k: int, store_fill: str,
                   source: str) -> StoreSummary | None:
     """Append by rewriting only the time chunks from the first changed bar on, and the symbol
@@ -228,21 +251,11 @@ def append_chunks(cols, cols_of, path: Path, meta: StoreMeta, k: int, store_fill
         if missing.size:
             first = int(np.flatnonzero(~np.isnan(np.asarray(close_z[r, :])))[0])
             if tov[0] < old_times[first]:
-                raise StoreError(f"{where}: bar {format_time(tov[0])} for symbol {sym!r} is before its first stored bar "
-                                 f"{format_time(old_times[first])}; an append only adds newer bars")
-            raise StoreError(f"{where}: bar {format_time(tov[missing[0]])} for symbol {sym!r} is not in the store but "
-                             f"inside its stored history (up to {format_time(old_times[li])}); an append cannot insert bars")
+                raise early_bar(where, sym, tov[0], old_times[first])
+            raise inserted_bar(where, sym, tov[missing[0]], old_times[li])
         for v in c:
-            if v not in win:
-                continue
-            a_old = win[v][r, j - w0]
-            a_new = c[v][ov]
-            both = ~np.isnan(a_old) & ~np.isnan(a_new)
-            diff = both & ~np.isclose(a_new, a_old, rtol=APPEND_RTOL, atol=0.0)
-            if diff.any():
-                q = int(np.flatnonzero(diff)[0])
-                raise StoreError(f"{where}: overlapping bar disagrees for symbol {sym!r} at {format_time(tov[q])}: "
-                                 f"{v} stored {float(a_old[q])!r}, new {float(a_new[q])!r}")
+            if v in win:
+                check_overlap(where, sym, v, win[v][r, j - w0], c[v][ov], tov)
     flat = {v: np.concatenate([cols[s][1][v] if v in cols[s][1] else np.full(cols[s][0].size, np.nan) for s in ex])
             if ex else np.empty(0) for v in old_vars}
     has = {v: np.repeat(np.array([v in cols[s][1] for s in ex], dtype=bool), lens) for v in old_vars}
