@@ -105,15 +105,27 @@ def read_whole(arr: Any) -> np.ndarray:
     return out
 
 
+def put_rows(arr: Any, start: int, stop: int, values: np.ndarray) -> bool:
+    """``arr[start:stop] = values`` chunk by chunk in this thread, for an array chunked along its
+    first axis only and a region of whole chunks (or running to the end); False, having written
+    nothing, where that does not apply (the caller then writes with zarr)."""
+    d = _along_rows(arr)
+    if d is None:
+        return False
+    k, n = d.chunk_shape[0], int(arr.shape[0])
+    if start % k or not 0 <= start <= stop <= n or (stop - start) % k and stop != n:
+        return False
+    values = np.asarray(values)
+    if values.shape != (stop - start,) + tuple(arr.shape[1:]):
+        return False
+    tail = (0,) * (arr.ndim - 1)
+    for r0 in range(start, stop, k):
+        d.put((r0 // k, *tail), values[r0 - start:r0 - start + k])
+    return True
+
+
 def write_whole(arr: Any, values: np.ndarray) -> None:
     """``arr[:] = values``."""
-    d = _along_rows(arr)
-    values = np.asarray(values)
-    if d is None:
+    values = np.broadcast_to(np.asarray(values), arr.shape)
+    if not put_rows(arr, 0, int(arr.shape[0]), values):
         arr[:] = values
-        return
-    n, k = arr.shape[0], d.chunk_shape[0]
-    values = np.broadcast_to(values, arr.shape).astype(arr.dtype, copy=False)
-    tail = (0,) * (arr.ndim - 1)
-    for i in range(-(-n // k)):
-        d.put((i, *tail), values[i * k:min((i + 1) * k, n)])

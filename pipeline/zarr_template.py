@@ -24,6 +24,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from pipeline.chunk_io import put_rows, write_whole
+
 
 @dataclass(frozen=True)
 class ArraySpec:
@@ -85,7 +87,7 @@ def write_store(path: str | os.PathLike, attrs: Mapping[str, Any], arrays: Mappi
                      compressors=spec.compressors, dimension_names=spec.dims, attributes=dict(spec.attrs))
     for name, spec in arrays.items():
         if spec.data is not None:
-            write_values(g[name], spec.data)
+            write_whole(g[name], spec.data)  # one chunk per task for `status`: not ~1-3 ms each via zarr
     consolidate(path)
 
 
@@ -142,14 +144,6 @@ def _metadata(*, shape, dtype, chunks, fill_value, compressors, dimension_names,
         shape=shape, dtype=zdtype, chunk_shape=chunks, fill_value=fill_value,
         chunk_key_encoding=_parse_chunk_key_encoding(None, zarr_format=3),
         codecs=(*filters, serializer, *compressors), dimension_names=dimension_names, attributes=attributes)
-
-
-def write_values(arr: Any, values: np.ndarray) -> None:
-    """``arr[:] = values``, chunk by chunk in this thread where :mod:`pipeline.chunk_io` handles
-    the array (zarr's own path costs ~1-3 ms per chunk: ``status`` has one chunk per task)."""
-    from pipeline.chunk_io import write_whole
-
-    write_whole(arr, values)
 
 
 def consolidate(path: str | os.PathLike) -> None:
@@ -215,26 +209,5 @@ def write_rows(path: str | os.PathLike, start: int, stop: int, arrays: Mapping[s
     opened = open_arrays(d, names)
     for name in names:
         arr, values = opened[name], np.asarray(arrays[name])
-        if not _put_rows(arr, start, stop, values):
+        if not put_rows(arr, start, stop, values):
             arr[start:stop] = values
-
-
-def _put_rows(arr: Any, start: int, stop: int, values: np.ndarray) -> bool:
-    """Store rows [start, stop) chunk by chunk if they are whole chunks of an array chunked along
-    its first axis only and :mod:`pipeline.chunk_io` handles its codecs; False otherwise."""
-    from pipeline.chunk_io import direct
-
-    if arr.ndim < 1 or tuple(arr.chunks[1:]) != tuple(arr.shape[1:]):
-        return False
-    k, n = int(arr.chunks[0]), int(arr.shape[0])
-    if start % k or not 0 <= start < stop <= n or (stop - start) % k and stop != n:
-        return False
-    if values.shape != (stop - start,) + tuple(arr.shape[1:]):
-        return False
-    dc = direct(arr)
-    if dc is None:
-        return False
-    tail = (0,) * (arr.ndim - 1)
-    for r0 in range(start, stop, k):
-        dc.put((r0 // k, *tail), values[r0 - start:r0 - start + k])
-    return True
