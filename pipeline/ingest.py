@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.panel import check_fill
+from pipeline.panel import check_fill, frame_columns
 from pipeline.price_append import append_prices
 from pipeline.price_format import StoreError
 from pipeline.price_store import StoreSummary, check_target, write_prices
@@ -185,7 +185,7 @@ def read_columns(
         if got is not None:
             return got
         t = _load(path, dayfirst, empty_close)
-        return ({s: (f.index.asi8, {v: f[v].to_numpy() for v in f.columns}) for s, f in t.frames.items()},
+        return (frame_columns(t.frames),
                 t.dropped_empty_close)
 
     cols, dropped = _read_all(files, progress, 1, one)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.panel import Panel, check_fill, check_values, fill_gaps, is_dataset, panel_union
+from pipeline.panel import Panel, frame_columns, check_fill, check_values, fill_gaps, is_dataset, panel_union
 from pipeline.price_format import (
     TIME_CHUNK,
     FORMAT_VERSION,
@@ -87,9 +87,9 @@ def append_prices(
     if time_chunked(meta.attrs) and chunk_symbols in (None, store_k):
         if is_ds:
             cols = _dataset_columns(data)
-            cols_of = (lambda syms: _frame_columns(to_frames(data, syms)))
+            cols_of = (lambda syms: frame_columns(to_frames(data, syms)))
         else:
-            cols = data if is_cols else _frame_columns(frames)
+            cols = data if is_cols else frame_columns(frames)
             cols_of = (lambda syms: {x: cols[x] for x in syms})
         got = append_chunks(cols, cols_of, path, meta, store_k, store_fill, source)
         if got is not None:
@@ -222,8 +222,3 @@ def _dataset_columns(ds: xr.Dataset) -> dict[str, tuple[np.ndarray, dict[str, np
                 cols[v] = a
         out[sym] = (times[sl], cols)
     return out
-
-
-def _frame_columns(frames: dict) -> dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]:
-    """Per-symbol frames as the cheap append's columns (pandas access costs ~20 us a call)."""
-    return {s: (f.index.asi8, dict(zip(f.columns, f.to_numpy(dtype=np.float64).T))) for s, f in frames.items()}
